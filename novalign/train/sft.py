@@ -1,0 +1,228 @@
+"""Supervised fine-tuning (report section 2.1), with sample packing (section 2.2).
+
+The objective is next-token cross-entropy on assistant tokens, averaged over every loss token of the
+effective batch. Everything else -- optimizer, schedule, accumulation, clipping, checkpoints, resume,
+logging, data parallelism -- is the shared loop in ``loop.py``; this file only assembles the pieces:
+
+    tokenizer + chat data  ->  packed rows (best-fit decreasing)  ->  model (+ LoRA, + checkpointing)
+    ->  loop.train(SFTObjective)  ->  <output_dir>/model (a Hugging Face directory)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from novalign.config import SFTConfig, dump_config
+from novalign.models import attention
+from novalign.models.checkpointing import decoder_layers, enable_multi_layer_checkpointing
+from novalign.train import dist as D
+from novalign.train.forward import decoder_hidden_states, lm_logits, output_weight
+from novalign.train.loop import DataPlan, LoopResult, train
+from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
+from novalign.train.packing import (
+    Batch,
+    collate_packed,
+    collate_padded,
+    plan_packed_rows,
+    plan_padded_batches,
+    utilization,
+)
+
+
+@dataclass
+class SFTObjective:
+    """Cross-entropy summed over the batch's loss tokens."""
+
+    chunk_size: int = 4096
+
+    def num_loss_tokens(self, batch: Batch) -> int:
+        return batch.num_loss_tokens
+
+    def loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.chunk_size > 0:
+            hidden = decoder_hidden_states(model, batch)
+            loss, _ = chunked_causal_lm_loss_sum(hidden, output_weight(model), batch.labels, self.chunk_size)
+        else:
+            loss, _ = causal_lm_loss_sum(lm_logits(model, batch), batch.labels)
+        return loss, {}
+
+
+def make_plan(
+    samples: Sequence[tuple[list[int], list[int]]],
+    *,
+    packed: bool,
+    row_len: int,
+    micro_batch_size: int,
+    pad_id: int,
+    seed: int,
+    window: int | None = None,
+) -> DataPlan:
+    """Packed: micro-batch = ``micro_batch_size`` BFD rows. Padded: ``micro_batch_size`` random samples."""
+    lengths = [len(ids) for ids, _ in samples]
+    if packed:
+        too_long = [i for i, n in enumerate(lengths) if n > row_len]
+        if too_long:
+            raise ValueError(f"{len(too_long)} samples are longer than the packed row length {row_len}")
+
+        def micro_batches(epoch: int):
+            rows = plan_packed_rows(lengths, row_len, seed=seed, epoch=epoch, window=window)
+            return [rows[i : i + micro_batch_size] for i in range(0, len(rows), micro_batch_size)]
+
+        return DataPlan(micro_batches, lambda rows: collate_packed(samples, rows, row_len, pad_id))
+
+    def padded(epoch: int):
+        return plan_padded_batches(len(samples), micro_batch_size, seed=seed, epoch=epoch)
+
+    return DataPlan(padded, lambda idx: collate_padded([samples[i] for i in idx], pad_id))
+
+
+def plan_utilization(plan: DataPlan, epoch: int = 0) -> float:
+    real = rows = 0
+    for spec in plan.micro_batches(epoch):
+        b = plan.collate(spec)
+        real += b.num_real_tokens
+        rows += b.num_row_tokens
+    return utilization(real, rows)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def prepare_model(cfg: SFTConfig, device: torch.device) -> nn.Module:
+    """Load the model with the configured attention backend, LoRA and gradient checkpointing."""
+    from novalign.models.load import load_model
+
+    model = load_model(cfg.model.path, dtype="float32", attn_implementation=attention.resolve_backend(cfg.model.attn_backend))
+    model.config.use_cache = False
+    if cfg.model.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.model.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"),
+        )
+    gc = cfg.model.gradient_checkpointing
+    if gc != "off":
+        k = auto_group_size(model) if gc == "auto" else int(gc)
+        enable_multi_layer_checkpointing(model, k)
+    return model.to(device)
+
+
+def auto_group_size(model: nn.Module, tokens: int = 64) -> int:
+    """The report's k = sqrt(num_layers / n), with n measured on one decoder layer of this model."""
+    from novalign.models.checkpointing import measure_activations_per_layer, optimal_group_size
+
+    layers = decoder_layers(model)
+    cfg = model.config
+    hidden = torch.randn(1, tokens, cfg.hidden_size, requires_grad=True)
+    pos = torch.arange(tokens).unsqueeze(0)
+    rotary = model.get_decoder().rotary_emb
+    n = measure_activations_per_layer(
+        layers[0],
+        cfg.hidden_size,
+        {"hidden_states": hidden, "position_embeddings": rotary(hidden, pos), "position_ids": pos, "attention_mask": None},
+        tokens,
+    )
+    return optimal_group_size(len(layers), n)
+
+
+def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
+    """``novalign sft``: train, then write ``<output_dir>/model`` and ``<output_dir>/summary.json``."""
+    from novalign.data.chat import load_chat_dataset
+    from novalign.models.load import load_tokenizer, save_pretrained_dir
+
+    if not cfg.data.train_files:
+        raise ValueError("data.train_files is empty: give at least one JSONL or Parquet chat file")
+    device = pick_device(cfg.train.device)
+    info = D.init_distributed(device.type)
+    if info.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    seed_everything(cfg.train.seed)
+    out = Path(cfg.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+
+    tokenizer = load_tokenizer(cfg.model.path)
+    train_samples, skipped = load_chat_dataset(
+        cfg.data.train_files, tokenizer, max_length=cfg.data.max_length, train_on=cfg.data.train_on, skip_invalid=cfg.data.skip_invalid
+    )
+    if skipped.total and info.is_main:
+        console_print(f"skipped {skipped.total} invalid training records:\n{skipped.summary()}")
+    if not train_samples:
+        raise ValueError("no valid training samples left after reading " + ", ".join(cfg.data.train_files))
+    eval_samples = []
+    if cfg.data.eval_files:
+        eval_samples, eval_skipped = load_chat_dataset(
+            cfg.data.eval_files, tokenizer, max_length=cfg.data.max_length, train_on=cfg.data.train_on, skip_invalid=cfg.data.skip_invalid
+        )
+        if eval_skipped.total and info.is_main:
+            console_print(f"skipped {eval_skipped.total} invalid eval records:\n{eval_skipped.summary()}")
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    row_len = cfg.packing.row_len or cfg.data.max_length
+    as_pairs = [(s.input_ids, s.labels) for s in train_samples]
+    plan = make_plan(
+        as_pairs, packed=cfg.packing.enabled, row_len=row_len, micro_batch_size=cfg.train.micro_batch_size,
+        pad_id=pad_id, seed=cfg.train.seed, window=cfg.packing.window,
+    )
+    eval_plan = None
+    if eval_samples:
+        eval_plan = make_plan(
+            [(s.input_ids, s.labels) for s in eval_samples], packed=cfg.packing.enabled, row_len=row_len,
+            micro_batch_size=cfg.train.micro_batch_size, pad_id=pad_id, seed=cfg.train.seed, window=cfg.packing.window,
+        )
+    util = plan_utilization(plan)
+    if info.is_main:
+        mode = "packed" if cfg.packing.enabled else "padded"
+        console_print(f"{len(train_samples)} training samples, {mode}, token utilization {util:.3f}")
+
+    model = prepare_model(cfg, device)
+    train_model = model
+    if info.world_size > 1 and (cfg.train.distributed == "fsdp" or (cfg.train.distributed == "auto" and device.type == "cuda")):
+        cfg.train.distributed = "fsdp"
+        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
+        train_model = D.apply_fsdp(model, decoder_layers(model), mixed_bf16=use_bf16)
+    result = train(
+        train_model, SFTObjective(cfg.train.loss_chunk_size), plan, train_cfg=cfg.train, optim_cfg=cfg.optim,
+        output_dir=out, info=info, device=device, eval_plan=eval_plan, console_print=console_print,
+    )
+    if info.is_main:
+        enable_multi_layer_checkpointing(model, 0)
+        save_pretrained_dir(model, tokenizer, out / "model")
+        summary = {
+            "steps": result.state.step,
+            "final_loss": result.final_loss,
+            "eval_loss": result.eval_loss,
+            "train_samples": len(train_samples),
+            "skipped_invalid": skipped.total,
+            "skipped_by_reason": dict(skipped.counts) if hasattr(skipped, "counts") else {},
+            "packing": cfg.packing.enabled,
+            "token_utilization": util,
+            "model_dir": str(out / "model"),
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        console_print(f"model saved to {out / 'model'}")
+    D.barrier(info)
+    D.shutdown(info)
+    return result
