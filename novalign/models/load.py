@@ -147,25 +147,42 @@ def _write_into(tmp: Path, model: Any, tokenizer: PreTrainedTokenizerBase | None
         model.save_pretrained(str(tmp / "adapter"))
         model = copy.deepcopy(model).merge_and_unload()
     state_dict = None
-    old_dtype = getattr(model.config, "dtype", None)
     if dtype is not None:
         state_dict = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-        model.config.dtype = dtype
-    try:
-        model.save_pretrained(str(tmp), state_dict=state_dict)
-    finally:
-        if dtype is not None:
-            model.config.dtype = old_dtype
+    model.save_pretrained(str(tmp), state_dict=state_dict)
+    if dtype is not None:
+        # save_pretrained records the in-memory dtype; record the dtype actually stored instead.
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        for key in ("dtype", "torch_dtype"):
+            if key in cfg or key == "dtype":
+                cfg[key] = str(dtype).removeprefix("torch.")
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-        template = getattr(tokenizer, "chat_template", None)
-        # Older transformers versions keep the template inside tokenizer_config.json; make sure a
-        # plain-file copy exists so every version (and a human) can find it.
-        if isinstance(template, str) and not (tmp / "chat_template.jinja").exists():
-            cfg_path = tmp / "tokenizer_config.json"
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            if "chat_template" not in cfg:
-                (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
+        _patch_tokenizer_config(tmp, tokenizer)
+
+
+def _patch_tokenizer_config(directory: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make the saved tokenizer reload exactly as it was.
+
+    * An absent ``unk_token`` is written as an explicit ``null``: otherwise transformers 5
+      model-specific classes (e.g. ``Qwen2Tokenizer``, forced for ``model_type == "qwen2"``)
+      fall back to their default unk token and add it to the vocabulary.
+    * Older transformers versions keep the chat template inside ``tokenizer_config.json``
+      instead of ``chat_template.jinja``; nothing to do then. If neither holds it, write
+      ``chat_template.jinja`` ourselves.
+    """
+    cfg_path = directory / "tokenizer_config.json"
+    if not cfg_path.is_file():
+        return
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if getattr(tokenizer, "unk_token", None) is None and "unk_token" not in cfg:
+        cfg["unk_token"] = None
+        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and "chat_template" not in cfg and not (directory / "chat_template.jinja").exists():
+        (directory / "chat_template.jinja").write_text(template, encoding="utf-8")
 
 
 def save_pretrained_dir(

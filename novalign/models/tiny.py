@@ -44,6 +44,7 @@ from novalign.models.load import save_pretrained_dir
 __all__ = [
     "ChatTemplate",
     "Arch",
+    "PreTokenizer",
     "TEMPLATES",
     "CHATML_TEMPLATE",
     "LLAMA3_TEMPLATE",
@@ -60,66 +61,85 @@ PreTokenizer = Literal["bytelevel", "qwen2"]
 # Qwen2's split regex: single digits, letters grouped, punctuation runs, newlines kept apart.
 # transformers 5 rebuilds this pipeline (plus an NFC normalizer) for every model_type "qwen2"
 # directory, whatever tokenizer.json says, so qwen2-arch tokenizers are trained with it.
-QWEN2_SPLIT_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+try:
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN2_SPLIT_REGEX
+except ImportError:  # pragma: no cover - layout of other transformers versions
+    QWEN2_SPLIT_REGEX = (
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    )
 
 CORPUS_PATH = Path(__file__).resolve().parent.parent / "assets" / "corpus.txt"
 
-# Shared Jinja pieces. `message.content` may be a string, a list of {"type": "text", ...}
-# parts, or absent (transformers drops keys whose value is None, e.g. for pure tool calls).
-_CONTENT_MACRO = (
-    "{%- macro render_content(message) -%}"
-    "{%- if message.content is defined and message.content is string -%}{{ message.content }}"
-    "{%- elif message.content is defined and message.content -%}"
-    "{%- for part in message.content -%}{%- if part.type == 'text' -%}{{ part.text }}{%- endif -%}{%- endfor -%}"
-    "{%- endif -%}"
-    "{%- if message.tool_calls is defined and message.tool_calls -%}"
-    "{%- for call in message.tool_calls -%}"
-    "{%- set fn = call.function if call.function is defined else call -%}"
-    "{{ '<tool_call>' }}{{ {'name': fn.name, 'arguments': fn.arguments} | tojson }}{{ '</tool_call>' }}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- macro check_role(message) -%}"
-    "{%- if message.role not in ['system', 'user', 'assistant', 'tool'] -%}"
-    "{{ raise_exception('Unsupported chat role: ' ~ message.role) }}"
-    "{%- endif -%}"
-    "{%- endmacro -%}"
-)
+# Jinja templates. Every tag trims surrounding whitespace ({%- -%}, {{- -}}), so the line
+# breaks below are layout only; all output text comes from explicit string literals.
+# `message.content` may be a string or a list of {"type": "text", "text": ...} parts, and
+# may be absent (transformers drops None-valued keys, e.g. for a pure tool-call turn).
+_MACROS = """\
+{%- macro render_content(message) -%}
+    {%- if message.content is defined and message.content is string -%}
+        {{- message.content -}}
+    {%- elif message.content is defined and message.content -%}
+        {%- for part in message.content -%}
+            {%- if part.type == 'text' -%}{{- part.text -}}{%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {%- if message.tool_calls is defined and message.tool_calls -%}
+        {%- for call in message.tool_calls -%}
+            {%- set fn = call.function if call.function is defined else call -%}
+            {{- '<tool_call>' + ({'name': fn.name, 'arguments': fn.arguments} | tojson) + '</tool_call>' -}}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+{%- macro check_role(message) -%}
+    {%- if message.role not in ['system', 'user', 'assistant', 'tool'] -%}
+        {{- raise_exception('Unsupported chat role: ' ~ message.role) -}}
+    {%- endif -%}
+{%- endmacro -%}
+"""
 
+# Assistant turns sit in {% generation %} blocks (content + end-of-turn token), which is what
+# `apply_chat_template(..., return_assistant_tokens_mask=True)` reports as assistant tokens.
+CHATML_TEMPLATE = _MACROS + """\
+{%- if tools is defined and tools -%}
+    {{- '<|im_start|>system\\n# Tools' -}}
+    {%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}
+    {{- '<|im_end|>\\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+    {{- check_role(message) -}}
+    {{- '<|im_start|>' + message.role + '\\n' -}}
+    {%- if message.role == 'assistant' -%}
+        {%- generation -%}{{- render_content(message) + '<|im_end|>' -}}{%- endgeneration -%}
+    {%- else -%}
+        {{- render_content(message) + '<|im_end|>' -}}
+    {%- endif -%}
+    {{- '\\n' -}}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|im_start|>assistant\\n' -}}
+{%- endif -%}
+"""
 
-def _render_body(header: str, end: str, sep: str) -> str:
-    """Template body: optional tools block, one block per message, optional generation prompt.
-
-    Args:
-        header: Jinja expression rendering a turn header for the variable ``role``.
-        end: Literal end-of-turn token; part of the assistant's generation span.
-        sep: Literal text after the end-of-turn token (outside the generation span).
-    """
-    close = "{{ '" + end + "' }}"
-    after = "{{ '" + sep + "' }}" if sep else ""
-    return (
-        "{%- if tools is defined and tools -%}"
-        "{%- set role = 'system' -%}" + header + "{{ '# Tools' }}"
-        "{%- for tool in tools -%}{{ '\\n' }}{{ tool | tojson }}{%- endfor -%}" + close + after + "{%- endif -%}"
-        "{%- for message in messages -%}"
-        "{{- check_role(message) -}}"
-        "{%- set role = message.role -%}" + header + "{%- if message.role == 'assistant' -%}"
-        "{%- generation -%}{{- render_content(message) -}}" + close + "{%- endgeneration -%}"
-        "{%- else -%}{{- render_content(message) -}}" + close + "{%- endif -%}" + after + "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{%- set role = 'assistant' -%}" + header + "{%- endif -%}"
-    )
-
-
-# ChatML: the newline after <|im_end|> sits outside the generation span; the model stops at <|im_end|>.
-CHATML_TEMPLATE = _CONTENT_MACRO + _render_body("{{ '<|im_start|>' + role + '\\n' }}", "<|im_end|>", "\\n")
-
-LLAMA3_TEMPLATE = (
-    _CONTENT_MACRO
-    + "{{- '<|begin_of_text|>' -}}"
-    + _render_body("{{ '<|start_header_id|>' + role + '<|end_header_id|>\\n\\n' }}", "<|eot_id|>", "")
-)
+LLAMA3_TEMPLATE = _MACROS + """\
+{{- '<|begin_of_text|>' -}}
+{%- if tools is defined and tools -%}
+    {{- '<|start_header_id|>system<|end_header_id|>\\n\\n# Tools' -}}
+    {%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}
+    {{- '<|eot_id|>' -}}
+{%- endif -%}
+{%- for message in messages -%}
+    {{- check_role(message) -}}
+    {{- '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' -}}
+    {%- if message.role == 'assistant' -%}
+        {%- generation -%}{{- render_content(message) + '<|eot_id|>' -}}{%- endgeneration -%}
+    {%- else -%}
+        {{- render_content(message) + '<|eot_id|>' -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
+{%- endif -%}
+"""
 
 
 @dataclass(frozen=True)

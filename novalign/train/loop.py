@@ -116,6 +116,40 @@ def evaluate(model: nn.Module, objective: Objective, plan: DataPlan, info: D.Dis
     return total / tokens if tokens else None
 
 
+def accumulate_gradients(
+    model: nn.Module,
+    objective: Objective,
+    batches: Sequence[Batch],
+    scale: float,
+    device: torch.device,
+    autocast: Callable = contextlib.nullcontext,
+    dummies: Sequence[Batch] = (),
+) -> tuple[float, int, int, dict[str, float]]:
+    """Backpropagate ``loss_sum * scale`` for every micro-batch; gradients add up in ``.grad``.
+
+    With ``scale = 1 / tokens_in_effective_batch`` the accumulated gradient is the gradient of the token
+    mean over all micro-batches (and, after the cross-rank sum, over all ranks). ``dummies`` are run with
+    weight 0 (FSDP needs every rank to run the same number of forwards). Returns the summed loss, real and
+    row tokens, and the summed extra metrics of the real micro-batches.
+    """
+    loss_total, real_tokens, row_tokens = 0.0, 0, 0
+    extra: dict[str, float] = {}
+    for i, batch in enumerate([*batches, *dummies]):
+        batch = batch.to(device)
+        with autocast():
+            loss_sum, more = objective.loss_sum(model, batch)
+        if i >= len(batches):
+            (loss_sum * 0.0).backward()
+            continue
+        (loss_sum * scale).backward()
+        loss_total += float(loss_sum.detach())
+        real_tokens += batch.num_real_tokens
+        row_tokens += batch.num_row_tokens
+        for k, v in more.items():
+            extra[k] = extra.get(k, 0.0) + float(v)
+    return loss_total, real_tokens, row_tokens, extra
+
+
 def train(
     model: nn.Module,
     objective: Objective,
@@ -212,22 +246,10 @@ def train(
             global_tokens = int(D.all_reduce_sum(local_tokens, info, device))
             if global_tokens == 0:
                 raise ValueError(f"step {state.step}: no loss tokens in the effective batch")
-            scale = 1.0 / global_tokens
-            loss_total, real_tokens, row_tokens = 0.0, 0, 0
-            extra: dict[str, float] = {}
-            for i, batch in enumerate(mine + [plan.collate(step_specs[0])] * num_dummy):
-                batch = batch.to(device)
-                with autocast():
-                    loss_sum, more = objective.loss_sum(model, batch)
-                if i >= len(mine):
-                    (loss_sum * 0.0).backward()
-                    continue
-                (loss_sum * scale).backward()
-                loss_total += float(loss_sum.detach())
-                real_tokens += batch.num_real_tokens
-                row_tokens += batch.num_row_tokens
-                for k, v in more.items():
-                    extra[k] = extra.get(k, 0.0) + float(v)
+            dummies = [plan.collate(step_specs[0])] * num_dummy
+            loss_total, real_tokens, row_tokens, extra = accumulate_gradients(
+                model, objective, mine, 1.0 / global_tokens, device, autocast, dummies=dummies
+            )
             if info.world_size > 1 and train_cfg.distributed != "fsdp":
                 D.all_reduce_gradients(model, info)
             grad_norm = None

@@ -1,0 +1,309 @@
+"""Benchmark: sample packing (BFD rows + varlen attention) against dynamic padding.
+
+What it measures
+----------------
+A synthetic SFT set with log-normal sample lengths (median ~400 tokens, sigma 1.0, clipped to
+[16, 4096], fixed seed, random token ids; the last 60 % of every sample is the "assistant" part that
+carries labels, the rest is -100) is trained with the same tiny random-init ``LlamaForCausalLM``, the same
+AdamW and the same loss (``SFTObjective().loss_sum``, token mean per step) in two modes:
+
+* **baseline -- dynamic padding** (what the Hugging Face Trainer does by default): batches of 8 samples in
+  random order (``plan_padded_batches``), right-padded to the longest sample of the batch
+  (``collate_padded``), transformers' ``"sdpa"`` attention with the padding mask;
+* **novalign packing**: best-fit-decreasing rows of 4096 tokens (``plan_packed_rows``), one row per
+  micro-batch, varlen attention (``resolve_backend("auto")``), positions restarting per sample.
+
+Reported (one JSON line on stdout, everything else goes to stderr):
+
+* ``padded_utilization`` / ``packed_utilization``: real tokens / tokens the model processes, over the whole
+  generated set (computed from the plans, no training). Report section 2.2 claims ~98 % for packing.
+* ``padded_tokens_per_s`` / ``packed_tokens_per_s``: real (non-padding) tokens per second of training
+  (forward + backward + optimizer step), over the SAME subset of samples for both modes, after an untimed
+  warm-up; ``speedup`` = packed / padded. Both modes are measured in the same run on the same machine.
+* the utilization of each mode on that timed subset (a small subset packs a little less tightly than
+  the whole set), the mean loss of each mode over the timed steps, and a correctness check: the final
+  hidden states of one packed row against the same samples padded (``hidden_max_abs_err``, ~1e-6),
+  next to a control where the row is one segment so samples attend across boundaries
+  (``hidden_max_abs_err_leak_control``, large) -- proof that the check can fail.
+
+The two modes are timed in alternating rounds (a slice of padded steps, then a slice of packed steps, ...),
+so that a change of load on a shared machine affects both about equally.
+
+Usage::
+
+    python bench/packing.py            # full run, ~2-4 minutes on 2 CPU cores
+    python bench/packing.py --quick    # smoke run, < 30 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from novalign.models.attention import resolve_backend, varlen_kernel_name
+from novalign.train.packing import (
+    IGNORE_INDEX,
+    collate_packed,
+    collate_padded,
+    plan_packed_rows,
+    plan_padded_batches,
+    utilization,
+)
+from novalign.train.sft import SFTObjective
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def make_samples(
+    n: int, *, median: float, sigma: float, min_len: int, max_len: int, vocab: int, prompt_frac: float, seed: int
+) -> list[tuple[list[int], list[int]]]:
+    """Log-normal lengths; labels = ids on the last (1 - prompt_frac) of each sample, -100 on the prompt."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.round(rng.lognormal(math.log(median), sigma, n)), min_len, max_len).astype(int)
+    samples = []
+    for length in lengths:
+        ids = rng.integers(0, vocab, int(length)).tolist()
+        prompt = int(round(prompt_frac * length))
+        labels = [IGNORE_INDEX] * prompt + ids[prompt:]
+        samples.append((ids, labels))
+    return samples
+
+
+def build_model(args, attn_implementation: str, device: torch.device, seed: int):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        intermediate_size=args.intermediate,
+        max_position_embeddings=max(args.row_len, args.max_len),
+        use_cache=False,
+    )
+    torch.manual_seed(seed)  # identical init for every mode
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn_implementation, dtype=torch.float32)
+    return model.to(device)
+
+
+def plan_stats(samples, batches_of_samples_padded, rows, row_len) -> dict[str, float]:
+    """Utilization of both plans without collating (cheap)."""
+    lengths = [len(s[0]) for s in samples]
+    real_pad = sum(lengths[i] for b in batches_of_samples_padded for i in b)
+    tok_pad = sum(len(b) * max(lengths[i] for i in b) for b in batches_of_samples_padded)
+    real_pack = sum(lengths[i] for r in rows for i in r)
+    return {
+        "padded": utilization(real_pad, tok_pad),
+        "packed": utilization(real_pack, len(rows) * row_len),
+    }
+
+
+class Trainer:
+    """One mode's model + AdamW; ``run`` trains one step per batch and accumulates timing and token counts."""
+
+    def __init__(self, model, device, *, lr: float, label: str):
+        self.model, self.device, self.label = model, device, label
+        self.objective = SFTObjective()
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)
+        self.seconds = 0.0
+        self.real = self.loss_tokens = self.steps = 0
+        self.weighted_loss = 0.0
+        model.train()
+
+    def _step(self, batch) -> float:
+        batch = batch.to(self.device)
+        loss_sum, _ = self.objective.loss_sum(self.model, batch)
+        n = max(batch.num_loss_tokens, 1)
+        (loss_sum / n).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return float(loss_sum.detach()) / n  # a host sync every step, on CUDA too, the same for both modes
+
+    def warmup(self, batches) -> None:
+        for b in batches:
+            self._step(b)
+
+    def run(self, batches) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for b in batches:
+            loss = self._step(b)
+            self.real += b.num_real_tokens
+            self.loss_tokens += b.num_loss_tokens
+            self.weighted_loss += loss * b.num_loss_tokens
+            self.steps += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - t0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.real / self.seconds if self.seconds else 0.0
+
+    @property
+    def loss(self) -> float:
+        return self.weighted_loss / max(self.loss_tokens, 1)
+
+
+def chunks(items: list, n: int) -> list[list]:
+    """``items`` cut into ``n`` contiguous, nearly equal parts."""
+    n = max(1, min(n, len(items)))
+    bounds = [round(i * len(items) / n) for i in range(n + 1)]
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def hidden_state_check(model_packed, model_padded, samples, row, row_len, pad_id, device) -> tuple[float, float]:
+    """Max |difference| of the final hidden states of one packed row and of the same samples padded.
+
+    Returns ``(packed_err, leaky_err)``: the second is a control in which the row is one segment (samples
+    attend across boundaries); it shows the check would catch a leak. (At random init the *loss* is
+    ~ln(vocab) whatever the attention does, so comparing losses would prove nothing.)
+    """
+    from novalign.train.forward import decoder_hidden_states
+
+    with torch.no_grad():
+        packed = collate_packed(samples, [row], row_len, pad_id).to(device)
+        h_packed = decoder_hidden_states(model_packed, packed)[0]
+        packed.cu_seqlens = torch.tensor([0, row_len], dtype=torch.int32, device=device)
+        packed.max_seqlen = row_len
+        h_leaky = decoder_hidden_states(model_packed, packed)[0]
+        padded = collate_padded([samples[i] for i in row], pad_id).to(device)
+        h_padded = decoder_hidden_states(model_padded, padded)
+    err = leak = 0.0
+    offset = 0
+    for j, i in enumerate(row):
+        n = len(samples[i][0])
+        ref = h_padded[j, :n]
+        err = max(err, float((h_packed[offset : offset + n] - ref).abs().max()))
+        leak = max(leak, float((h_leaky[offset : offset + n] - ref).abs().max()))
+        offset += n
+    return err, leak
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--num-samples", type=int, default=2000, help="size of the generated set (utilization is computed on all of it)")
+    p.add_argument("--timed-samples", type=int, default=400, help="samples trained on (and timed) in each mode")
+    p.add_argument("--median-len", type=float, default=400.0, help="median sample length (lognormal mu = ln of this)")
+    p.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of the sample length")
+    p.add_argument("--min-len", type=int, default=16)
+    p.add_argument("--max-len", type=int, default=4096)
+    p.add_argument("--prompt-frac", type=float, default=0.4, help="fraction of each sample without labels (the prompt)")
+    p.add_argument("--row-len", type=int, default=4096, help="packed row length (one row per micro-batch)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per padded batch")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per mode")
+    p.add_argument("--rounds", type=int, default=4, help="alternating timing rounds (padded slice, packed slice, ...)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--intermediate", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--quick", action="store_true", help="tiny smoke run (< 30 s): 60 timed samples, max length 1024, rows of 1024")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.timed_samples, args.max_len, args.row_len, args.warmup, args.rounds = 60, 1024, 1024, 1, 2
+    if args.max_len > args.row_len:
+        p.error("--max-len must be <= --row-len (a sample longer than a row cannot be packed)")
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    pad_id = 0
+
+    samples = make_samples(
+        args.num_samples, median=args.median_len, sigma=args.sigma, min_len=args.min_len, max_len=args.max_len,
+        vocab=args.vocab, prompt_frac=args.prompt_frac, seed=args.seed,
+    )
+    lengths = [len(s[0]) for s in samples]
+    full = plan_stats(
+        samples,
+        plan_padded_batches(len(samples), args.batch_size, seed=args.seed, epoch=0),
+        plan_packed_rows(lengths, args.row_len, seed=args.seed, epoch=0),
+        args.row_len,
+    )
+    log(f"{len(samples)} samples, median {np.median(lengths):.0f}, mean {np.mean(lengths):.0f}; "
+        f"utilization padded {full['padded']:.3f}, packed {full['packed']:.3f}")
+
+    # The timed subset: the first `timed` samples (lengths are i.i.d., so it is a random subset).
+    timed = min(args.timed_samples, len(samples))
+    sub = samples[:timed]
+    sub_lengths = lengths[:timed]
+    pad_plan = plan_padded_batches(timed, args.batch_size, seed=args.seed, epoch=0)
+    pack_plan = plan_packed_rows(sub_lengths, args.row_len, seed=args.seed, epoch=0)
+    sub_util = plan_stats(sub, pad_plan, pack_plan, args.row_len)
+    pad_batches = [collate_padded([sub[i] for i in b], pad_id) for b in pad_plan]
+    pack_batches = [collate_packed(sub, [r], args.row_len, pad_id) for r in pack_plan]
+    assert sum(b.num_real_tokens for b in pad_batches) == sum(b.num_real_tokens for b in pack_batches) == sum(sub_lengths)
+
+    varlen = resolve_backend("auto")
+    padded_model = build_model(args, "sdpa", device, args.seed)
+    packed_model = build_model(args, varlen, device, args.seed)
+    assert all(torch.equal(a, b) for a, b in zip(padded_model.state_dict().values(), packed_model.state_dict().values()))
+    err, leak = hidden_state_check(packed_model, padded_model, sub, max(pack_plan, key=len), args.row_len, pad_id, device)
+    log(f"packed vs padded final hidden states on one row: max |diff| {err:.2e} (cross-sample leak control: {leak:.2e})")
+    log(f"varlen kernel on {device}: {varlen_kernel_name(device)}")
+
+    padded = Trainer(padded_model, device, lr=args.lr, label="padded")
+    packed = Trainer(packed_model, device, lr=args.lr, label="packed")
+    # Warm-up (untimed) on the first batches, then the timed pass over every batch of the subset. The two
+    # modes alternate in `rounds` contiguous slices so that a load change on a shared machine hits both.
+    padded.warmup(pad_batches[: args.warmup])
+    packed.warmup(pack_batches[: args.warmup])
+    log(f"timing {len(pad_batches)} padded steps ({args.batch_size} samples each) and {len(pack_batches)} packed "
+        f"steps (one {args.row_len}-token row each) over the same {timed} samples, in {args.rounds} alternating rounds")
+    for i, (pb, kb) in enumerate(zip(chunks(pad_batches, args.rounds), chunks(pack_batches, args.rounds))):
+        padded.run(pb)
+        packed.run(kb)
+        log(f"  round {i + 1}: padded {padded.tokens_per_s:.0f} real tok/s, packed {packed.tokens_per_s:.0f} real tok/s")
+
+    out = {
+        "bench": "packing",
+        "padded_utilization": round(full["padded"], 4),
+        "packed_utilization": round(full["packed"], 4),
+        "padded_tokens_per_s": round(padded.tokens_per_s, 1),
+        "packed_tokens_per_s": round(packed.tokens_per_s, 1),
+        "speedup": round(packed.tokens_per_s / padded.tokens_per_s, 3),
+        "num_samples": len(samples),
+        "timed_samples": timed,
+        "timed_real_tokens": packed.real,
+        "padded_steps": padded.steps,
+        "packed_steps": packed.steps,
+        "padded_seconds": round(padded.seconds, 2),
+        "packed_seconds": round(packed.seconds, 2),
+        "padded_utilization_timed": round(sub_util["padded"], 4),
+        "packed_utilization_timed": round(sub_util["packed"], 4),
+        "padded_loss": round(padded.loss, 4),
+        "packed_loss": round(packed.loss, 4),
+        "hidden_max_abs_err": float(f"{err:.3e}"),
+        "hidden_max_abs_err_leak_control": float(f"{leak:.3e}"),
+        "median_len": float(np.median(lengths)),
+        "mean_len": round(float(np.mean(lengths)), 1),
+        "row_len": args.row_len,
+        "batch_size": args.batch_size,
+        "attn_padded": "sdpa",
+        "attn_packed": f"{varlen}/{varlen_kernel_name(device)}",
+        "quick": args.quick,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
