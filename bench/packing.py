@@ -214,6 +214,9 @@ def main(argv=None) -> None:
     p.add_argument("--intermediate", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch CPU threads (default: all cores; on a machine shared with other jobs, fewer threads "
+                        "than cores avoids oversubscription, which can slow CPU matmuls several-fold)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (< 30 s): 60 timed samples, max length 1024, rows of 1024")
     args = p.parse_args(argv)
     if args.quick:
@@ -221,7 +224,7 @@ def main(argv=None) -> None:
     if args.max_len > args.row_len:
         p.error("--max-len must be <= --row-len (a sample longer than a row cannot be packed)")
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     pad_id = 0
 

@@ -89,6 +89,62 @@ def init_model_command(
     typer.echo(f"tiny model written to {path}")
 
 
+@app.command("generate")
+def generate_command(
+    model_dir: Path = typer.Argument(..., help="A local Hugging Face model directory (e.g. runs/tiny-sft/model)."),
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="A user message to answer (repeatable)."),
+    input_file: Optional[Path] = typer.Option(
+        None, "--input", help="Chat JSONL/Parquet: answers each record's conversation minus its last assistant turn."
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write {prompt, reply[, answer, correct]} JSONL here."),
+    limit: int = typer.Option(0, help="Only the first N records of --input (0: all)."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate per reply."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+) -> None:
+    """Answer prompts with a local model. With --input records that carry an `answer`, report how often the
+    reply contains it (a quick check that SFT worked; the evaluation suite does the full job)."""
+    import json
+
+    from novalign.data.chat import normalize_messages
+    from novalign.data.io import DataError, iter_records
+    from novalign.models.generate import generate_chat
+    from novalign.models.load import load_model, load_tokenizer
+
+    convs: list[list[dict]] = [[{"role": "user", "content": p}] for p in prompt]
+    answers: list[str | None] = [None] * len(convs)
+    if input_file is not None:
+        try:
+            for line, record in iter_records(input_file):
+                messages = normalize_messages(record, path=str(input_file), line=line)
+                convs.append(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
+                answers.append(record.get("answer"))
+                if limit and len(convs) >= limit + len(prompt):
+                    break
+        except (DataError, FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+    if not convs:
+        _fail("nothing to answer: give --prompt or --input")
+    try:
+        tokenizer, model = load_tokenizer(model_dir), load_model(model_dir)
+    except ValueError as exc:
+        _fail(str(exc))
+    replies = generate_chat(model, tokenizer, convs, max_new_tokens=max_new_tokens, temperature=temperature)
+    rows, graded = [], []
+    for conv, reply, answer in zip(convs, replies, answers):
+        row = {"prompt": conv[-1]["content"], "reply": reply}
+        if answer is not None:
+            row.update(answer=answer, correct=answer.strip().lower() in reply.lower())
+            graded.append(row["correct"])
+        rows.append(row)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for row in rows[:8]:
+        typer.echo(f"> {row['prompt']}\n{row['reply']}\n")
+    if graded:
+        typer.echo(f"answer found in {sum(graded)}/{len(graded)} replies ({sum(graded) / len(graded):.1%})")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

@@ -179,7 +179,7 @@ def test_bad_input_errors_name_file_line_and_problem(tiny_model_dir, tmp_path):
     assert proc.returncode == 2
     assert "bad.jsonl:2" in proc.stderr and "JSON" in proc.stderr
     proc = _sft(cfg, "data.skip_invalid=true", "train.max_steps=1")
-    assert "skipped 2 invalid training records" in proc.stdout
+    assert "training data: skipped 2 invalid records" in proc.stdout
     assert "bad.jsonl:3" in proc.stdout
 
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from novalign.data.chat import IGNORE_INDEX
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -168,7 +168,7 @@ def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
         cfg.data.train_files, tokenizer, max_length=cfg.data.max_length, train_on=cfg.data.train_on, skip_invalid=cfg.data.skip_invalid
     )
     if skipped.total and info.is_main:
-        console_print(f"skipped {skipped.total} invalid training records:\n{skipped.summary()}")
+        console_print(f"training data: {skipped.summary()}")
     if not train_samples:
         raise ValueError("no valid training samples left after reading " + ", ".join(cfg.data.train_files))
     eval_samples = []
@@ -177,7 +177,7 @@ def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
             cfg.data.eval_files, tokenizer, max_length=cfg.data.max_length, train_on=cfg.data.train_on, skip_invalid=cfg.data.skip_invalid
         )
         if eval_skipped.total and info.is_main:
-            console_print(f"skipped {eval_skipped.total} invalid eval records:\n{eval_skipped.summary()}")
+            console_print(f"eval data: {eval_skipped.summary()}")
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     row_len = cfg.packing.row_len or cfg.data.max_length
@@ -216,7 +216,7 @@ def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
             "eval_loss": result.eval_loss,
             "train_samples": len(train_samples),
             "skipped_invalid": skipped.total,
-            "skipped_by_reason": dict(skipped.counts) if hasattr(skipped, "counts") else {},
+            "skipped_by_reason": dict(skipped.counts),
             "packing": cfg.packing.enabled,
             "token_utilization": util,
             "model_dir": str(out / "model"),

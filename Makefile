@@ -1,0 +1,38 @@
+# novalign: two commands for a fresh machine.
+#   make demo   - the main job: a tiny model trained here, then SFT with packing on bundled data (CPU, minutes)
+#   make test   - the test suite
+# Both create .venv and install everything first. torch is pinned explicitly so that pip takes the CPU
+# wheel on this machine instead of resolving a multi-GB CUDA build; on a GPU box set TORCH='torch'.
+
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean bench
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/novalign init-model runs/demo-base --hidden-size 128 --num-layers 4 --intermediate-size 384
+	$(VENV)/bin/novalign sft --config recipes/tiny_sft.yaml
+	@echo "--- before SFT (random-init base) ---"
+	$(VENV)/bin/novalign generate runs/demo-base --input novalign/assets/demo_sft_eval.jsonl --output runs/demo-sft/replies_base.jsonl | tail -n 1
+	@echo "--- after SFT ---"
+	$(VENV)/bin/novalign generate runs/demo-sft/model --input novalign/assets/demo_sft_eval.jsonl --output runs/demo-sft/replies_sft.jsonl
+
+test: install
+	$(VENV)/bin/python -m pytest tests
+
+bench: install
+	$(VENV)/bin/python bench/packing.py
+
+clean:
+	rm -rf $(VENV) runs
