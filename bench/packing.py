@@ -13,6 +13,10 @@ AdamW and the same loss (``SFTObjective().loss_sum``, token mean per step) in tw
 * **novalign packing**: best-fit-decreasing rows of 4096 tokens (``plan_packed_rows``), one row per
   micro-batch, varlen attention (``resolve_backend("auto")``), positions restarting per sample.
 
+The model is fp32. On CUDA both modes run under bf16 autocast (``--amp auto``), because the flash / torch
+varlen kernels only take 16-bit inputs; on CPU there is no autocast and the varlen backend falls back to an
+exact per-sample SDPA loop.
+
 Reported (one JSON line on stdout, everything else goes to stderr):
 
 * ``padded_utilization`` / ``packed_utilization``: real tokens / tokens the model processes, over the whole
@@ -26,8 +30,12 @@ Reported (one JSON line on stdout, everything else goes to stderr):
   next to a control where the row is one segment so samples attend across boundaries
   (``hidden_max_abs_err_leak_control``, large) -- proof that the check can fail.
 
-The two modes are timed in alternating rounds (a slice of padded steps, then a slice of packed steps, ...),
-so that a change of load on a shared machine affects both about equally.
+Timing is done in rounds: the timed pool (the first ``--max-timed-samples`` samples) is cut into rounds of
+``--round-samples``; each round's samples are trained as padded batches, then the same samples as packed
+rows (BFD within the round). After the round in which the timed seconds of both modes together pass
+``--time-budget`` timing stops, so the run takes a bounded time whatever the machine, both modes are
+always timed on exactly the same samples (``timed_samples``), and a change of load on a shared machine
+hits both modes about equally. Warm-up steps (untimed) use samples from outside the pool.
 
 Usage::
 
@@ -38,7 +46,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -112,8 +119,8 @@ def plan_stats(samples, batches_of_samples_padded, rows, row_len) -> dict[str, f
 class Trainer:
     """One mode's model + AdamW; ``run`` trains one step per batch and accumulates timing and token counts."""
 
-    def __init__(self, model, device, *, lr: float, label: str):
-        self.model, self.device, self.label = model, device, label
+    def __init__(self, model, device, *, lr: float, label: str, amp: bool = False):
+        self.model, self.device, self.label, self.amp = model, device, label, amp
         self.objective = SFTObjective()
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, foreach=True)
         self.seconds = 0.0
@@ -123,7 +130,8 @@ class Trainer:
 
     def _step(self, batch) -> float:
         batch = batch.to(self.device)
-        loss_sum, _ = self.objective.loss_sum(self.model, batch)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss_sum, _ = self.objective.loss_sum(self.model, batch)
         n = max(batch.num_loss_tokens, 1)
         (loss_sum / n).backward()
         self.opt.step()
@@ -157,14 +165,7 @@ class Trainer:
         return self.weighted_loss / max(self.loss_tokens, 1)
 
 
-def chunks(items: list, n: int) -> list[list]:
-    """``items`` cut into ``n`` contiguous, nearly equal parts."""
-    n = max(1, min(n, len(items)))
-    bounds = [round(i * len(items) / n) for i in range(n + 1)]
-    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def hidden_state_check(model_packed, model_padded, samples, row, row_len, pad_id, device) -> tuple[float, float]:
+def hidden_state_check(model_packed, model_padded, samples, row, row_len, pad_id, device, amp=False) -> tuple[float, float]:
     """Max |difference| of the final hidden states of one packed row and of the same samples padded.
 
     Returns ``(packed_err, leaky_err)``: the second is a control in which the row is one segment (samples
@@ -173,7 +174,7 @@ def hidden_state_check(model_packed, model_padded, samples, row, row_len, pad_id
     """
     from novalign.train.forward import decoder_hidden_states
 
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         packed = collate_packed(samples, [row], row_len, pad_id).to(device)
         h_packed = decoder_hidden_states(model_packed, packed)[0]
         packed.cu_seqlens = torch.tensor([0, row_len], dtype=torch.int32, device=device)
@@ -195,7 +196,10 @@ def hidden_state_check(model_packed, model_padded, samples, row, row_len, pad_id
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--num-samples", type=int, default=2000, help="size of the generated set (utilization is computed on all of it)")
-    p.add_argument("--timed-samples", type=int, default=400, help="samples trained on (and timed) in each mode")
+    p.add_argument("--max-timed-samples", type=int, default=1000, help="most samples trained on (and timed) in each mode")
+    p.add_argument("--round-samples", type=int, default=100, help="samples per timing round (both modes train each round)")
+    p.add_argument("--time-budget", type=float, default=120.0,
+                   help="stop timing after the round in which padded + packed training time exceeds this (seconds)")
     p.add_argument("--median-len", type=float, default=400.0, help="median sample length (lognormal mu = ln of this)")
     p.add_argument("--sigma", type=float, default=1.0, help="lognormal sigma of the sample length")
     p.add_argument("--min-len", type=int, default=16)
@@ -204,7 +208,6 @@ def main(argv=None) -> None:
     p.add_argument("--row-len", type=int, default=4096, help="packed row length (one row per micro-batch)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per padded batch")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per mode")
-    p.add_argument("--rounds", type=int, default=4, help="alternating timing rounds (padded slice, packed slice, ...)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--hidden", type=int, default=128)
@@ -214,13 +217,17 @@ def main(argv=None) -> None:
     p.add_argument("--intermediate", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast for both modes; auto = on for CUDA (flash/varlen kernels need 16-bit inputs), off on CPU")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads (default: all cores; on a machine shared with other jobs, fewer threads "
                         "than cores avoids oversubscription, which can slow CPU matmuls several-fold)")
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (< 30 s): 60 timed samples, max length 1024, rows of 1024")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (< 30 s): max length and rows of 1024, rounds of 30 samples, 60 at most, 10 s budget")
     args = p.parse_args(argv)
     if args.quick:
-        args.timed_samples, args.max_len, args.row_len, args.warmup, args.rounds = 60, 1024, 1024, 1, 2
+        args.max_len, args.row_len, args.warmup = 1024, 1024, 1
+        args.round_samples, args.max_timed_samples, args.time_budget = 30, 60, 10.0
     if args.max_len > args.row_len:
         p.error("--max-len must be <= --row-len (a sample longer than a row cannot be packed)")
 
@@ -242,37 +249,60 @@ def main(argv=None) -> None:
     log(f"{len(samples)} samples, median {np.median(lengths):.0f}, mean {np.mean(lengths):.0f}; "
         f"utilization padded {full['padded']:.3f}, packed {full['packed']:.3f}")
 
-    # The timed subset: the first `timed` samples (lengths are i.i.d., so it is a random subset).
-    timed = min(args.timed_samples, len(samples))
-    sub = samples[:timed]
-    sub_lengths = lengths[:timed]
-    pad_plan = plan_padded_batches(timed, args.batch_size, seed=args.seed, epoch=0)
-    pack_plan = plan_packed_rows(sub_lengths, args.row_len, seed=args.seed, epoch=0)
-    sub_util = plan_stats(sub, pad_plan, pack_plan, args.row_len)
-    pad_batches = [collate_padded([sub[i] for i in b], pad_id) for b in pad_plan]
-    pack_batches = [collate_packed(sub, [r], args.row_len, pad_id) for r in pack_plan]
-    assert sum(b.num_real_tokens for b in pad_batches) == sum(b.num_real_tokens for b in pack_batches) == sum(sub_lengths)
+    # Timed pool: the first samples of the set (lengths are i.i.d., so a random subset), cut into rounds of
+    # `round_samples`. Each round's samples are trained once as padded batches and once as packed rows (BFD
+    # within the round), padded then packed, and timing stops after the round in which the time budget runs
+    # out -- so both modes are always timed on exactly the same samples, and a load change on a shared
+    # machine hits both. Warm-up uses samples from the end of the set, outside the pool.
+    rounds = []
+    pool_end = min(args.max_timed_samples, len(samples) - args.round_samples)
+    for start in range(0, pool_end, args.round_samples):
+        idx = list(range(start, min(start + args.round_samples, pool_end)))
+        rounds.append(idx)
+    if not rounds:
+        p.error("--num-samples too small for --round-samples")
+
+    def round_batches(idx: list[int]):
+        sub = [samples[i] for i in idx]
+        pad_plan = plan_padded_batches(len(sub), args.batch_size, seed=args.seed, epoch=0)
+        pack_plan = plan_packed_rows([len(s[0]) for s in sub], args.row_len, seed=args.seed, epoch=0)
+        pads = [collate_padded([sub[i] for i in b], pad_id) for b in pad_plan]
+        packs = [collate_packed(sub, [r], args.row_len, pad_id) for r in pack_plan]
+        assert sum(b.num_real_tokens for b in pads) == sum(b.num_real_tokens for b in packs)
+        return pads, packs, sub, pack_plan
 
     varlen = resolve_backend("auto")
     padded_model = build_model(args, "sdpa", device, args.seed)
     packed_model = build_model(args, varlen, device, args.seed)
     assert all(torch.equal(a, b) for a, b in zip(padded_model.state_dict().values(), packed_model.state_dict().values()))
-    err, leak = hidden_state_check(packed_model, padded_model, sub, max(pack_plan, key=len), args.row_len, pad_id, device)
+    amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
+    _, _, sub0, plan0 = round_batches(rounds[0])
+    err, leak = hidden_state_check(packed_model, padded_model, sub0, max(plan0, key=len), args.row_len, pad_id, device, amp)
     log(f"packed vs padded final hidden states on one row: max |diff| {err:.2e} (cross-sample leak control: {leak:.2e})")
     log(f"varlen kernel on {device}: {varlen_kernel_name(device)}")
 
-    padded = Trainer(padded_model, device, lr=args.lr, label="padded")
-    packed = Trainer(packed_model, device, lr=args.lr, label="packed")
-    # Warm-up (untimed) on the first batches, then the timed pass over every batch of the subset. The two
-    # modes alternate in `rounds` contiguous slices so that a load change on a shared machine hits both.
-    padded.warmup(pad_batches[: args.warmup])
-    packed.warmup(pack_batches[: args.warmup])
-    log(f"timing {len(pad_batches)} padded steps ({args.batch_size} samples each) and {len(pack_batches)} packed "
-        f"steps (one {args.row_len}-token row each) over the same {timed} samples, in {args.rounds} alternating rounds")
-    for i, (pb, kb) in enumerate(zip(chunks(pad_batches, args.rounds), chunks(pack_batches, args.rounds))):
-        padded.run(pb)
-        packed.run(kb)
-        log(f"  round {i + 1}: padded {padded.tokens_per_s:.0f} real tok/s, packed {packed.tokens_per_s:.0f} real tok/s")
+    padded = Trainer(padded_model, device, lr=args.lr, label="padded", amp=amp)
+    packed = Trainer(packed_model, device, lr=args.lr, label="packed", amp=amp)
+    warm_pads, warm_packs, _, _ = round_batches(list(range(len(samples) - args.round_samples, len(samples))))
+    padded.warmup(warm_pads[: args.warmup])
+    packed.warmup(warm_packs[: args.warmup])
+    log(f"timing up to {len(rounds)} rounds of {args.round_samples} samples (budget {args.time_budget:.0f} s), "
+        f"padded batches of {args.batch_size} vs packed rows of {args.row_len}")
+    timed = 0
+    row_tokens = {"padded": 0, "packed": 0}
+    for i, idx in enumerate(rounds):
+        pads, packs, _, _ = round_batches(idx)
+        padded.run(pads)
+        packed.run(packs)
+        timed += len(idx)
+        row_tokens["padded"] += sum(b.num_row_tokens for b in pads)
+        row_tokens["packed"] += sum(b.num_row_tokens for b in packs)
+        log(f"  round {i + 1}: {timed} samples, padded {padded.tokens_per_s:.0f} real tok/s, "
+            f"packed {packed.tokens_per_s:.0f} real tok/s ({padded.seconds + packed.seconds:.0f} s timed)")
+        if padded.seconds + packed.seconds >= args.time_budget:
+            break
+    assert padded.real == packed.real
+    sub_util = {k: utilization(packed.real, v) for k, v in row_tokens.items()}
 
     out = {
         "bench": "packing",
@@ -284,6 +314,7 @@ def main(argv=None) -> None:
         "num_samples": len(samples),
         "timed_samples": timed,
         "timed_real_tokens": packed.real,
+        "time_budget_s": args.time_budget,
         "padded_steps": padded.steps,
         "packed_steps": packed.steps,
         "padded_seconds": round(padded.seconds, 2),
@@ -300,6 +331,7 @@ def main(argv=None) -> None:
         "batch_size": args.batch_size,
         "attn_padded": "sdpa",
         "attn_packed": f"{varlen}/{varlen_kernel_name(device)}",
+        "amp_bf16": amp,
         "quick": args.quick,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),

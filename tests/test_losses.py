@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_llama
+from novalign.train.dist import ObjectiveModule
 from novalign.train.loop import accumulate_gradients
 from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum, token_mean_scale
 from novalign.train.packing import Batch, collate_packed
@@ -73,17 +74,22 @@ def test_token_mean_over_the_effective_batch_not_mean_of_means():
     Mean of per-micro-batch means:      (2/1 + 3/3) / 2 = 1.5     <- the common mistake.
     So dL/dw after accumulating both micro-batches must be 1.25, with scale = 1 / 4."""
     model = _Linear()
-    scale = token_mean_scale(4, world_size=1)
+    scale = token_mean_scale(4)
     assert scale == 0.25
-    loss_total, *_ = accumulate_gradients(model, _ValuesObjective(), [_batch([2.0]), _batch([1.0, 1.0, 1.0])], scale, "cpu")
+    module = ObjectiveModule(model, _ValuesObjective())
+    loss_total, *_ = accumulate_gradients(module, [_batch([2.0]), _batch([1.0, 1.0, 1.0])], scale, "cpu")
     assert model.w.grad.item() == pytest.approx(1.25)
     assert loss_total == pytest.approx(5.0)
 
 
 def test_token_mean_scale_with_data_parallel():
-    """2 ranks, 8 tokens in the effective batch. The loop sums gradients over ranks, so each rank's
-    loss is scaled by 1/8: rank sums 3 (from 3 tokens) and 5 (from 5 tokens) give (3 + 5) / 8 = 1."""
-    assert token_mean_scale(8, world_size=1) == pytest.approx(1 / 8)
+    """8 tokens in the effective batch over 2 ranks; rank sums of per-token gradients 3 and 5.
+    Summed all-reduce: each rank scales by 1/8 -> 3/8 + 5/8 = 1 = (3 + 5) / 8.
+    Averaging reduce (FSDP): each rank scales by 2/8 -> (6/8 + 10/8) / 2 = 1 as well."""
+    assert token_mean_scale(8) == pytest.approx(1 / 8)
+    assert token_mean_scale(8, world_size=2) == pytest.approx(2 / 8)
+    assert (3 * token_mean_scale(8) + 5 * token_mean_scale(8)) == pytest.approx(1.0)
+    assert (3 * token_mean_scale(8, 2) + 5 * token_mean_scale(8, 2)) / 2 == pytest.approx(1.0)
     with pytest.raises(ValueError):
         token_mean_scale(0, 1)
 
@@ -104,7 +110,7 @@ def test_accumulation_equals_one_big_micro_batch():
         model.zero_grad()
         batches = [collate_packed(samples, m, 20, pad_id=0) for m in micro]
         n = sum(obj.num_loss_tokens(b) for b in batches)
-        accumulate_gradients(model, obj, batches, 1.0 / n, "cpu")
+        accumulate_gradients(ObjectiveModule(model, obj), batches, 1.0 / n, "cpu")
         return [p.grad.clone() for p in model.parameters()]
 
     one = grads([rows])

@@ -127,7 +127,7 @@ def _packed(model, samples, chunk):
     loss, _ = obj.loss_sum(model, batch)
     n = obj.num_loss_tokens(batch)
     (loss / n).backward()
-    return float(loss) / n, _grads(model)
+    return float(loss.detach()) / n, _grads(model)
 
 
 def _assert_same(ref, got):

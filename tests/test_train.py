@@ -134,9 +134,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tiny_model_dir, tmp_path, mode):
     """torchrun with 2 CPU processes (gloo), grad_accum 1 == 1 process with grad_accum 2: the same
-    effective batch of 2 micro-batches per step, the same token-mean gradient."""
+    effective batch of 2 micro-batches per step, the same token-mean gradient -- with the explicit
+    gradient all-reduce ('ddp') and with FSDP2 sharding ('fsdp', which averages, hence world/N scaling)."""
     common = {"train": {"max_steps": 6}, "optim": {"lr": 1e-3, "warmup_ratio": 0.0}}
     one = _write_config(tmp_path / "one.yaml", tiny_model_dir, tmp_path / "one", **common)
     _sft(one, "train.grad_accum=2")
@@ -144,7 +146,7 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(_free_port()), "-m", "novalign.cli", "sft", "--config", str(two),
-        "--set", "train.grad_accum=1", "--set", "train.distributed=ddp",
+        "--set", "train.grad_accum=1", "--set", f"train.distributed={mode}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads=1), cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

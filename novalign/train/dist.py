@@ -84,20 +84,63 @@ def all_reduce_gradients(model: nn.Module, info: DistInfo, bucket_bytes: int = 6
     flush()
 
 
-def apply_fsdp(model: nn.Module, layers: nn.ModuleList, mixed_bf16: bool) -> nn.Module:
-    """FSDP2 (``fully_shard``): one unit per decoder layer, then the root. Gradients are summed, not averaged,
-    so the same ``1 / global_tokens`` loss scale applies as in the all-reduce path."""
+class ObjectiveModule(nn.Module):
+    """The model and its objective as one module: ``forward(batch) = objective.loss_sum(lm, batch)``.
+
+    The loop always trains through this module. Under FSDP2 it is the root unit, so the embeddings, final
+    norm and output head are gathered for the whole loss computation (including a chunked cross-entropy
+    that calls the decoder and the head separately), whatever the objective does inside.
+    """
+
+    def __init__(self, lm: nn.Module, objective) -> None:
+        super().__init__()
+        self.lm = lm
+        self.objective = objective
+
+    def forward(self, batch):
+        return self.objective.loss_sum(self.lm, batch)
+
+
+def apply_fsdp(module: ObjectiveModule, layers: nn.ModuleList, mixed_bf16: bool) -> ObjectiveModule:
+    """FSDP2 (``fully_shard``): one unit per decoder layer, then the root. FSDP averages gradients over
+    ranks, so the loop scales the loss by ``world_size / global_tokens`` (see ``losses.token_mean_scale``)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_bf16 else None
     kwargs = {"mp_policy": mp} if mp is not None else {}
     for layer in layers:
         fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
-    for module in [model, *layers]:
-        if hasattr(module, "set_gradient_divide_factor"):
-            module.set_gradient_divide_factor(1.0)
-    return model
+    fully_shard(module, **kwargs)
+    return module
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**kw)
+
+
+def gather_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, *, trainable_only: bool = True):
+    """Full (unsharded, CPU) model and optimizer state dicts -- a collective under FSDP: all ranks call it.
+
+    Works the same on a plain module, so checkpoints look alike with and without FSDP.
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    opts = _options(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    model_sd = get_model_state_dict(module, options=opts)
+    optim_sd = get_optimizer_state_dict(module, optimizer, options=opts) if optimizer is not None else None
+    return model_sd, optim_sd
+
+
+def load_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict | None, optim_sd: dict | None) -> None:
+    """Inverse of :func:`gather_state`: every rank passes the full dicts; FSDP re-shards them."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    if model_sd is not None:
+        set_model_state_dict(module, model_sd, options=_options(full_state_dict=True, strict=False))
+    if optim_sd is not None and optimizer is not None:
+        set_optimizer_state_dict(module, optimizer, optim_sd, options=_options(full_state_dict=True))
 
 
 def barrier(info: DistInfo) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from novalign.config import OptimConfig, TrainConfig
 from novalign.train import dist as D
+from novalign.train.losses import token_mean_scale
 from novalign.train.metrics_log import MetricsLog, plot_loss_curve
 from novalign.train.packing import Batch
 from novalign.train.schedule import lr_factor
@@ -58,6 +59,7 @@ class LoopResult:
     final_loss: float | None
     eval_loss: float | None
     resumed_from: Path | None
+    module: nn.Module | None = None  # the ObjectiveModule that was trained (FSDP-sharded if so configured)
     history: list[dict] = field(default_factory=list)
 
 
@@ -95,38 +97,48 @@ def _progress(enabled: bool):
     )
 
 
-def evaluate(model: nn.Module, objective: Objective, plan: DataPlan, info: D.DistInfo, device, autocast) -> float | None:
+def _rank_share(specs: Sequence[Any], info: D.DistInfo, pad: bool) -> tuple[list[Any], int]:
+    """This rank's micro-batch specs (every world_size-th, starting at rank) and, when ``pad`` (FSDP: every
+    rank must run the same number of forwards), how many zero-weighted repeats of ``specs[0]`` to add."""
+    mine = list(specs[info.rank :: info.world_size])
+    dummies = math.ceil(len(specs) / info.world_size) - len(mine) if pad and specs else 0
+    return mine, dummies
+
+
+def evaluate(module: nn.Module, objective: Objective, plan: DataPlan, info: D.DistInfo, device, autocast, pad: bool = False) -> float | None:
     """Token-mean held-out loss over the whole eval plan (sharded over ranks)."""
     specs = list(plan.micro_batches(0))
     if not specs:
         return None
-    was_training = model.training
-    model.eval()
+    mine, num_dummy = _rank_share(specs, info, pad)
+    was_training = module.training
+    module.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
-        for spec in specs[info.rank :: info.world_size]:
+        for i, spec in enumerate(mine + [specs[0]] * num_dummy):
             batch = plan.collate(spec).to(device)
             with autocast():
-                loss, _ = objective.loss_sum(model, batch)
-            total += float(loss)
-            tokens += objective.num_loss_tokens(batch)
-    model.train(was_training)
+                loss, _ = module(batch)
+            if i < len(mine):
+                total += float(loss)
+                tokens += objective.num_loss_tokens(batch)
+    module.train(was_training)
     total = D.all_reduce_sum(total, info, device)
     tokens = D.all_reduce_sum(tokens, info, device)
     return total / tokens if tokens else None
 
 
 def accumulate_gradients(
-    model: nn.Module,
-    objective: Objective,
+    module: Callable[[Batch], tuple[torch.Tensor, dict]],
     batches: Sequence[Batch],
     scale: float,
-    device: torch.device,
+    device: torch.device | str,
     autocast: Callable = contextlib.nullcontext,
     dummies: Sequence[Batch] = (),
 ) -> tuple[float, int, int, dict[str, float]]:
     """Backpropagate ``loss_sum * scale`` for every micro-batch; gradients add up in ``.grad``.
 
+    ``module(batch)`` returns ``(loss_sum, extra_metric_sums)`` (an :class:`~novalign.train.dist.ObjectiveModule`).
     With ``scale = 1 / tokens_in_effective_batch`` the accumulated gradient is the gradient of the token
     mean over all micro-batches (and, after the cross-rank sum, over all ranks). ``dummies`` are run with
     weight 0 (FSDP needs every rank to run the same number of forwards). Returns the summed loss, real and
@@ -137,7 +149,7 @@ def accumulate_gradients(
     for i, batch in enumerate([*batches, *dummies]):
         batch = batch.to(device)
         with autocast():
-            loss_sum, more = objective.loss_sum(model, batch)
+            loss_sum, more = module(batch)
         if i >= len(batches):
             (loss_sum * 0.0).backward()
             continue
@@ -148,6 +160,11 @@ def accumulate_gradients(
         for k, v in more.items():
             extra[k] = extra.get(k, 0.0) + float(v)
     return loss_total, real_tokens, row_tokens, extra
+
+
+def uses_fsdp(train_cfg: TrainConfig, info: D.DistInfo, device: torch.device) -> bool:
+    mode = train_cfg.distributed
+    return info.world_size > 1 and (mode == "fsdp" or (mode == "auto" and device.type == "cuda"))
 
 
 def train(
@@ -161,15 +178,14 @@ def train(
     info: D.DistInfo,
     device: torch.device,
     eval_plan: DataPlan | None = None,
-    checkpoint_model: nn.Module | None = None,
     console_print: Callable[[str], None] = print,
 ) -> LoopResult:
     """Run the optimizer loop to the end (or ``max_steps``), resuming from a checkpoint when there is one.
 
-    ``model`` is what the objective calls (possibly FSDP-wrapped); ``checkpoint_model`` (default: ``model``)
-    is what gets its trainable parameters saved.
+    ``model`` is the plain model on ``device``; the loop wraps it with the objective into one
+    :class:`~novalign.train.dist.ObjectiveModule` (sharded with FSDP2 when configured) and returns that
+    module in the result, for the caller to gather final weights from.
     """
-    ckpt_model = checkpoint_model or model
     ckpt_root = output_dir / "checkpoints"
     per_step = train_cfg.grad_accum * info.world_size
     num_micro_epoch0 = len(plan.micro_batches(0))
@@ -178,8 +194,18 @@ def train(
     steps_per_epoch = _steps_per_epoch(num_micro_epoch0, per_step)
     total_steps = train_cfg.max_steps or steps_per_epoch * train_cfg.epochs
     warmup = int(round(optim_cfg.warmup_ratio * total_steps))
+    use_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
+    fsdp = uses_fsdp(train_cfg, info, device)
 
-    optimizer = build_optimizer(model, optim_cfg, device)
+    module = D.ObjectiveModule(model, objective)
+    if fsdp:
+        from novalign.models.checkpointing import decoder_layers
+
+        D.apply_fsdp(module, decoder_layers(model), mixed_bf16=use_bf16)
+    # FSDP2's mixed-precision policy casts parameters itself; otherwise bf16 is autocast over fp32 weights.
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 and not fsdp else contextlib.nullcontext
+
+    optimizer = build_optimizer(module, optim_cfg, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, optim_cfg.schedule, optim_cfg.min_lr_ratio)
     )
@@ -187,13 +213,7 @@ def train(
     resumed_from = latest_checkpoint(ckpt_root) if train_cfg.resume else None
     if resumed_from is not None:
         state, pieces = load_checkpoint(resumed_from, info.rank)
-        if "model" in pieces:
-            missing = set(pieces["model"]) - set(ckpt_model.state_dict())
-            if missing:
-                raise ValueError(f"checkpoint {resumed_from} has weights this model lacks: {sorted(missing)[:5]}")
-            ckpt_model.load_state_dict(pieces["model"], strict=False)
-        if "optimizer" in pieces:
-            optimizer.load_state_dict(pieces["optimizer"])
+        D.load_state(module, optimizer, pieces.get("model"), pieces.get("optimizer"))
         if "scheduler" in pieces:
             scheduler.load_state_dict(pieces["scheduler"])
         if "rng" in pieces:
@@ -203,21 +223,18 @@ def train(
 
     metrics = MetricsLog(output_dir, enabled=info.is_main, tensorboard=train_cfg.tensorboard)
     metrics.truncate_after(state.step)
-    use_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.train()
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    module.train()
     last_loss: float | None = None
     eval_loss: float | None = None
 
     def save(step_state: TrainState) -> None:
-        from novalign.train.state import trainable_state_dict
-
+        model_sd, optim_sd = D.gather_state(module, optimizer)  # a collective under FSDP
         save_checkpoint(
             ckpt_root,
             step_state,
-            model_state=trainable_state_dict(ckpt_model) if info.is_main else None,
-            optimizer_state=optimizer.state_dict() if info.is_main else None,
+            model_state=model_sd if info.is_main else None,
+            optimizer_state=optim_sd if info.is_main else None,
             scheduler_state=scheduler.state_dict() if info.is_main else None,
             rank=info.rank,
             is_main=info.is_main,
@@ -236,25 +253,22 @@ def train(
                 continue
             t0 = time.perf_counter()
             step_specs = specs[state.step_in_epoch * per_step : (state.step_in_epoch + 1) * per_step]
-            mine = [plan.collate(s) for s in step_specs[info.rank :: info.world_size]]
+            mine_specs, num_dummy = _rank_share(step_specs, info, pad=fsdp)
+            mine = [plan.collate(s) for s in mine_specs]
             local_tokens = sum(objective.num_loss_tokens(b) for b in mine)
-            # FSDP runs collectives inside forward/backward: every rank needs the same number of micro-batches.
-            # In the last step of an epoch a rank may be short; it runs zero-weighted copies of the first one.
-            num_dummy = 0
-            if train_cfg.distributed == "fsdp" and info.world_size > 1:
-                num_dummy = math.ceil(len(step_specs) / info.world_size) - len(mine)
             global_tokens = int(D.all_reduce_sum(local_tokens, info, device))
             if global_tokens == 0:
                 raise ValueError(f"step {state.step}: no loss tokens in the effective batch")
             dummies = [plan.collate(step_specs[0])] * num_dummy
             loss_total, real_tokens, row_tokens, extra = accumulate_gradients(
-                model, objective, mine, 1.0 / global_tokens, device, autocast, dummies=dummies
+                module, mine, token_mean_scale(global_tokens, info.world_size if fsdp else 1), device, autocast, dummies=dummies
             )
-            if info.world_size > 1 and train_cfg.distributed != "fsdp":
-                D.all_reduce_gradients(model, info)
+            if info.world_size > 1 and not fsdp:
+                D.all_reduce_gradients(module, info)
             grad_norm = None
             if optim_cfg.max_grad_norm is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, optim_cfg.max_grad_norm))
+                norm = torch.nn.utils.clip_grad_norm_(trainable, optim_cfg.max_grad_norm)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -270,29 +284,30 @@ def train(
             dt = time.perf_counter() - t0
             tps = real_tokens / dt if dt > 0 else 0.0
             if state.step % train_cfg.log_every == 0 or state.step == total_steps:
-                record = {
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "loss": last_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "loss_tokens": global_tokens,
-                    "real_tokens": real_tokens,
-                    "utilization": real_tokens / row_tokens if row_tokens else 0.0,
-                    "tokens_per_s": tps,
-                    **{k: v / global_tokens for k, v in extra.items()},
-                }
-                metrics.log(record)
+                metrics.log(
+                    {
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": last_loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "loss_tokens": global_tokens,
+                        "real_tokens": real_tokens,
+                        "utilization": real_tokens / row_tokens if row_tokens else 0.0,
+                        "tokens_per_s": tps,
+                        **{k: v / global_tokens for k, v in extra.items()},
+                    }
+                )
             if progress is not None:
                 progress.update(task, completed=state.step, loss=f"{last_loss:.4f}", tps=f"{tps:,.0f}")
             if eval_plan is not None and train_cfg.eval_every and state.step % train_cfg.eval_every == 0:
-                eval_loss = evaluate(model, objective, eval_plan, info, device, autocast)
+                eval_loss = evaluate(module, objective, eval_plan, info, device, autocast, pad=fsdp)
                 metrics.log({"step": state.step, "eval_loss": eval_loss})
             if train_cfg.save_every and state.step % train_cfg.save_every == 0 and state.step < total_steps:
                 save(state)
 
     if eval_plan is not None and (not train_cfg.eval_every or state.step % train_cfg.eval_every != 0):
-        eval_loss = evaluate(model, objective, eval_plan, info, device, autocast)
+        eval_loss = evaluate(module, objective, eval_plan, info, device, autocast, pad=fsdp)
         metrics.log({"step": state.step, "eval_loss": eval_loss})
     if resumed_from is None or resumed_from.name != f"step-{state.step:08d}":
         save(state)
@@ -300,4 +315,6 @@ def train(
     if info.is_main:
         plot_loss_curve(history, output_dir / "loss_curve.png")
     metrics.close()
-    return LoopResult(state=state, final_loss=last_loss, eval_loss=eval_loss, resumed_from=resumed_from, history=history)
+    return LoopResult(
+        state=state, final_loss=last_loss, eval_loss=eval_loss, resumed_from=resumed_from, module=module, history=history
+    )

@@ -69,12 +69,13 @@ def chunked_causal_lm_loss_sum(
     return total, int(y.numel())
 
 
-def token_mean_scale(num_tokens_global: int, world_size: int) -> float:
+def token_mean_scale(num_tokens_global: int, world_size: int = 1) -> float:
     """Factor that turns a rank's summed loss into its share of the effective-batch token mean.
 
-    Every micro-batch of an optimizer step backpropagates ``loss_sum * scale``. Gradients add up over the
-    micro-batches of a rank, and data parallelism then *averages* them over ``world_size`` ranks, so
-    ``scale = world_size / num_tokens_global`` gives exactly ``sum over all tokens / num_tokens_global``.
+    Every micro-batch of an optimizer step backpropagates ``loss_sum * scale``; gradients add up over the
+    micro-batches of a rank. If the ranks' gradients are then *summed* (our all-reduce), ``world_size`` is
+    1 here; if they are *averaged* (FSDP's reduce-scatter), pass the real world size so that
+    ``scale = world_size / num_tokens_global`` still gives exactly ``sum over all tokens / num_tokens_global``.
     """
     if num_tokens_global <= 0:
         raise ValueError("an optimizer step with no loss tokens")

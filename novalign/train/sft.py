@@ -25,7 +25,7 @@ from novalign.models import attention
 from novalign.models.checkpointing import decoder_layers, enable_multi_layer_checkpointing
 from novalign.train import dist as D
 from novalign.train.forward import decoder_hidden_states, lm_logits, output_weight
-from novalign.train.loop import DataPlan, LoopResult, train
+from novalign.train.loop import DataPlan, LoopResult, train, uses_fsdp
 from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from novalign.train.packing import (
     Batch,
@@ -197,16 +197,21 @@ def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
         mode = "packed" if cfg.packing.enabled else "padded"
         console_print(f"{len(train_samples)} training samples, {mode}, token utilization {util:.3f}")
 
+    if cfg.model.lora is not None and uses_fsdp(cfg.train, info, device):
+        raise ValueError("LoRA under FSDP is not supported yet: use train.distributed=ddp (adapters are small)")
     model = prepare_model(cfg, device)
-    train_model = model
-    if info.world_size > 1 and (cfg.train.distributed == "fsdp" or (cfg.train.distributed == "auto" and device.type == "cuda")):
-        cfg.train.distributed = "fsdp"
-        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
-        train_model = D.apply_fsdp(model, decoder_layers(model), mixed_bf16=use_bf16)
     result = train(
-        train_model, SFTObjective(cfg.train.loss_chunk_size), plan, train_cfg=cfg.train, optim_cfg=cfg.optim,
+        model, SFTObjective(cfg.train.loss_chunk_size), plan, train_cfg=cfg.train, optim_cfg=cfg.optim,
         output_dir=out, info=info, device=device, eval_plan=eval_plan, console_print=console_print,
     )
+    if uses_fsdp(cfg.train, info, device):
+        # gather the full weights (a collective), then rank 0 writes them through a fresh, unsharded copy
+        full, _ = D.gather_state(result.module, None, trainable_only=False)
+        if info.is_main:
+            from novalign.models.load import load_model
+
+            model = load_model(cfg.model.path, dtype="float32")
+            model.load_state_dict({k.removeprefix("lm."): v for k, v in full.items()}, strict=True)
     if info.is_main:
         enable_multi_layer_checkpointing(model, 0)
         save_pretrained_dir(model, tokenizer, out / "model")

@@ -2,8 +2,8 @@
 
 A checkpoint is a folder ``<output_dir>/checkpoints/step-<N>/`` with
 
-- ``model.pt``       the trainable parameters (all weights, or only the LoRA adapters);
-- ``optimizer.pt``   optimizer state; ``scheduler.pt`` the LR scheduler's state;
+- ``model.pt``       the trainable parameters (all weights, or only the LoRA adapters), unsharded;
+- ``optimizer.pt``   optimizer state (unsharded, keyed by parameter name); ``scheduler.pt`` the LR schedule;
 - ``rng-rank<R>.pt`` every RNG (python, numpy, torch CPU and CUDA) of every rank;
 - ``trainer_state.json`` step, epoch and position in the epoch's data plan -- written last.
 
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 STATE_FILE = "trainer_state.json"
 
@@ -65,11 +64,6 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in names}
 
 
 def save_checkpoint(
