@@ -8,7 +8,8 @@ which is smallest at ``k = sqrt(L / n)``. The baseline is **no checkpointing (k 
 same run; ratios against it are reported.
 
 For every k in ``[0, 1, 2, 4, ..., L]`` a FRESH subprocess (so its memory high-water mark is its own) builds
-the same random-init Llama (default 8 layers, hidden 256, fp32, varlen attention), turns on
+the same random-init Llama (default 8 layers, hidden 256, fp32 -- under bf16 autocast on CUDA, where
+the varlen kernels need 16-bit inputs --, varlen attention), turns on
 ``enable_multi_layer_checkpointing(model, k)``, and runs forward + backward of ``SFTObjective`` on one
 packed row of 4096 tokens (log-normal sample lengths, BFD). One untimed warm-up step comes first (so the
 gradients already exist and are not counted), then the measured step, then ``--steps`` timed steps.
@@ -32,7 +33,8 @@ Per k (``results``):
 Top level: ``n_measured`` (``measure_activations_per_layer`` on one layer at the row length),
 ``n_measured_64_tokens`` (the same at 64 tokens, what ``novalign.train.sft.auto_group_size`` uses),
 ``n_activations_only`` (saved bytes per layer counted once per storage and without parameters),
-``n_empirical`` (k=0 saved memory / (L * tokens * hidden * bytes)), ``k_auto`` = optimal_group_size(L,
+``n_empirical`` (k=0 saved memory / (L * tokens * hidden * bytes), bytes = 4, or 2 under autocast;
+the embedding output and the loss are included, so it slightly overstates n), ``k_auto`` = optimal_group_size(L,
 n_measured), ``k_auto_sft`` = auto_group_size(model), ``memory_ratio_k1_vs_off`` = peak_mib(k=1) /
 peak_mib(k=0), and the device.
 
@@ -175,8 +177,11 @@ def worker(args) -> None:
     objective = SFTObjective()
     n_loss = batch.num_loss_tokens
 
+    amp = use_amp(args, device)
+
     def fwd():
-        loss_sum, _ = objective.loss_sum(model, batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss_sum, _ = objective.loss_sum(model, batch)
         return loss_sum / n_loss
 
     def sync():
@@ -241,6 +246,11 @@ def worker(args) -> None:
     if rss_note:
         res["rss_note"] = rss_note
     print(json.dumps(res), flush=True)
+
+
+def use_amp(args, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA by default, since the flash / torch varlen kernels need 16-bit inputs."""
+    return args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
 
 
 def pick_device(name: str) -> torch.device:
@@ -308,14 +318,16 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per k (median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                   help="bf16 autocast; auto = on for CUDA (varlen kernels need 16-bit inputs), off on CPU")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch CPU threads (default: all cores; on a machine shared with other jobs, fewer threads "
                         "than cores avoids oversubscription, which can slow CPU matmuls several-fold)")
-    p.add_argument("--quick", action="store_true", help="smoke run (< 30 s): 4 layers, hidden 128, 1024-token row, 1 timed step")
+    p.add_argument("--quick", action="store_true", help="smoke run (< 30 s): 4 layers, hidden 64, 512-token row, 1 timed step")
     p.add_argument("--worker-k", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.layers, args.hidden, args.intermediate, args.row_len, args.steps = 4, 128, 344, 1024, 1
+        args.layers, args.hidden, args.intermediate, args.row_len, args.steps = 4, 64, 172, 512, 1
     if args.worker_k is not None:
         worker(args)
         return
@@ -334,7 +346,7 @@ def main(argv=None) -> None:
     passthrough = ["--layers", args.layers, "--hidden", args.hidden, "--heads", args.heads, "--kv-heads", args.kv_heads,
                    "--intermediate", args.intermediate, "--vocab", args.vocab, "--row-len", args.row_len,
                    "--attn", args.attn, "--steps", args.steps, "--seed", args.seed, "--device", args.device,
-                   "--threads", args.threads]
+                   "--threads", args.threads, "--amp", args.amp]
     results = []
     for k in ks:
         cmd = [sys.executable, os.path.abspath(__file__), *map(str, passthrough), "--worker-k", str(k)]
@@ -352,7 +364,8 @@ def main(argv=None) -> None:
     ratio = ok[1]["peak_mib"] / ok[0]["peak_mib"] if 0 in ok and 1 in ok and ok[0]["peak_mib"] else None
     norms = [r["grad_norm"] for r in ok.values()]
     tokens = next(iter(ok.values()))["tokens"] if ok else args.row_len
-    n_emp = ok[0]["saved_activation_mib"] * 1024 * 1024 / (args.layers * tokens * args.hidden * 4) if 0 in ok else None
+    act_bytes = 2 if use_amp(args, device) else 4  # under bf16 autocast most saved activations are bf16
+    n_emp = ok[0]["saved_activation_mib"] * 1024 * 1024 / (args.layers * tokens * args.hidden * act_bytes) if 0 in ok else None
     out = {
         "bench": "checkpointing",
         "results": results,
@@ -370,6 +383,7 @@ def main(argv=None) -> None:
         "memory_ratio_best_vs_off": round(min(r["peak_mib"] for r in ok.values()) / ok[0]["peak_mib"], 4) if 0 in ok else None,
         "grad_norm_max_rel_diff": round((max(norms) - min(norms)) / max(norms), 9) if norms else None,
         "memory_metric": "cuda max_memory_allocated" if device.type == "cuda" else "live tensor bytes (dispatch-mode tracker)",
+        "amp_bf16": use_amp(args, device),
         "quick": args.quick,
         "threads": args.threads,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),

@@ -35,8 +35,10 @@ Precision (``--precision``):
 * ``amp``: fp32 parameters, gradients and AdamW state, forward under ``torch.autocast(bfloat16)``. The
   honest training setup; it costs a cast of the weights every step and ~2x the state memory.
 
-Options: ``--compile`` (``torch.compile`` each decoder layer), ``--grad-ckpt K`` (multi-layer gradient
-checkpointing with groups of K layers, 0 = off), ``--steps``, ``--warmup``.
+Options: ``--compile`` (``torch.compile(dynamic=True)`` on each decoder layer; warm-up raised to 3 steps),
+``--grad-ckpt K`` (multi-layer gradient checkpointing with groups of K layers, 0 = off), ``--steps``,
+``--warmup``. On CPU ``--compile`` is not representative: the varlen CPU fallback loops over samples in
+Python (``cu_seqlens.tolist()``), which breaks the graph and recompiles for every new segment count.
 
 On a machine without CUDA the script runs the same code path with a tiny shape (``--tiny``: hidden 64,
 2 layers, vocab 512, 1024-token rows) and prints the same keys, so it can be checked before spending GPU
@@ -100,8 +102,7 @@ def model_config(args):
     else:
         shape = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                      intermediate_size=8960, vocab_size=151936)
-    return Qwen2Config(**shape, max_position_embeddings=32768, tie_word_embeddings=True, use_cache=False,
-                       rope_theta=1_000_000.0)
+    return Qwen2Config(**shape, max_position_embeddings=32768, tie_word_embeddings=True, use_cache=False)
 
 
 def build(args, attn_implementation: str, device: torch.device):
@@ -117,7 +118,7 @@ def build(args, attn_implementation: str, device: torch.device):
         enable_multi_layer_checkpointing(model, args.grad_ckpt)
     if args.compile:
         for layer in decoder_layers(model):
-            layer.compile(dynamic=None)
+            layer.compile(dynamic=True)  # lengths, segment counts and max_seqlen change every step
     try:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0, fused=True)
     except (RuntimeError, TypeError) as exc:  # fused AdamW unavailable for this device/dtype
@@ -225,6 +226,15 @@ def main(argv=None) -> None:
         args.max_len = min(args.max_len, args.row_len)
     if args.quick:
         args.warmup, args.steps, args.num_samples = 1, 2, 1000
+    elif args.compile and args.warmup < 3:
+        args.warmup = 3  # first compile, then one recompile with dynamic shapes, then steady state
+        log("--compile: warm-up raised to 3 steps")
+    if args.compile:
+        import torch._dynamo as dynamo
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo.config, name):
+                setattr(dynamo.config, name, max(64, getattr(dynamo.config, name)))
     if args.max_len > args.row_len:
         p.error("--max-len must be <= --row-len")
     if device.type == "cuda":

@@ -223,11 +223,11 @@ def main(argv=None) -> None:
                    help="torch CPU threads (default: all cores; on a machine shared with other jobs, fewer threads "
                         "than cores avoids oversubscription, which can slow CPU matmuls several-fold)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run (< 30 s): max length and rows of 1024, rounds of 30 samples, 60 at most, 10 s budget")
+                   help="smoke run (< 30 s): max length and rows of 1024, rounds of 12 samples, 24 at most, 5 s budget")
     args = p.parse_args(argv)
     if args.quick:
         args.max_len, args.row_len, args.warmup = 1024, 1024, 1
-        args.round_samples, args.max_timed_samples, args.time_budget = 30, 60, 10.0
+        args.round_samples, args.max_timed_samples, args.time_budget = 12, 24, 5.0
     if args.max_len > args.row_len:
         p.error("--max-len must be <= --row-len (a sample longer than a row cannot be packed)")
 

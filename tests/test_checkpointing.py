@@ -95,3 +95,18 @@ def test_measured_n_and_auto_k():
     )
     assert n > 2  # a decoder layer keeps several hidden-sized tensors per token
     assert auto_group_size(model) == optimal_group_size(2, n) == 1
+
+
+def test_measured_n_does_not_depend_on_token_count():
+    """n counts activations per token only: weights saved for backward and tensors saved twice are not
+    counted, so measuring at 128 or at 1024 tokens gives nearly the same n."""
+    model = tiny_llama(layers=1)
+
+    def n_at(tokens):
+        h = torch.randn(1, tokens, 32, requires_grad=True)
+        pos = torch.arange(tokens)[None]
+        kwargs = {"hidden_states": h, "position_embeddings": model.model.rotary_emb(h, pos), "attention_mask": None}
+        return measure_activations_per_layer(decoder_layers(model)[0], 32, kwargs, tokens)
+
+    small, large = n_at(128), n_at(1024)
+    assert abs(small - large) / large < 0.1, (small, large)

@@ -147,6 +147,9 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path, mode):
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(_free_port()), "-m", "novalign.cli", "sft", "--config", str(two),
         "--set", "train.grad_accum=1", "--set", f"train.distributed={mode}",
+        # under FSDP also group both layers into one checkpoint: the group must call its layers through
+        # their hooks (FSDP2 all-gathers), and the result must not change
+        "--set", f"model.gradient_checkpointing={2 if mode == 'fsdp' else 'off'}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads=1), cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

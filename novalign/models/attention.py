@@ -6,9 +6,9 @@ one attention implementation with transformers, ``"novalign_varlen"``, that read
 ``max_length_q`` from the model's forward kwargs and dispatches to the fastest kernel available:
 
 - ``flash-attn`` (``flash_attn_varlen_func``) on CUDA when the package is installed;
-- torch's ``torch.nn.attention.varlen.varlen_attn`` on CUDA when present (torch >= 2.10). Older releases
-  of it have no ``enable_gqa`` argument, so grouped key/value heads are repeated by hand there; causal
-  masking is ``window_size=(-1, 0)``;
+- torch's ``torch.nn.attention.varlen.varlen_attn`` on CUDA when present (torch >= 2.9). Releases
+  without an ``enable_gqa`` argument get grouped key/value heads repeated by hand; causal masking is
+  ``window_size=(-1, 0)`` where that argument exists and ``is_causal=True`` before it;
 - an exact CPU/GPU fallback: scaled-dot-product attention run per sample with a causal mask.
 
 Without ``cu_seq_lens_q`` (generation, padded batches) the call is handed to transformers' own SDPA path
@@ -50,9 +50,12 @@ def _flash_varlen():
     return flash_attn_varlen_func
 
 
-def varlen_kernel_name(device: torch.device) -> str:
-    """Which kernel ``varlen_attention`` uses on ``device``: 'flash_attn', 'torch_varlen' or 'sdpa_loop'."""
-    if device.type == "cuda":
+def varlen_kernel_name(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """Which kernel ``varlen_attention`` uses: 'flash_attn', 'torch_varlen' or 'sdpa_loop'.
+
+    The fused kernels run on CUDA in fp16/bf16 only; fp32 (and every CPU tensor) takes the exact loop.
+    """
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         if _flash_varlen() is not None:
             return "flash_attn"
         if _torch_varlen() is not None:
@@ -88,15 +91,20 @@ def varlen_attention(
     Returns:
         ``[total, num_heads, head_dim]``.
     """
-    kernel = varlen_kernel_name(q.device)
+    kernel = varlen_kernel_name(q.device, q.dtype)
     n_rep = q.shape[1] // k.shape[1]
     if kernel == "flash_attn":
         return _flash_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scale, causal=True)
     if kernel == "torch_varlen":
         fn = _torch_varlen()
-        kwargs: dict[str, Any] = {"scale": scale, "window_size": (-1, 0)}
+        params = inspect.signature(fn).parameters
+        kwargs: dict[str, Any] = {"scale": scale}
+        if "window_size" in params:  # torch >= 2.10: causal is a (-1, 0) window
+            kwargs["window_size"] = (-1, 0)
+        else:  # torch 2.9
+            kwargs["is_causal"] = True
         if n_rep > 1:
-            if "enable_gqa" in inspect.signature(fn).parameters:
+            if "enable_gqa" in params:
                 kwargs["enable_gqa"] = True
             else:
                 k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)

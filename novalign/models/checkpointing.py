@@ -9,13 +9,15 @@ k = 1 is already optimal. ``n`` depends on the architecture, so :func:`measure_a
 measures it by counting the bytes autograd saves inside one layer.
 
 Groups are installed without changing any parameter name: the first layer of each group gets a forward
-that runs the whole group under ``torch.utils.checkpoint``, and the other layers of the group become
-pass-throughs. Saved checkpoints and ``state_dict`` keys are therefore unchanged.
+that runs the whole group under ``torch.utils.checkpoint``, and the other layers of the group pass their
+input through when the model's own loop calls them. Saved checkpoints and ``state_dict`` keys are
+therefore unchanged, and the same code works under FSDP2.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import torch
@@ -57,16 +59,24 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def measure_activations_per_layer(layer: nn.Module, hidden_size: int, call_kwargs: dict[str, Any], tokens: int) -> float:
-    """n: bytes autograd saves inside one decoder layer, per token, in units of hidden_size elements.
+    """n: activation bytes autograd saves inside one decoder layer, per token, in units of hidden_size elements.
 
     ``call_kwargs`` must contain ``hidden_states`` (``[1, tokens, hidden]``, requires grad) and the other
-    arguments the layer needs (``position_embeddings``, ...).
+    arguments the layer needs (``position_embeddings``, ...). Parameters saved for backward are not
+    activations and are skipped, and a tensor saved by several ops (the normed input feeds q, k and v) is
+    counted once; use a few hundred tokens or more so that per-sequence constants do not inflate n.
     """
+    params = {p.data_ptr() for p in layer.parameters()}
+    seen: set[tuple[int, int]] = set()
     saved = 0
 
     def pack(t: torch.Tensor):
         nonlocal saved
-        saved += t.numel() * t.element_size()
+        ptr = t.untyped_storage().data_ptr()
+        key = (ptr, t.storage_offset())
+        if ptr not in params and key not in seen:
+            seen.add(key)
+            saved += t.numel() * t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -76,14 +86,21 @@ def measure_activations_per_layer(layer: nn.Module, hidden_size: int, call_kwarg
     return saved / (tokens * hidden_size * elem)
 
 
-def _passthrough(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    return hidden_states
+class _GroupState(threading.local):
+    depth = 0
+
+
+_group_state = _GroupState()
 
 
 def enable_multi_layer_checkpointing(model: nn.Module, k: int) -> int:
     """Checkpoint groups of ``k`` consecutive decoder layers; returns the number of groups.
 
     ``k = 1`` is conventional per-layer checkpointing; ``k = 0`` removes checkpointing.
+
+    The model's own loop still calls every layer. The first layer of a group runs the whole group under one
+    checkpoint; the others answer the model's loop with a pass-through, but when the group calls them they
+    run for real -- through ``layer(...)``, so module hooks (FSDP2's all-gathers) fire as usual.
     """
     layers = decoder_layers(model)
     for layer in layers:  # reset any earlier grouping
@@ -92,20 +109,34 @@ def enable_multi_layer_checkpointing(model: nn.Module, k: int) -> int:
         return 0
     groups = [list(layers[i : i + k]) for i in range(0, len(layers), k)]
     for group in groups:
-        originals = [layer.forward for layer in group]
+        leader, followers = group[0], group[1:]
+        leader_forward = leader.forward
 
-        def group_forward(hidden_states: torch.Tensor, *args: Any, _fns=tuple(originals), **kwargs: Any) -> torch.Tensor:
+        def group_forward(hidden_states: torch.Tensor, *args: Any, _lead=leader_forward, _rest=tuple(followers), **kwargs: Any) -> torch.Tensor:
             def run(h: torch.Tensor) -> torch.Tensor:
-                for fn in _fns:
-                    out = fn(h, *args, **kwargs)
+                _group_state.depth += 1
+                try:
+                    out = _lead(h, *args, **kwargs)
                     h = out[0] if isinstance(out, tuple) else out
-                return h
+                    for layer in _rest:
+                        out = layer(h, *args, **kwargs)
+                        h = out[0] if isinstance(out, tuple) else out
+                    return h
+                finally:
+                    _group_state.depth -= 1
 
             if torch.is_grad_enabled():
                 return checkpoint(run, hidden_states, use_reentrant=False)
             return run(hidden_states)
 
-        group[0].forward = group_forward
-        for layer in group[1:]:
-            layer.forward = _passthrough
+        leader.forward = group_forward
+        for layer in followers:
+            original = layer.forward
+
+            def follower_forward(hidden_states: torch.Tensor, *args: Any, _orig=original, **kwargs: Any) -> torch.Tensor:
+                if _group_state.depth > 0:  # called by its group
+                    return _orig(hidden_states, *args, **kwargs)
+                return hidden_states  # called by the model's loop: the group leader already ran it
+
+            layer.forward = follower_forward
     return len(groups)

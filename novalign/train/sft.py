@@ -128,7 +128,7 @@ def prepare_model(cfg: SFTConfig, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
-def auto_group_size(model: nn.Module, tokens: int = 64) -> int:
+def auto_group_size(model: nn.Module, tokens: int = 512) -> int:
     """The report's k = sqrt(num_layers / n), with n measured on one decoder layer of this model."""
     from novalign.models.checkpointing import measure_activations_per_layer, optimal_group_size
 
