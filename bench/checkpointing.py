@@ -62,9 +62,7 @@ import weakref
 import numpy as np
 import torch
 
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
+from common import log  # bench/common.py (the script's folder is on sys.path)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

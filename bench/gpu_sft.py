@@ -54,19 +54,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
-import sys
 import time
 import traceback
 
-import numpy as np
 import torch
 
 from novalign.models.attention import resolve_backend, varlen_kernel_name
 from novalign.models.checkpointing import decoder_layers, enable_multi_layer_checkpointing
 from novalign.train.packing import (
-    IGNORE_INDEX,
     collate_packed,
     collate_padded,
     plan_packed_rows,
@@ -75,22 +71,9 @@ from novalign.train.packing import (
 )
 from novalign.train.sft import SFTObjective
 
+from common import log, make_samples  # bench/common.py (the script's folder is on sys.path)
+
 GIB = 1024**3
-
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def make_samples(n: int, *, median: float, sigma: float, min_len: int, max_len: int, vocab: int, seed: int):
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(np.round(rng.lognormal(math.log(median), sigma, n)), min_len, max_len).astype(int)
-    samples = []
-    for length in lengths:
-        ids = rng.integers(0, vocab, int(length)).tolist()
-        prompt = int(round(0.4 * length))
-        samples.append((ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
-    return samples
 
 
 def model_config(args):
@@ -186,7 +169,7 @@ def run_mode(args, name: str, attn: str, warm_batches, timed_batches, device: to
         traceback.print_exc()
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     finally:
-        del model, opt
+        model = opt = None  # drop the references before emptying the CUDA cache
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()

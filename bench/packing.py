@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -57,7 +55,6 @@ import torch
 
 from novalign.models.attention import resolve_backend, varlen_kernel_name
 from novalign.train.packing import (
-    IGNORE_INDEX,
     collate_packed,
     collate_padded,
     plan_packed_rows,
@@ -66,24 +63,7 @@ from novalign.train.packing import (
 )
 from novalign.train.sft import SFTObjective
 
-
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def make_samples(
-    n: int, *, median: float, sigma: float, min_len: int, max_len: int, vocab: int, prompt_frac: float, seed: int
-) -> list[tuple[list[int], list[int]]]:
-    """Log-normal lengths; labels = ids on the last (1 - prompt_frac) of each sample, -100 on the prompt."""
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(np.round(rng.lognormal(math.log(median), sigma, n)), min_len, max_len).astype(int)
-    samples = []
-    for length in lengths:
-        ids = rng.integers(0, vocab, int(length)).tolist()
-        prompt = int(round(prompt_frac * length))
-        labels = [IGNORE_INDEX] * prompt + ids[prompt:]
-        samples.append((ids, labels))
-    return samples
+from common import log, make_samples  # bench/common.py (the script's folder is on sys.path)
 
 
 def build_model(args, attn_implementation: str, device: torch.device, seed: int):

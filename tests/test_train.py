@@ -104,7 +104,7 @@ def test_kill_and_resume_gives_identical_weights(tiny_model_dir, tmp_path):
     killed_at = max(int(p.name.split("-")[1]) for p in ckpts.glob("step-*") if (p / "trainer_state.json").exists())
     assert killed_at < steps
     resumed = _sft(cfg)
-    assert f"resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stdout
     ref, got = _weights(ref_out), _weights(run_out)
     assert ref.keys() == got.keys()
     for name in ref:
