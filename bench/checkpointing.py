@@ -263,7 +263,7 @@ def pick_device(name: str) -> torch.device:
 def activations_per_layer(args) -> dict[str, float]:
     """n from the library (at the row length and at 64 tokens) and a count without parameters/duplicates."""
     from novalign.models.checkpointing import decoder_layers, measure_activations_per_layer
-    from novalign.train.sft import auto_group_size
+    from novalign.train.session import auto_group_size
 
     model = build_model(args, torch.device("cpu"))
     layer = decoder_layers(model)[0]

@@ -145,6 +145,152 @@ def generate_command(
         typer.echo(f"answer found in {sum(graded)}/{len(graded)} replies ({sum(graded) / len(graded):.1%})")
 
 
+@app.command("merge")
+def merge_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see --help-config)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set method=ties (repeatable)."),
+    help_config: bool = typer.Option(False, "--help-config", help="List every config option with default and help."),
+) -> None:
+    """Merge fine-tuned checkpoints: Linear, Task Arithmetic, TIES, Model Stock (report section 2.4),
+    streamed tensor by tensor into an atomically written model directory."""
+    from novalign.config import ConfigError, MergeConfig, load_config
+
+    if help_config:
+        _print_config_help(MergeConfig)
+        return
+    try:
+        cfg = load_config(MergeConfig, config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from novalign.merge import MergeError, merge_models
+
+    def progress(done: int, total: int, name: str) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            typer.echo(f"  {done}/{total} tensors ({name})", err=True)
+
+    try:
+        result = merge_models(cfg, progress=progress)
+    except (MergeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    ratios = [t for t in result.statistics.values() if isinstance(t, float)]
+    detail = f", Model Stock t: mean {sum(ratios) / len(ratios):.3f}" if cfg.method == "model_stock" and ratios else ""
+    typer.echo(f"merged {result.num_tensors} tensors ({result.num_bytes / 1e6:.1f} MB) into {result.output_dir} "
+               f"in {result.seconds:.1f} s{detail}")
+
+
+@app.command("serve")
+def serve_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Local Hugging Face model directory to serve."),
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1, loopback only)."),
+    port: Optional[int] = typer.Option(None, help="TCP port (default 8000; 0 picks a free one and prints it)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require this bearer key (default: $NOVALIGN_API_KEY)."),
+    served_model_name: Optional[str] = typer.Option(None, help="Model id clients ask for (default: directory name)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML ServeConfig (see --help-config)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set engine.max_batch_size=64."),
+    help_config: bool = typer.Option(False, "--help-config", help="List every config option with default and help."),
+) -> None:
+    """OpenAI-compatible server for a local model: /v1/chat/completions, /v1/completions, /v1/models, /health.
+    Concurrent requests are batched into one generate call."""
+    from novalign.config import ConfigError, ServeConfig, load_config
+
+    if help_config:
+        _print_config_help(ServeConfig)
+        return
+    flags = {"model": model, "host": host, "port": port, "api_key": api_key, "served_model_name": served_model_name}
+    try:
+        cfg = load_config(ServeConfig, config, set_)
+        for key, value in flags.items():  # assigned, not YAML-parsed: a key like "0123" stays a string
+            if value is not None:
+                setattr(cfg, key, value)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    from novalign.llm.server import serve
+
+    try:
+        serve(cfg)
+    except ValueError as exc:  # a model directory that does not load (ModelDirError) and the like
+        _fail(str(exc))
+
+
+def _run_stage(schema, runner: str, config, set_, help_config) -> None:
+    """Load a stage's config and run ``novalign.train.<module>.<function>``; bad input exits with code 2."""
+    import importlib
+
+    from novalign.config import ConfigError, load_config
+    from novalign.data.io import DataError
+
+    if help_config:
+        _print_config_help(schema)
+        return
+    try:
+        cfg = load_config(schema, config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    module, function = runner.rsplit(".", 1)
+    try:
+        result = getattr(importlib.import_module(module), function)(cfg)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"done: {result.state.step} steps, final loss {result.final_loss:.4f}" if result.final_loss is not None else "done")
+
+
+rm_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, add_completion=False)
+app.add_typer(rm_app, name="rm")
+_CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config (see --help-config).")
+_SET_OPT = typer.Option([], "--set", help="Override a config key, e.g. --set loss.alpha=0.5 (repeatable).")
+_HELP_CONFIG_OPT = typer.Option(False, "--help-config", help="List every config option with default and help.")
+
+
+@rm_app.callback()
+def rm_command(
+    ctx: typer.Context,
+    config: Optional[Path] = _CONFIG_OPT,
+    set_: list[str] = _SET_OPT,
+    help_config: bool = _HELP_CONFIG_OPT,
+) -> None:
+    """Train a reward model: Bradley-Terry + pointwise MSE to normalized absolute scores (report eq. 1).
+    `novalign rm score MODEL_DIR --input in.jsonl --output out.jsonl` scores responses with one."""
+    from novalign.config import RMConfig
+
+    if ctx.invoked_subcommand is None:
+        _run_stage(RMConfig, "novalign.train.rm.run_rm", config, set_, help_config)
+
+
+@rm_app.command("score")
+def rm_score_command(
+    model_dir: Path = typer.Argument(..., help="A reward model directory (<output_dir>/model of `novalign rm`)."),
+    input_file: Path = typer.Option(..., "--input", help="JSONL/Parquet of {prompt, response} (or {messages}) records."),
+    output: Path = typer.Option(..., "--output", help="Where to write each record with its `reward`, one JSON line each."),
+    batch_size: int = typer.Option(16, help="Responses per forward pass."),
+    max_length: int = typer.Option(4096, help="Longest prompt + response in tokens."),
+) -> None:
+    """Score (prompt, response) records with a trained reward model: one reward per line, in input order."""
+    from novalign.data.io import DataError
+    from novalign.train.rm import score_file
+
+    try:
+        n = score_file(model_dir, input_file, output, batch_size=batch_size, max_length=max_length)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"scored {n} responses -> {output}")
+
+
+@app.command("dpo")
+def dpo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Direct preference optimization on preference pairs (a baseline of the report)."""
+    from novalign.config import DPOConfig
+
+    _run_stage(DPOConfig, "novalign.train.preference.run_dpo", config, set_, help_config)
+
+
+@app.command("kto")
+def kto_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Kahneman-Tversky optimization on desirable / undesirable responses (a baseline of the report)."""
+    from novalign.config import KTOConfig
+
+    _run_stage(KTOConfig, "novalign.train.preference.run_kto", config, set_, help_config)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

@@ -115,6 +115,214 @@ class SFTConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+# ------------------------------------------------------------------------- reward model, DPO, KTO (issue 4)
+
+
+class PreferenceDataConfig(Strict):
+    train_files: list[str] = Field(default_factory=list, description="JSONL or Parquet preference files to train on.")
+    eval_files: list[str] = Field(default_factory=list, description="Held-out preference files (accuracy, margin, loss).")
+    eval_split: float = Field(
+        0.0, ge=0, lt=1, description="With no eval_files: hold out this fraction of the training prompts for eval."
+    )
+    train_eval_pairs: int = Field(
+        256, ge=0, description="Training pairs re-evaluated at every eval for the train-vs-eval gap (0: off)."
+    )
+    max_length: int = Field(4096, ge=8, description="Longest tokenized prompt + response; longer ones are errors.")
+    pairs: Literal["all", "adjacent"] = Field(
+        "all", description="How a group of ranked responses becomes pairs: every better/worse pair, or adjacent ranks only."
+    )
+    skip_invalid: bool = Field(
+        False, description="Skip invalid records (counted and reported by reason) instead of stopping at the first."
+    )
+
+
+class ScoreDimension(Strict):
+    weight: float = Field(1.0, ge=0, description="Weight of this dimension in the combined target.")
+    range: tuple[float, float] | None = Field(None, description="Declared (min, max); a score outside it is bad input.")
+
+
+class ScoreConfig(Strict):
+    """How annotated absolute scores become the MSE targets r-hat of equation (1) (report section 3.3)."""
+
+    dimensions: dict[str, ScoreDimension] = Field(
+        {}, description="Named score dimensions (e.g. helpfulness, fluency, safety) with weight and range; "
+        "empty: a score is one number."
+    )
+    range: tuple[float, float] | None = Field(None, description="Declared (min, max) of a one-number score; outside it is bad input.")
+    normalize: Literal["minmax", "range", "zscore", "none"] = Field(
+        "minmax", description="Per dimension: 'minmax' to [0, 1] over the observed values of a group, 'range' to "
+        "[0, 1] over the declared range, 'zscore' within a group, 'none' raw; then the weighted mean of dimensions."
+    )
+    group_by: Literal["dataset", "annotator"] = Field(
+        "dataset", description="Groups for minmax/zscore statistics: each input file, or each record's 'annotator'."
+    )
+
+
+class RMLossConfig(Strict):
+    alpha: float = Field(
+        1.0, ge=0, description="Weight of the pointwise MSE to normalized absolute scores (equation 1); "
+        "pairs without scores use 0."
+    )
+
+
+class RMConfig(Strict):
+    """``novalign rm``: a reward model with Bradley-Terry + pointwise MSE (report section 2.1, equation 1)."""
+
+    output_dir: str = Field("runs/rm", description="Where checkpoints, logs and the final reward model go.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
+    scores: ScoreConfig = Field(default_factory=ScoreConfig)
+    loss: RMLossConfig = Field(default_factory=RMLossConfig)
+    packing: PackingConfig = Field(default_factory=PackingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))  # report: 1-2 epochs
+
+
+class DPOLossConfig(Strict):
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty (DPO's beta).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed fraction of flipped labels (conservative DPO); 0: plain DPO."
+    )
+
+
+class DPOConfig(Strict):
+    """``novalign dpo``: direct preference optimization, a baseline of the report."""
+
+    output_dir: str = Field("runs/dpo", description="Where checkpoints, logs and the final model go.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    reference_path: str | None = Field(None, description="Reference model directory (default: model.path).")
+    data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
+    scores: ScoreConfig = Field(default_factory=ScoreConfig)
+    loss: DPOLossConfig = Field(default_factory=DPOLossConfig)
+    packing: PackingConfig = Field(default_factory=PackingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))
+
+
+class KTOLossConfig(Strict):
+    beta: float = Field(0.1, gt=0, description="Strength of the implicit KL penalty (KTO's beta).")
+    desirable_weight: float = Field(1.0, gt=0, description="Loss weight of desirable samples (lambda_D).")
+    undesirable_weight: float = Field(1.0, gt=0, description="Loss weight of undesirable samples (lambda_U).")
+
+
+class KTOConfig(Strict):
+    """``novalign kto``: Kahneman-Tversky optimization on desirable / undesirable samples, a baseline."""
+
+    output_dir: str = Field("runs/kto", description="Where checkpoints, logs and the final model go.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    reference_path: str | None = Field(None, description="Reference model directory (default: model.path).")
+    data: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
+    scores: ScoreConfig = Field(default_factory=ScoreConfig)
+    loss: KTOLossConfig = Field(default_factory=KTOLossConfig)
+    packing: PackingConfig = Field(default_factory=PackingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))
+
+
+# ---------------------------------------------------------------------------------------------- merge (issue 6)
+
+
+class MergeModelConfig(Strict):
+    path: str = Field(..., description="Local Hugging Face model directory with safetensors weights.")
+    weight: float = Field(
+        1.0, description="Weight w_i (linear, task_arithmetic, ties; model_stock is unweighted and needs 1.0)."
+    )
+
+
+class MergeConfig(Strict):
+    """``novalign merge``: merge fine-tuned checkpoints, streamed tensor by tensor (report section 2.4)."""
+
+    method: Literal["linear", "task_arithmetic", "ties", "model_stock"] = Field(
+        "model_stock", description="Merge method; the report found Model Stock best overall."
+    )
+    base_model: str | None = Field(
+        None, description="The common starting point (needed by task_arithmetic, ties, model_stock). Its config, "
+        "generation config, tokenizer and chat template are copied. Linear only takes these files from it."
+    )
+    models: list[MergeModelConfig] = Field(
+        [], description="Models to merge: a list of {path, weight} (model_stock: at least two, besides the base)."
+    )
+    output_dir: str = Field("runs/merged", description="Where the merged model directory is written (atomically).")
+    overwrite: bool = Field(False, description="Replace an existing output_dir (only once the merge has succeeded).")
+    scale: float = Field(1.0, description="lambda: scale of the merged task vector (task_arithmetic, ties).")
+    density: float = Field(0.2, gt=0, le=1, description="ties: fraction of each task vector's largest entries kept.")
+    normalize: bool = Field(True, description="linear: divide by the sum of the weights.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Stored dtype of the merged weights ('auto': each tensor as the base stores it). "
+        "The arithmetic is always fp32."
+    )
+    tokenizer_source: str | None = Field(
+        None, description="Whose tokenizer and chat template to keep: 'base' or a directory. Unset: the models' "
+        "vocabulary files must be identical, and the base's (or the first model's) are copied."
+    )
+    max_shard_size: str = Field("5GB", description="Largest output shard, e.g. 500MB, 5GB, 2GiB.")
+    chunk_mb: float = Field(
+        8.0, gt=0, description="Rows of a tensor processed at once, in fp32 MiB per model; peak memory is a small "
+        "multiple of (models + 1) x this. TIES's trim threshold needs one whole task vector at a time regardless."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- LLM access (issue 3)
+
+
+class LocalModelConfig(Strict):
+    """Generation with an in-process Hugging Face model (the client's 'local' backend and `novalign serve`)."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs ('auto': cuda if present).")
+    dtype: Literal["auto", "float32", "bf16", "fp16"] = Field("auto", description="'auto': bf16 on GPU, float32 on CPU.")
+    max_batch_size: int = Field(32, ge=1, description="Most sequences (requests x n) generated together in one batch.")
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for more requests before it starts.")
+    default_max_tokens: int = Field(256, ge=1, description="Completion length when a request sets no max_tokens.")
+
+
+class PriceConfig(Strict):
+    prompt_per_million: float = Field(0.0, ge=0, description="Price of one million prompt tokens.")
+    completion_per_million: float = Field(0.0, ge=0, description="Price of one million completion tokens.")
+
+
+class LLMConfig(Strict):
+    """The LLM access layer every stage uses: backend, limits, retries, cache and prices (novalign.llm)."""
+
+    backend: Literal["openai", "local", "vllm"] = Field(
+        "openai", description="'openai': any OpenAI-compatible HTTP server; 'local': in-process transformers; "
+        "'vllm': vLLM's offline engine (needs vLLM and a GPU).",
+    )
+    model: str = Field("", description="Model name sent to the server (openai), or the model directory (local, vllm).")
+    base_url: str | None = Field(None, description="Server URL such as http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL).")
+    api_key: str | None = Field(None, description="API key (default: the variable named by api_key_env).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key.")
+    max_concurrency: int = Field(16, ge=1, description="Most requests in flight at once.")
+    rpm: float | None = Field(None, gt=0, description="Requests-per-minute limit (None: none).")
+    tpm: float | None = Field(None, gt=0, description="Tokens-per-minute limit, prompt + completion (None: none).")
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout; a request past it is retried.")
+    max_attempts: int = Field(6, ge=1, description="Tries per request on 429 / 5xx / timeout / connection errors.")
+    backoff_base_s: float = Field(0.5, ge=0, description="First retry waits about this long; each retry doubles it.")
+    backoff_max_s: float = Field(30.0, ge=0, description="Longest computed backoff (a server's Retry-After wins).")
+    structured_attempts: int = Field(3, ge=1, description="Tries to get JSON that validates (re-asking with the error).")
+    cache_path: str = Field("runs/llm-cache.sqlite", description="SQLite request cache, shared by runs and processes.")
+    no_cache: bool = Field(False, description="Bypass the cache: neither read nor write it.")
+    cache_namespace: str = Field("", description="Kept apart in the cache key (e.g. two servers serving one model name).")
+    prices: dict[str, PriceConfig] = Field(
+        default_factory=dict, description="Price per model name or fnmatch pattern, for the cost estimate.",
+    )
+    progress: bool = Field(True, description="Show a progress bar for batches.")
+    local: LocalModelConfig = Field(default_factory=LocalModelConfig)
+    vllm_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vllm.LLM(...) arguments, e.g. {tensor_parallel_size: 2}.",
+    )
+
+
+class ServeConfig(Strict):
+    """``novalign serve``: an OpenAI-compatible server for a local Hugging Face model."""
+
+    model: str = Field("runs/tiny-base", description="Local Hugging Face model directory to serve.")
+    served_model_name: str | None = Field(None, description="Model id clients ask for (default: the directory name).")
+    host: str = Field("127.0.0.1", description="Interface to bind (loopback by default; 0.0.0.0 exposes it).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port, printed at start).")
+    api_key: str | None = Field(None, description="Require 'Authorization: Bearer KEY' (default: $NOVALIGN_API_KEY).")
+    engine: LocalModelConfig = Field(default_factory=LocalModelConfig)
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -199,16 +407,23 @@ def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-def describe(schema: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) for every leaf option -- used by ``novalign <stage> --help-config``."""
+def describe(schema: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf option -- used by ``novalign <stage> --help-config``.
+
+    ``defaults`` is the section's default instance, so that a stage overriding a shared section's defaults
+    (``train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))``) shows its own values.
+    """
     rows = []
     for name, field in schema.model_fields.items():
         key = f"{prefix}{name}"
         ann = field.annotation
         subs = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if subs and field.default_factory is not None:
-            rows.extend(describe(subs[0], key + "."))
+        if defaults is not None:
+            default = getattr(defaults, name)
         else:
             default = field.default_factory() if field.default_factory else field.default
+        if subs and field.default_factory is not None:
+            rows.extend(describe(subs[0], key + ".", default))
+        else:
             rows.append((key, repr(default), field.description or ""))
     return rows

@@ -13,7 +13,8 @@ from novalign.models.checkpointing import (
     optimal_group_size,
 )
 from novalign.train.packing import collate_packed
-from novalign.train.sft import SFTObjective, auto_group_size
+from novalign.train.session import auto_group_size
+from novalign.train.sft import SFTObjective
 
 
 def test_optimal_group_size_by_hand():

@@ -1,17 +1,193 @@
-"""Greedy or sampled chat generation with a local Hugging Face model (batched, left-padded).
+"""Batched chat generation with a local Hugging Face model (left-padded, one ``model.generate`` per batch).
 
-This is the small in-process path used by ``novalign generate`` and the tests; the LLM access layer builds
-its local backend on it.
+Two entry points:
+
+* :func:`generate_chat` -- conversations in, reply strings out. The small path used by ``novalign generate``.
+* :func:`generate_batch` -- token-id prompts in, :class:`GenerationOutput` (text, token count, finish reason)
+  out. Every row carries its *own* sampling parameters (temperature, top-p, top-k, seed, stop strings,
+  max new tokens) and may stream its tokens through a callback, so requests from different users can share
+  one batch. The LLM access layer (``novalign.llm.local``, ``novalign serve``) is built on it.
+
+How rows with different parameters share one ``model.generate``: generation runs greedy, and
+:class:`RowSampler` (a logits processor) picks each row's next token itself -- argmax for temperature 0,
+otherwise a draw from that row's tempered, top-k/top-p filtered distribution with that row's own
+``torch.Generator`` -- and leaves only the chosen token finite. A seeded row therefore draws the same
+tokens whatever else is in its batch. :class:`RowStopper` (a stopping criterion) ends each row at its own
+``max_new_tokens`` or stop string and feeds the streaming callbacks.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
 
 import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+__all__ = ["GenerationRequest", "GenerationOutput", "encode_chat", "generate_batch", "generate_chat"]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class GenerationRequest:
+    """One row of a batch: a prompt and how to continue it.
+
+    ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` switch those filters off. Without a
+    ``seed`` the row draws from a fresh random seed. ``on_token`` is called (from the generating thread)
+    with every token id the row produces, end-of-turn excluded.
+    """
+
+    prompt_ids: list[int]
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    on_token: Callable[[int], None] | None = None
+
+
+@dataclass
+class GenerationOutput:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.completion_tokens = len(self.token_ids)
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of ``messages`` rendered by the model's chat template, ending with the assistant prompt."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids: set[int] = set()
+    for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is not None:
+            ids.update(source if isinstance(source, (list, tuple)) else [source])
+    return sorted(ids)
+
+
+class RowSampler(LogitsProcessor):
+    """Choose every row's next token with that row's own parameters and generator (see module docstring)."""
+
+    def __init__(self, rows: Sequence[GenerationRequest]):
+        self.temperature = torch.tensor([r.temperature for r in rows], dtype=torch.float32)
+        self.top_p = torch.tensor([r.top_p for r in rows], dtype=torch.float32)
+        self.top_k = torch.tensor([r.top_k for r in rows], dtype=torch.long)
+        self.sampled = self.temperature > 0
+        self.generators = []
+        for r in rows:
+            g = torch.Generator()
+            g.manual_seed(r.seed if r.seed is not None else random.SystemRandom().randrange(2**63))
+            self.generators.append(g)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = scores.float()  # (B, V)
+        chosen = logits.argmax(dim=-1)  # (B,)
+        if self.sampled.any():
+            rows = self.sampled.nonzero().squeeze(1)
+            chosen[rows.to(chosen.device)] = self._sample(logits[rows.to(logits.device)], rows)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen.unsqueeze(1), 0.0)
+        return out
+
+    def _sample(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Draw one token per row of ``logits`` (R, V) by inverse-CDF sampling with per-row uniforms."""
+        device = logits.device
+        logits = logits / self.temperature[rows].unsqueeze(1).to(device)
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (R, V)
+        rank = torch.arange(logits.shape[-1], device=device).unsqueeze(0)
+        k = self.top_k[rows].to(device).unsqueeze(1)
+        sorted_logits = sorted_logits.masked_fill((k > 0) & (rank >= k), float("-inf"))
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the strictly better tokens
+        probs = probs.masked_fill(mass_before >= self.top_p[rows].to(device).unsqueeze(1), 0.0)  # keeps rank 0
+        cdf = probs.cumsum(dim=-1)
+        u = torch.stack([torch.rand((), generator=self.generators[i]) for i in rows.tolist()]).to(device)
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1).contiguous()).clamp_max(logits.shape[-1] - 1)
+        return order.gather(1, pick).squeeze(1)
+
+
+class RowStopper(StoppingCriteria):
+    """Per-row stopping (end-of-turn, own ``max_new_tokens``, stop strings) and token streaming."""
+
+    def __init__(self, rows: Sequence[GenerationRequest], prompt_width: int, eos_ids: list[int], tokenizer):
+        self.rows, self.width, self.eos, self.tokenizer = rows, prompt_width, set(eos_ids), tokenizer
+        self.length = [None] * len(rows)  # generated tokens kept, once a row is done
+        self.reason: list[FinishReason | None] = [None] * len(rows)
+        self.stop_window = [max((len(s) for s in r.stop), default=0) + 8 for r in rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        steps = input_ids.shape[1] - self.width
+        new_tokens = input_ids[:, -1].tolist()
+        for i, row in enumerate(self.rows):
+            if self.reason[i] is not None:
+                continue
+            if new_tokens[i] in self.eos:
+                self.length[i], self.reason[i] = steps - 1, "stop"
+                continue
+            if row.on_token is not None:
+                row.on_token(new_tokens[i])
+            if row.stop:
+                tail = self.tokenizer.decode(input_ids[i, max(self.width, input_ids.shape[1] - self.stop_window[i]):])
+                if any(s in tail for s in row.stop):
+                    self.length[i], self.reason[i] = steps, "stop"
+                    continue
+            if steps >= row.max_new_tokens:
+                self.length[i], self.reason[i] = steps, "length"
+        done = [r is not None for r in self.reason]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
+def generate_batch(model, tokenizer, rows: Sequence[GenerationRequest]) -> list[GenerationOutput]:
+    """Generate all ``rows`` in one left-padded ``model.generate`` call (the caller chooses the batch)."""
+    if not rows:
+        return []
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = _eos_ids(model, tokenizer)
+    width = max(len(r.prompt_ids) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding, so every row ends where generation starts
+        input_ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids, dtype=torch.long)
+        mask[i, width - len(r.prompt_ids) :] = 1
+    stopper = RowStopper(rows, width, eos_ids, tokenizer)
+    # Sampling parameters come only from the rows: a fresh config, not the checkpoint's generation_config.
+    config = GenerationConfig(
+        max_new_tokens=max(r.max_new_tokens for r in rows), do_sample=False, pad_token_id=pad_id,
+        eos_token_id=eos_ids or None,
+    )
+    out = model.generate(
+        input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
+        logits_processor=LogitsProcessorList([RowSampler(rows)]), stopping_criteria=StoppingCriteriaList([stopper]),
+    )
+    results = []
+    for i, r in enumerate(rows):
+        generated = out[i, width:].tolist()
+        if stopper.reason[i] is None:  # generate() ran out of max_new_tokens before the stopper saw the row end
+            cut = next((j for j, t in enumerate(generated) if t in stopper.eos), None)
+            stopper.length[i], stopper.reason[i] = (cut, "stop") if cut is not None else (len(generated), "length")
+        ids = generated[: stopper.length[i]][: r.max_new_tokens]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        reason: FinishReason = stopper.reason[i]
+        hits = [text.find(s) for s in r.stop if s in text]
+        if hits:
+            text, reason = text[: min(hits)], "stop"
+        results.append(GenerationOutput(text=text, token_ids=ids, finish_reason=reason, prompt_tokens=len(r.prompt_ids)))
+    return results
+
+
 def generate_chat(
     model,
     tokenizer,
@@ -23,27 +199,11 @@ def generate_chat(
     batch_size: int = 8,
 ) -> list[str]:
     """Answer each conversation (the model writes the next assistant turn); returns the decoded replies."""
-    model.eval()
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     replies: list[str] = []
     for start in range(0, len(conversations), batch_size):
-        chunk = conversations[start : start + batch_size]
-        encoded = [
-            tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chunk
+        rows = [
+            GenerationRequest(encode_chat(tokenizer, c), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+            for c in conversations[start : start + batch_size]
         ]
-        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in encoded]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for i, x in enumerate(ids):  # left padding, so every row ends where generation starts
-            input_ids[i, width - len(x) :] = torch.tensor(x)
-            mask[i, width - len(x) :] = 1
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        out = model.generate(
-            input_ids=input_ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id, **sampling,
-        )
-        for row in out[:, width:]:
-            replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        replies.extend(o.text.strip() for o in generate_batch(model, tokenizer, rows))
     return replies

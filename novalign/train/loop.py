@@ -44,6 +44,23 @@ class Objective(Protocol):
     def loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The summed (not averaged) loss of the batch and extra summed metrics."""
 
+    # Optional, looked up with getattr:
+    #   metric_names: tuple[str, ...] -- the keys loss_sum returns in its metric dict. Declaring them lets
+    #       every rank join the same all-reduces even when it saw no micro-batch.
+    #   reduce_metrics(sums: dict[str, float], normalizer: float) -> dict[str, float] -- turn metric sums
+    #       (over the effective batch or the eval set) into logged values; default: each sum / normalizer.
+
+
+def reduce_metrics(objective: Objective, sums: dict[str, float], normalizer: float, info: D.DistInfo, device) -> dict[str, float]:
+    """Sum an objective's extra metrics over ranks and turn them into logged values (see :class:`Objective`)."""
+    names = getattr(objective, "metric_names", None)
+    if names is not None:
+        sums = {k: D.all_reduce_sum(sums.get(k, 0.0), info, device) for k in names}
+    custom = getattr(objective, "reduce_metrics", None)
+    if custom is not None:
+        return custom(sums, normalizer)
+    return {k: v / normalizer for k, v in sums.items()} if normalizer else {}
+
 
 @dataclass
 class DataPlan:
@@ -61,6 +78,7 @@ class LoopResult:
     resumed_from: Path | None
     module: nn.Module | None = None  # the ObjectiveModule that was trained (FSDP-sharded if so configured)
     history: list[dict] = field(default_factory=list)
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the last eval's metrics, as logged
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -107,25 +125,35 @@ def _rank_share(specs: Sequence[Any], info: D.DistInfo, pad: bool) -> tuple[list
 
 def evaluate(module: nn.Module, objective: Objective, plan: DataPlan, info: D.DistInfo, device, autocast, pad: bool = False) -> float | None:
     """Token-mean held-out loss over the whole eval plan (sharded over ranks)."""
+    return evaluate_metrics(module, objective, plan, info, device, autocast, pad)[0]
+
+
+def evaluate_metrics(
+    module: nn.Module, objective: Objective, plan: DataPlan, info: D.DistInfo, device, autocast, pad: bool = False
+) -> tuple[float | None, dict[str, float]]:
+    """:func:`evaluate`, plus the objective's extra metrics over the whole plan (see :func:`reduce_metrics`)."""
     specs = list(plan.micro_batches(0))
     if not specs:
-        return None
+        return None, {}
     mine, num_dummy = _rank_share(specs, info, pad)
     was_training = module.training
     module.eval()
     total, tokens = 0.0, 0
+    sums: dict[str, float] = {}
     with torch.no_grad():
         for i, spec in enumerate(mine + [specs[0]] * num_dummy):
             batch = plan.collate(spec).to(device)
             with autocast():
-                loss, _ = module(batch)
+                loss, more = module(batch)
             if i < len(mine):
                 total += float(loss)
                 tokens += objective.num_loss_tokens(batch)
+                for k, v in more.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
     module.train(was_training)
     total = D.all_reduce_sum(total, info, device)
     tokens = D.all_reduce_sum(tokens, info, device)
-    return total / tokens if tokens else None
+    return (total / tokens if tokens else None), reduce_metrics(objective, sums, tokens, info, device)
 
 
 def accumulate_gradients(
@@ -179,8 +207,13 @@ def train(
     device: torch.device,
     eval_plan: DataPlan | None = None,
     console_print: Callable[[str], None] = print,
+    train_eval_plan: DataPlan | None = None,
 ) -> LoopResult:
     """Run the optimizer loop to the end (or ``max_steps``), resuming from a checkpoint when there is one.
+
+    ``train_eval_plan`` (optional) is a fixed sample of the training data evaluated alongside ``eval_plan``:
+    its metrics are logged as ``train_eval_<name>`` and the generalization gap of every extra metric as
+    ``gap_<name> = train_eval_<name> - eval_<name>`` (for a reward model, the report's overfitting worry).
 
     ``model`` is the plain model on ``device``; the loop wraps it with the objective into one
     :class:`~novalign.train.dist.ObjectiveModule` (sharded with FSDP2 when configured) and returns that
@@ -227,6 +260,19 @@ def train(
     module.train()
     last_loss: float | None = None
     eval_loss: float | None = None
+    eval_metrics: dict[str, float] = {}
+
+    def run_evals() -> None:
+        nonlocal eval_loss, eval_metrics
+        eval_loss, metrics_now = evaluate_metrics(module, objective, eval_plan, info, device, autocast, pad=fsdp)
+        record = {"step": state.step, "eval_loss": eval_loss, **{f"eval_{k}": v for k, v in metrics_now.items()}}
+        if train_eval_plan is not None:
+            train_loss, train_metrics = evaluate_metrics(module, objective, train_eval_plan, info, device, autocast, pad=fsdp)
+            record["train_eval_loss"] = train_loss
+            record.update({f"train_eval_{k}": v for k, v in train_metrics.items()})
+            record.update({f"gap_{k}": train_metrics[k] - v for k, v in metrics_now.items() if k in train_metrics})
+        metrics.log(record)
+        eval_metrics = {k: v for k, v in record.items() if k != "step"}
 
     def save(step_state: TrainState) -> None:
         model_sd, optim_sd = D.gather_state(module, optimizer)  # a collective under FSDP
@@ -295,20 +341,18 @@ def train(
                         "real_tokens": real_tokens,
                         "utilization": real_tokens / row_tokens if row_tokens else 0.0,
                         "tokens_per_s": tps,
-                        **{k: v / global_tokens for k, v in extra.items()},
+                        **reduce_metrics(objective, extra, global_tokens, info, device),
                     }
                 )
             if progress is not None:
                 progress.update(task, completed=state.step, loss=f"{last_loss:.4f}", tps=f"{tps:,.0f}")
             if eval_plan is not None and train_cfg.eval_every and state.step % train_cfg.eval_every == 0:
-                eval_loss = evaluate(module, objective, eval_plan, info, device, autocast, pad=fsdp)
-                metrics.log({"step": state.step, "eval_loss": eval_loss})
+                run_evals()
             if train_cfg.save_every and state.step % train_cfg.save_every == 0 and state.step < total_steps:
                 save(state)
 
     if eval_plan is not None and (not train_cfg.eval_every or state.step % train_cfg.eval_every != 0):
-        eval_loss = evaluate(module, objective, eval_plan, info, device, autocast, pad=fsdp)
-        metrics.log({"step": state.step, "eval_loss": eval_loss})
+        run_evals()
     if resumed_from is None or resumed_from.name != f"step-{state.step:08d}":
         save(state)
     history = metrics.records()
@@ -316,5 +360,6 @@ def train(
         plot_loss_curve(history, output_dir / "loss_curve.png")
     metrics.close()
     return LoopResult(
-        state=state, final_loss=last_loss, eval_loss=eval_loss, resumed_from=resumed_from, module=module, history=history
+        state=state, final_loss=last_loss, eval_loss=eval_loss, resumed_from=resumed_from, module=module, history=history,
+        eval_metrics=eval_metrics,
     )

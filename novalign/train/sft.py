@@ -10,22 +10,17 @@ logging, data parallelism -- is the shared loop in ``loop.py``; this file only a
 
 from __future__ import annotations
 
-import json
-import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-from novalign.config import SFTConfig, dump_config
+from novalign.config import SFTConfig
 from novalign.models import attention
-from novalign.models.checkpointing import decoder_layers, enable_multi_layer_checkpointing
-from novalign.train import dist as D
 from novalign.train.forward import decoder_hidden_states, lm_logits, output_weight
-from novalign.train.loop import DataPlan, LoopResult, train, uses_fsdp
+from novalign.train.loop import DataPlan, LoopResult, train
+from novalign.train.session import adapt_model, finish, start
 from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from novalign.train.packing import (
     Batch,
@@ -93,76 +88,23 @@ def plan_utilization(plan: DataPlan, epoch: int = 0) -> float:
     return utilization(real, rows)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
 def prepare_model(cfg: SFTConfig, device: torch.device) -> nn.Module:
     """Load the model with the configured attention backend, LoRA and gradient checkpointing."""
     from novalign.models.load import load_model
 
     model = load_model(cfg.model.path, dtype="float32", attn_implementation=attention.resolve_backend(cfg.model.attn_backend))
-    model.config.use_cache = False
-    if cfg.model.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        lora = cfg.model.lora
-        model = get_peft_model(
-            model,
-            LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"),
-        )
-    gc = cfg.model.gradient_checkpointing
-    if gc != "off":
-        k = auto_group_size(model) if gc == "auto" else int(gc)
-        enable_multi_layer_checkpointing(model, k)
-    return model.to(device)
-
-
-def auto_group_size(model: nn.Module, tokens: int = 512) -> int:
-    """The report's k = sqrt(num_layers / n), with n measured on one decoder layer of this model."""
-    from novalign.models.checkpointing import measure_activations_per_layer, optimal_group_size
-
-    layers = decoder_layers(model)
-    cfg = model.config
-    hidden = torch.randn(1, tokens, cfg.hidden_size, requires_grad=True)
-    pos = torch.arange(tokens).unsqueeze(0)
-    rotary = model.get_decoder().rotary_emb
-    n = measure_activations_per_layer(
-        layers[0],
-        cfg.hidden_size,
-        {"hidden_states": hidden, "position_embeddings": rotary(hidden, pos), "position_ids": pos, "attention_mask": None},
-        tokens,
-    )
-    return optimal_group_size(len(layers), n)
+    return adapt_model(model, cfg.model, device)
 
 
 def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
     """``novalign sft``: train, then write ``<output_dir>/model`` and ``<output_dir>/summary.json``."""
     from novalign.data.chat import load_chat_dataset
-    from novalign.models.load import load_tokenizer, save_pretrained_dir
+    from novalign.models.load import load_model, load_tokenizer
 
     if not cfg.data.train_files:
         raise ValueError("data.train_files is empty: give at least one JSONL or Parquet chat file")
-    device = pick_device(cfg.train.device)
-    info = D.init_distributed(device.type)
-    if info.world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-    seed_everything(cfg.train.seed)
-    out = Path(cfg.output_dir)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg))
-
+    session = start(cfg)
+    device, info = session.device, session.info
     tokenizer = load_tokenizer(cfg.model.path)
     train_samples, skipped = load_chat_dataset(
         cfg.data.train_files, tokenizer, max_length=cfg.data.max_length, train_on=cfg.data.train_on, skip_invalid=cfg.data.skip_invalid
@@ -197,37 +139,17 @@ def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
         mode = "packed" if cfg.packing.enabled else "padded"
         console_print(f"{len(train_samples)} training samples, {mode}, token utilization {util:.3f}")
 
-    if cfg.model.lora is not None and uses_fsdp(cfg.train, info, device):
-        raise ValueError("LoRA under FSDP is not supported yet: use train.distributed=ddp (adapters are small)")
     model = prepare_model(cfg, device)
     result = train(
         model, SFTObjective(cfg.train.loss_chunk_size), plan, train_cfg=cfg.train, optim_cfg=cfg.optim,
-        output_dir=out, info=info, device=device, eval_plan=eval_plan, console_print=console_print,
+        output_dir=session.out, info=info, device=device, eval_plan=eval_plan, console_print=console_print,
     )
-    if uses_fsdp(cfg.train, info, device):
-        # gather the full weights (a collective), then rank 0 writes them through a fresh, unsharded copy
-        full, _ = D.gather_state(result.module, None, trainable_only=False)
-        if info.is_main:
-            from novalign.models.load import load_model
-
-            model = load_model(cfg.model.path, dtype="float32")
-            model.load_state_dict({k.removeprefix("lm."): v for k, v in full.items()}, strict=True)
-    if info.is_main:
-        enable_multi_layer_checkpointing(model, 0)
-        save_pretrained_dir(model, tokenizer, out / "model")
-        summary = {
-            "steps": result.state.step,
-            "final_loss": result.final_loss,
-            "eval_loss": result.eval_loss,
-            "train_samples": len(train_samples),
-            "skipped_invalid": skipped.total,
-            "skipped_by_reason": dict(skipped.counts),
-            "packing": cfg.packing.enabled,
-            "token_utilization": util,
-            "model_dir": str(out / "model"),
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        console_print(f"model saved to {out / 'model'}")
-    D.barrier(info)
-    D.shutdown(info)
+    summary = {
+        "train_samples": len(train_samples),
+        "skipped_invalid": skipped.total,
+        "skipped_by_reason": dict(skipped.counts),
+        "packing": cfg.packing.enabled,
+        "token_utilization": util,
+    }
+    finish(session, result, model, tokenizer, lambda: load_model(cfg.model.path, dtype="float32"), summary, console_print)
     return result

@@ -1,0 +1,90 @@
+"""A batching queue: concurrent callers submit work items; one worker thread runs them in batches.
+
+The worker takes the first waiting item, gathers more for up to ``max_wait_s`` (or until the batch holds
+``max_batch_size`` rows, an item counting ``size(item)`` rows), and calls ``run(items)`` once for the lot.
+This is what turns 32 concurrent HTTP requests to ``novalign serve`` into one ``model.generate``. Callers
+wait on a ``concurrent.futures.Future``, so any thread or event loop can submit
+(``await asyncio.wrap_future(queue.submit(item))``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Generic, TypeVar
+
+__all__ = ["BatchingQueue"]
+
+I = TypeVar("I")
+O = TypeVar("O")
+_CLOSE = object()
+
+
+class BatchingQueue(Generic[I, O]):
+    def __init__(self, run: Callable[[list[I]], list[O]], *, max_batch_size: int = 32, max_wait_s: float = 0.005,
+                 size: Callable[[I], int] = lambda item: 1, name: str = "novalign-batcher"):
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self._run, self.max_batch_size, self.max_wait_s, self._size = run, max_batch_size, max_wait_s, size
+        self._queue: queue.Queue = queue.Queue()
+        self._carry: tuple[I, Future] | None = None
+        self.batches_run = 0
+        self.items_run = 0
+        self.largest_batch = 0  # in rows
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: I) -> Future:
+        """Queue ``item``; the future resolves to its output (or the exception the batch raised)."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the batching queue is closed")
+        fut: Future = Future()
+        self._queue.put((item, fut))
+        return fut
+
+    def _gather(self) -> list[tuple[I, Future]] | None:
+        first = self._carry if self._carry is not None else self._queue.get()
+        self._carry = None
+        if first is _CLOSE:
+            return None
+        batch, rows = [first], self._size(first[0])
+        deadline = time.monotonic() + self.max_wait_s
+        while rows < self.max_batch_size:
+            try:
+                entry = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if entry is _CLOSE or rows + self._size(entry[0]) > self.max_batch_size:
+                self._carry = entry
+                break
+            batch.append(entry)
+            rows += self._size(entry[0])
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._gather()
+            if batch is None:
+                return
+            live = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                outputs = self._run([item for item, _ in live])
+            except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
+                for _, fut in live:
+                    fut.set_exception(exc)
+                continue
+            self.batches_run += 1
+            self.items_run += len(live)
+            self.largest_batch = max(self.largest_batch, sum(self._size(item) for item, _ in live))
+            for (_, fut), out in zip(live, outputs):
+                fut.set_result(out)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish the work already queued, then stop the worker."""
+        if self._thread.is_alive():
+            self._queue.put(_CLOSE)
+            self._thread.join(timeout)

@@ -1,0 +1,141 @@
+"""In-process generation with a local Hugging Face model: one engine, batched across concurrent callers.
+
+:class:`LocalEngine` owns the model, its tokenizer and a :class:`~novalign.llm.batching.BatchingQueue`;
+every caller -- the client's :class:`LocalBackend` or an HTTP handler of ``novalign serve`` -- submits rows
+(:class:`~novalign.models.generate.GenerationRequest`) and the queue runs what arrives together as one
+:func:`~novalign.models.generate.generate_batch`. Runs on CPU or GPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from novalign.llm.batching import BatchingQueue
+from novalign.llm.types import BackendError, BackendResponse, ChatRequest, sample_seeds
+from novalign.models.generate import GenerationOutput, GenerationRequest, encode_chat, generate_batch
+from novalign.models.load import load_model, load_tokenizer
+
+__all__ = ["LocalEngine", "LocalBackend", "model_fingerprint"]
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Identity of a model directory for cache keys: its resolved path plus its weight files' sizes and times."""
+    p = Path(path).expanduser().resolve()
+    parts = [str(p)]
+    for f in sorted(p.glob("*")):
+        if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return f"{p.name}@{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+
+
+def _auto_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class LocalEngine:
+    """A local model behind a batching queue. ``submit(rows)`` -> future of one output per row."""
+
+    def __init__(self, model_path: str | Path, *, device: str = "auto", dtype: str = "auto", max_batch_size: int = 32,
+                 batch_wait_ms: float = 5.0, default_max_tokens: int = 256, name: str | None = None):
+        self.path = Path(model_path)
+        self.device = _auto_device(device)
+        if dtype == "auto":
+            dtype = "bf16" if self.device.startswith("cuda") else "float32"
+        self.tokenizer = load_tokenizer(self.path)
+        self.model = load_model(self.path, dtype=dtype, device=self.device)
+        self.model.eval()
+        self.name = name or self.path.resolve().name
+        self.fingerprint = model_fingerprint(self.path)
+        self.default_max_tokens = default_max_tokens
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.queue: BatchingQueue[list[GenerationRequest], list[GenerationOutput]] = BatchingQueue(
+            self._run, max_batch_size=max_batch_size, max_wait_s=batch_wait_ms / 1000, size=len,
+        )
+
+    def _run(self, jobs: list[list[GenerationRequest]]) -> list[list[GenerationOutput]]:
+        outputs = generate_batch(self.model, self.tokenizer, [row for job in jobs for row in job])
+        split, start = [], 0
+        for job in jobs:
+            split.append(outputs[start : start + len(job)])
+            start += len(job)
+        return split
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return encode_chat(self.tokenizer, messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def rows(self, prompt_ids: list[int], *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
+             top_k: int | None = None, max_tokens: int | None = None, stop: Sequence[str] | None = None,
+             seed: int | None = None, sample_index: int = 0,
+             on_token: Callable[[int, int], None] | None = None) -> list[GenerationRequest]:
+        """The ``n`` rows of one request; ``on_token(sample, token_id)`` streams them.
+
+        Raises:
+            ValueError: the prompt plus ``max_tokens`` does not fit the model's context.
+        """
+        room = None if self.max_positions is None else self.max_positions - len(prompt_ids)
+        if room is not None and room < 1:
+            raise ValueError(f"the prompt is {len(prompt_ids)} tokens; this model's context is {self.max_positions}")
+        if max_tokens is None:
+            max_tokens = self.default_max_tokens if room is None else min(self.default_max_tokens, room)
+        elif room is not None and max_tokens > room:
+            raise ValueError(f"max_tokens={max_tokens} plus the {len(prompt_ids)}-token prompt exceeds this "
+                             f"model's context of {self.max_positions} tokens")
+        seeds = sample_seeds(seed, sample_index, n)
+        return [
+            GenerationRequest(
+                prompt_ids, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                top_k=top_k if top_k and top_k > 0 else 0, seed=seeds[j], stop=tuple(stop or ()),
+                on_token=None if on_token is None else (lambda tok, j=j: on_token(j, tok)),
+            )
+            for j in range(n)
+        ]
+
+    def submit(self, rows: list[GenerationRequest]) -> Future:
+        return self.queue.submit(rows)
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+class LocalBackend:
+    """Client backend over a :class:`LocalEngine` (pass an engine, or a model path and engine options)."""
+
+    kind = "local"
+
+    def __init__(self, engine: LocalEngine | str | Path, **engine_options):
+        self._owns_engine = not isinstance(engine, LocalEngine)
+        self.engine = LocalEngine(engine, **engine_options) if self._owns_engine else engine
+        self.model_name = self.engine.name
+        self.model_id = f"local:{self.engine.fingerprint}"
+
+    async def generate(self, request: ChatRequest) -> BackendResponse:
+        try:
+            prompt_ids = self.engine.encode_chat(request.messages)
+            rows = self.engine.rows(
+                prompt_ids, n=request.n, temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
+                max_tokens=request.max_tokens, stop=request.stop, seed=request.seed, sample_index=request.sample_index,
+            )
+        except Exception as exc:  # a template that rejects the messages, a prompt too long: the request's fault
+            raise BackendError("bad_request", f"{type(exc).__name__}: {exc}", retryable=False) from exc
+        outputs = await asyncio.wrap_future(self.engine.submit(rows))
+        return BackendResponse(
+            model=self.model_name, texts=[o.text for o in outputs], finish_reasons=[o.finish_reason for o in outputs],
+            prompt_tokens=len(prompt_ids), completion_tokens=sum(o.completion_tokens for o in outputs),
+            completion_tokens_each=[o.completion_tokens for o in outputs],
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_engine:
+            self.engine.close()

@@ -1,0 +1,118 @@
+"""Backend for any OpenAI-compatible HTTP server (vLLM, SGLang, ``novalign serve``, hosted APIs).
+
+One ``POST {base_url}/chat/completions`` per request. ``top_k`` is not an OpenAI parameter; it goes as a
+top-level body field, which is how vLLM and SGLang accept it (the OpenAI SDK's ``extra_body``). Every way a
+call can go wrong becomes a :class:`~novalign.llm.types.BackendError` that says whether a retry may help:
+429 / 408 / 5xx, timeouts, dropped connections and unparseable bodies may; other 4xx do not.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx2
+
+from novalign.llm.limits import parse_retry_after
+from novalign.llm.types import BackendError, BackendResponse, ChatRequest, sample_seeds
+
+__all__ = ["OpenAIBackend"]
+
+
+def _error_message(response: httpx2.Response) -> str:
+    try:
+        body = response.json()
+        error = body.get("error", body) if isinstance(body, dict) else body
+        message = error.get("message") if isinstance(error, dict) else None
+        return str(message or error)[:500]
+    except (ValueError, UnicodeDecodeError):
+        return response.text[:500] or response.reason_phrase
+
+
+class OpenAIBackend:
+    """Chat completions over HTTP. ``api_key=None`` reads ``$OPENAI_API_KEY`` (or ``api_key_env``)."""
+
+    kind = "openai"
+
+    def __init__(self, base_url: str | None, model: str, api_key: str | None = None, *,
+                 api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0, max_connections: int = 64,
+                 cache_namespace: str = ""):
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        if not base_url:
+            raise ValueError("the openai backend needs a base_url (config llm.base_url or $OPENAI_BASE_URL), "
+                             "e.g. http://127.0.0.1:8000/v1")
+        if not model:
+            raise ValueError("the openai backend needs a model name (config llm.model)")
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model
+        self.model_id = f"openai:{cache_namespace + ':' if cache_namespace else ''}{model}"
+        self.api_key = api_key if api_key is not None else os.environ.get(api_key_env)
+        self.timeout_s = timeout_s
+        self.max_connections = max_connections
+        self._client: httpx2.AsyncClient | None = None
+
+    def _http(self) -> httpx2.AsyncClient:
+        if self._client is None:  # created on first use, inside the event loop that will use it
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._client = httpx2.AsyncClient(
+                headers=headers, timeout=httpx2.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+                limits=httpx2.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections),
+            )
+        return self._client
+
+    def body(self, request: ChatRequest) -> dict:
+        """The JSON body for ``request``."""
+        body: dict = {"model": self.model_name, "messages": request.messages, "n": request.n,
+                      "temperature": request.temperature, "top_p": request.top_p}
+        if request.top_k:
+            body["top_k"] = request.top_k
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.stop:
+            body["stop"] = request.stop
+        if request.seed is not None:  # later samples of a seeded prompt get their own seed (see sample_seeds)
+            body["seed"] = request.seed if request.sample_index == 0 else sample_seeds(request.seed, request.sample_index, 1)[0]
+        if (fmt := request.response_format()) is not None:
+            body["response_format"] = fmt
+        return body
+
+    async def generate(self, request: ChatRequest) -> BackendResponse:
+        try:
+            response = await self._http().post(f"{self.base_url}/chat/completions", json=self.body(request))
+        except httpx2.TimeoutException as exc:
+            raise BackendError("timeout", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        except httpx2.TransportError as exc:  # refused, reset, closed mid-body, ...
+            raise BackendError("connection", f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        status = response.status_code
+        if status >= 400:
+            message = f"HTTP {status}: {_error_message(response)}"
+            retry_after = parse_retry_after(response.headers)
+            if status == 429:
+                raise BackendError("rate_limited", message, retryable=True, retry_after=retry_after, status=status)
+            if status == 408 or status >= 500:
+                kind = "timeout" if status == 408 else "server_error"
+                raise BackendError(kind, message, retryable=True, retry_after=retry_after, status=status)
+            raise BackendError("bad_request", message, retryable=False, status=status)
+        return self._parse(response, request.n)
+
+    def _parse(self, response: httpx2.Response, n: int) -> BackendResponse:
+        try:
+            body = response.json()
+            choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+            texts = [c["message"].get("content") or "" for c in choices]
+            reasons = [c.get("finish_reason") for c in choices]
+            if len(texts) != n:
+                raise ValueError(f"asked for n={n} choices, got {len(texts)}")
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            snippet = response.text[:200]
+            raise BackendError("invalid_response", f"unusable response body ({type(exc).__name__}: {exc}): {snippet!r}",
+                               retryable=True, status=response.status_code) from exc
+        usage = body.get("usage") or {}
+        return BackendResponse(
+            model=body.get("model") or self.model_name, texts=texts, finish_reasons=reasons,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -1,0 +1,350 @@
+"""``novalign serve``: an OpenAI-compatible HTTP server for a local Hugging Face model (FastAPI + uvicorn).
+
+Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (``n``, ``temperature``, ``top_p``,
+``top_k``, ``max_tokens``, ``stop``, ``seed``, ``stream``), ``GET /v1/models``, ``GET /health``.
+
+Requests that arrive together are generated together: every handler submits its rows to the model's
+:class:`~novalign.llm.local.LocalEngine`, whose batching queue gathers them for a few milliseconds and runs
+one batched ``generate`` (static batching: a batch ends when its longest row does). Streaming is real:
+tokens are pushed to the client as the batch produces them.
+
+Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with status 400 for
+invalid requests, 401 for a missing or wrong API key, 404 for an unknown model or path. The server binds
+127.0.0.1 unless told otherwise. ``response_format`` is accepted but not enforced (no constrained
+decoding here); the novalign client validates JSON replies itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+import uuid
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from novalign.llm.local import LocalEngine
+from novalign.models.generate import GenerationOutput
+
+__all__ = ["create_app", "serve", "DeltaText"]
+
+_DONE = object()
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
+
+
+class _Sampling(BaseModel):
+    """Fields shared by both generation endpoints. Unknown fields are ignored, as OpenAI-style servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    n: int = Field(1, ge=1, le=64)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int | None = Field(None, ge=-1, description="-1 or 0: off (vLLM convention)")
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4 or any(not s for s in stops):
+            raise APIError(400, "stop takes up to 4 non-empty strings", param="stop")
+        return stops
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None
+
+    def to_template(self) -> dict:
+        content = self.content
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if any(part.get("type") != "text" for part in content):
+                raise APIError(400, "only text content parts are supported", param="messages")
+            content = "".join(str(part.get("text", "")) for part in content)
+        role = "system" if self.role == "developer" else self.role
+        return (self.model_extra or {}) | {"role": role, "content": content or ""}
+
+
+class ChatBody(_Sampling):
+    messages: list[_Message] = Field(min_length=1)
+    response_format: dict | None = None
+
+
+class CompletionBody(_Sampling):
+    prompt: str | list[str]
+
+
+class DeltaText:
+    """Turns one row's streamed token ids into text deltas: waits out half-decoded characters, and holds
+    back a tail that could still become a stop string, so nothing past a stop string is ever sent."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.ids: list[int] = []
+        self.sent = ""
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        if self.stopped:
+            return ""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # a multi-byte character not complete yet
+            return ""
+        hits = [text.find(s) for s in self.stop if s in text]
+        if hits:
+            self.stopped = True
+            safe = text[: min(hits)]
+        else:
+            safe = text[: len(text) - self.hold] if self.hold else text
+        return self._send(safe)
+
+    def finish(self, final_text: str) -> str:
+        return self._send(final_text)
+
+    def _send(self, safe: str) -> str:
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""
+        delta, self.sent = safe[len(self.sent):], safe
+        return delta
+
+
+class _Service:
+    """The generation endpoints' logic for one engine (FastAPI wiring is in :func:`create_app`)."""
+
+    def __init__(self, engine: LocalEngine, name: str):
+        self.engine, self.name = engine, name
+        self.counters = {"requests": 0, "chat_completions": 0, "completions": 0}
+
+    def check_model(self, requested: str | None) -> None:
+        if requested is not None and requested != self.name:
+            raise APIError(404, f"The model `{requested}` does not exist; this server serves `{self.name}`.",
+                           param="model", code="model_not_found")
+
+    def rows(self, body: _Sampling, prompts: list[list[int]], on_token=None) -> list:
+        """``body.n`` rows per prompt; row ``p * n + j`` is sample ``j`` of prompt ``p``."""
+        stops, rows = body.stops(), []
+        for p, ids in enumerate(prompts):
+            try:
+                rows.extend(self.engine.rows(
+                    ids, n=body.n, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+                    max_tokens=body.max_completion_tokens or body.max_tokens, stop=stops, seed=body.seed,
+                    on_token=None if on_token is None else (lambda j, tok, p=p: on_token(p * body.n + j, tok)),
+                ))
+            except ValueError as exc:
+                raise APIError(400, str(exc), param="max_tokens") from exc
+        return rows
+
+    @staticmethod
+    def usage(prompts: list[list[int]], outputs: list[GenerationOutput]) -> dict:
+        prompt_tokens = sum(len(p) for p in prompts)
+        completion_tokens = sum(o.completion_tokens for o in outputs)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+    async def chat(self, body: ChatBody):
+        self.counters["chat_completions"] += 1
+        self.check_model(body.model)
+        messages = [m.to_template() for m in body.messages]
+        try:
+            prompt = self.engine.encode_chat(messages)
+        except Exception as exc:  # the chat template rejected the conversation
+            raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages") from exc
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            return self.stream(body, [prompt], rid, "chat.completion.chunk")
+        outputs = await asyncio.wrap_future(self.engine.submit(self.rows(body, [prompt])))
+        return {
+            "id": rid, "object": "chat.completion", "created": int(time.time()), "model": self.name,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
+                         "finish_reason": o.finish_reason} for i, o in enumerate(outputs)],
+            "usage": self.usage([prompt], outputs),
+        }
+
+    async def complete(self, body: CompletionBody):
+        self.counters["completions"] += 1
+        self.check_model(body.model)
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not texts:
+            raise APIError(400, "prompt must not be empty", param="prompt")
+        if body.max_tokens is None and body.max_completion_tokens is None:
+            body.max_tokens = 16  # OpenAI's default for the completions endpoint
+        prompts = [self.engine.encode_text(t) for t in texts]
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            return self.stream(body, prompts, rid, "text_completion")
+        outputs = await asyncio.wrap_future(self.engine.submit(self.rows(body, prompts)))
+        return {
+            "id": rid, "object": "text_completion", "created": int(time.time()), "model": self.name,
+            "choices": [{"index": i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
+                        for i, o in enumerate(outputs)],
+            "usage": self.usage(prompts, outputs),
+        }
+
+    def stream(self, body: _Sampling, prompts: list[list[int]], rid: str, kind: str) -> StreamingResponse:
+        """Server-sent events: token deltas as the batch produces them, then finish reasons, then [DONE]."""
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
+        rows = self.rows(body, prompts, on_token=lambda i, tok: loop.call_soon_threadsafe(tokens.put_nowait, (i, tok)))
+        deltas = [DeltaText(self.engine.tokenizer, body.stops()) for _ in rows]
+        fut = self.engine.submit(rows)
+        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(tokens.put_nowait, _DONE))
+        head = {"id": rid, "object": kind, "created": int(time.time()), "model": self.name}
+
+        def chunk(i: int, text: str | None, finish: str | None = None, first: bool = False) -> str:
+            if kind == "text_completion":
+                choice: dict[str, Any] = {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+            else:
+                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else ({"content": text} if text else {})
+                choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return _sse(head | {"choices": [choice]})
+
+        async def events() -> AsyncIterator[str]:
+            if kind != "text_completion":
+                for i in range(len(rows)):
+                    yield chunk(i, None, first=True)
+            while (item := await tokens.get()) is not _DONE:
+                if text := deltas[item[0]].push(item[1]):
+                    yield chunk(item[0], text)
+            try:
+                outputs = fut.result()
+            except Exception as exc:  # noqa: BLE001 - reported in-band: the 200 status is already sent
+                yield _sse({"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None,
+                                      "code": None}})
+                yield "data: [DONE]\n\n"
+                return
+            for i, out in enumerate(outputs):
+                if rest := deltas[i].finish(out.text):
+                    yield chunk(i, rest)
+                yield chunk(i, None, finish=out.finish_reason)
+            if (body.stream_options or {}).get("include_usage"):
+                yield _sse(head | {"choices": [], "usage": self.usage(prompts, outputs)})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape; request validation errors are 400s (FastAPI's default is 422)."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return _error(exc.status, exc.message, exc.type, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "the request body is not valid JSON")
+        fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in errors]
+        message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors))
+        return _error(400, message or "invalid request", param=fields[0] if fields else None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _error(exc.status_code, str(exc.detail), kind)
+
+
+def create_app(engine: LocalEngine, *, model_name: str | None = None, api_key: str | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine``. ``app.state.counters`` counts the /v1 requests received."""
+    service = _Service(engine, model_name or engine.name)
+    app = FastAPI(title="novalign serve", version="1")
+    app.state.counters = service.counters
+    app.state.engine = engine
+    created = int(time.time())
+    _install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _auth_and_count(request: Request, call_next):
+        if request.url.path.startswith("/v1/"):
+            service.counters["requests"] += 1
+            if api_key is not None:
+                header = request.headers.get("authorization", "")
+                given = header[7:] if header.lower().startswith("bearer ") else ""
+                if not secrets.compare_digest(given.encode(), api_key.encode()):
+                    return _error(401, "Incorrect or missing API key (send 'Authorization: Bearer KEY').",
+                                  code="invalid_api_key")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": service.name, **service.counters, "batches": engine.queue.batches_run,
+                "largest_batch": engine.queue.largest_batch}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": service.name, "object": "model", "created": created,
+                                             "owned_by": "novalign", "max_model_len": engine.max_positions}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody):
+        return await service.chat(body)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionBody):
+        return await service.complete(body)
+
+    return app
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def serve(cfg, *, log_level: str = "info") -> None:
+    """Load ``cfg.model`` and serve it until interrupted (``cfg`` is a :class:`~novalign.config.ServeConfig`).
+
+    Prints ``novalign serve: MODEL at http://HOST:PORT/v1`` (with the real port, also for ``port: 0``) once
+    it accepts connections.
+    """
+    import uvicorn
+
+    e = cfg.engine
+    engine = LocalEngine(cfg.model, device=e.device, dtype=e.dtype, max_batch_size=e.max_batch_size,
+                         batch_wait_ms=e.batch_wait_ms, default_max_tokens=e.default_max_tokens,
+                         name=cfg.served_model_name)
+    api_key = cfg.api_key if cfg.api_key is not None else os.environ.get("NOVALIGN_API_KEY") or None
+    app = create_app(engine, model_name=cfg.served_model_name, api_key=api_key)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False))
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            print(f"novalign serve: {engine.name} at http://{cfg.host}:{port}/v1"
+                  f"{' (API key required)' if api_key else ''}", flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()
