@@ -73,6 +73,8 @@ class BatchingQueue(Generic[I, O]):
                 continue
             try:
                 outputs = self._run([item for item, _ in live])
+                if len(outputs) != len(live):
+                    raise RuntimeError(f"the batch function returned {len(outputs)} outputs for {len(live)} items")
             except BaseException as exc:  # noqa: BLE001 - handed to every caller of the batch
                 for _, fut in live:
                     fut.set_exception(exc)
@@ -80,7 +82,7 @@ class BatchingQueue(Generic[I, O]):
             self.batches_run += 1
             self.items_run += len(live)
             self.largest_batch = max(self.largest_batch, sum(self._size(item) for item, _ in live))
-            for (_, fut), out in zip(live, outputs):
+            for (_, fut), out in zip(live, outputs, strict=True):
                 fut.set_result(out)
 
     def close(self, timeout: float | None = 10.0) -> None:

@@ -323,7 +323,7 @@ class LLMClient:
             response, attempts = response
             each = response.completion_tokens_each or _split(response.completion_tokens, sub.n)
             fresh = {start + j: CachedSample(text, reason, response.prompt_tokens, each[j], response.model)
-                     for j, (text, reason) in enumerate(zip(response.texts, response.finish_reasons))}
+                     for j, (text, reason) in enumerate(zip(response.texts, response.finish_reasons, strict=True))}
             if key:
                 fresh = self.cache.put(key, fresh, model_id=self.backend.model_id, request=sub)
             samples.update(fresh)

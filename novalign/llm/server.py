@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import secrets
+import sys
 import time
 import uuid
 from typing import Any, AsyncIterator, Literal
@@ -263,7 +264,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "the request body is not valid JSON")
         fields = [".".join(str(p) for p in e["loc"] if p != "body") or "body" for e in errors]
-        message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors))
+        message = "; ".join(f"{f}: {e['msg']}" for f, e in zip(fields, errors, strict=True))
         return _error(400, message or "invalid request", param=fields[0] if fields else None)
 
     @app.exception_handler(StarletteHTTPException)
@@ -331,6 +332,9 @@ def serve(cfg, *, log_level: str = "info") -> None:
                          batch_wait_ms=e.batch_wait_ms, default_max_tokens=e.default_max_tokens,
                          name=cfg.served_model_name)
     api_key = cfg.api_key if cfg.api_key is not None else os.environ.get("NOVALIGN_API_KEY") or None
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use it "
+              "(set --api-key or $NOVALIGN_API_KEY)", file=sys.stderr, flush=True)
     app = create_app(engine, model_name=cfg.served_model_name, api_key=api_key)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False))
 

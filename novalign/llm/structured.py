@@ -67,7 +67,8 @@ def check_reply(request: ChatRequest, text: str) -> tuple[Any, str | None]:
 
 
 def reask_messages(request: ChatRequest, reply: str, error: str) -> list[dict]:
-    """The conversation for the next attempt: the bad reply, then a user turn naming what was wrong."""
+    """The conversation for the next attempt: ``request``'s messages (earlier attempts included), the bad
+    reply, then a user turn naming what was wrong."""
     wanted = "a JSON object"
     if request.schema is not None:
         wanted += " matching this JSON schema: " + json.dumps(request.schema.model_json_schema(), separators=(",", ":"))
