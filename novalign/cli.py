@@ -291,6 +291,47 @@ def kto_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT
     _run_stage(KTOConfig, "novalign.train.preference.run_kto", config, set_, help_config)
 
 
+@app.command("eval-ifeval")
+def eval_ifeval_command(
+    input_path: Path = typer.Option(..., "--input", help="IFEval input JSONL (key, prompt, instruction_id_list, kwargs)."),
+    responses: Path = typer.Option(..., "--responses", help="JSONL of {prompt, response}, joined to --input by prompt."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Write per-prompt verdicts (strict and loose) as JSONL."),
+) -> None:
+    """Score responses with IFEval's 25 verifiable instructions: prompt- and instruction-level accuracy,
+    strict and loose, overall and per instruction type (like IFEval's evaluation_main)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from novalign.data.io import DataError
+    from novalign.eval import evaluate, ifeval_accuracy
+
+    try:
+        results = evaluate(input_path, responses)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if not results:
+        _fail(f"{input_path}: no prompts")
+    rows = [r.to_dict() for r in results]
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    acc = ifeval_accuracy(rows)
+    strict, loose = acc["strict"], acc["loose"]
+    table = Table(title=f"IFEval: {acc['num_prompts']} prompts, {acc['num_instructions']} instructions")
+    for column in ("", "strict", "loose"):
+        table.add_column(column, justify="left" if not column else "right")
+    table.add_row("prompt-level", f"{strict['prompt_level']:.1%}", f"{loose['prompt_level']:.1%}", style="bold")
+    table.add_row("instruction-level", f"{strict['instruction_level']:.1%}", f"{loose['instruction_level']:.1%}",
+                  style="bold", end_section=True)
+    for level in ("per_category", "per_instruction"):
+        for name, value in strict[level].items():
+            table.add_row(name, f"{value:.1%}", f"{loose[level][name]:.1%}")
+        table.rows[-1].end_section = True
+    Console().print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

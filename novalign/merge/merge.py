@@ -28,13 +28,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from novalign.config import MergeConfig, dump_config, load_config
+from novalign.fsutil import atomic_directory
 from novalign.merge.methods import METHODS, Linear, MergeMethod, ModelStock, TaskArithmetic, Ties
 from novalign.merge.shards import Checkpoint, CheckpointError, OutputTensor, ShardWriter, parse_size, plan_shards
 
@@ -307,27 +307,6 @@ def _copy_side_files(plan: MergePlan, tmp: Path) -> None:
     (tmp / "merge_config.yaml").write_text(dump_config(plan.cfg), encoding="utf-8")
 
 
-@contextmanager
-def _atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield an empty temp folder beside ``out``; on success it replaces ``out``, on any error it is deleted."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def merge_models(
     cfg: MergeConfig | str | os.PathLike[str],
     *,
@@ -352,7 +331,7 @@ def merge_models(
     plan = plan_merge(cfg)
     chunk_elems = max(1, int(cfg.chunk_mb * 2**20) // 4)
     statistics: dict[str, object] = {}
-    with _atomic_directory(plan.output_dir) as tmp:
+    with atomic_directory(plan.output_dir) as tmp:
         writer = ShardWriter(tmp, plan_shards(plan.tensors, plan.max_shard_size))
         try:
             for done, target in enumerate(plan.tensors, 1):

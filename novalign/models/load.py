@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from novalign.fsutil import atomic_directory
 
 __all__ = ["ModelDirError", "resolve_dtype", "load_tokenizer", "load_model", "save_pretrained_dir"]
 
@@ -213,22 +214,6 @@ def save_pretrained_dir(
         ``Path(out_dir)``.
     """
     out = Path(out_dir).expanduser().absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pid = os.getpid()
-    tmp = out.parent / f".{out.name}.tmp-{pid}"
-    old = out.parent / f".{out.name}.old-{pid}"
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         _write_into(tmp, model, tokenizer, resolve_dtype(dtype) if dtype is not None else None)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
     return out
