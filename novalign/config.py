@@ -62,7 +62,7 @@ class DataConfig(Strict):
 
 class PackingConfig(Strict):
     enabled: bool = Field(True, description="Pack samples into rows (otherwise dynamic padding).")
-    row_len: int | None = Field(None, ge=8, description="Token budget of a packed row (default: data.max_length).")
+    row_len: int | None = Field(None, ge=8, description="Token budget of a packed row (default: data.max_length for SFT, 2 x data.max_length for pair trainers).")
     window: int | None = Field(
         None, ge=1, description="Pack within windows of this many shuffled samples (None: the whole epoch at once)."
     )

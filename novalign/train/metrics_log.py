@@ -72,7 +72,7 @@ def plot_loss_curve(records: list[dict[str, Any]], out_png: Path, title: str = "
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", linewidth=1.2)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("token-mean cross-entropy")
+    ax.set_ylabel("loss (mean over the effective batch)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
