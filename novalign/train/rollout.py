@@ -1,0 +1,290 @@
+"""Rollouts for RL: n sampled responses per prompt, behind one interface (report section 2.1).
+
+A :class:`RolloutEngine` turns chat prompts into :class:`Rollout` records -- token ids, text, whether the
+response hit the length limit, and the log-probability of every sampled token under the policy that
+generated it (PPO's and GRPO's ``old_logps``). Two engines:
+
+* :class:`HFRollout` -- Hugging Face generation with KV cache, batched and left-padded, through
+  :func:`novalign.models.generate.generate_batch` (CPU and GPU). Every response row has its own seeded
+  generator, so the same seed gives the same rollouts whatever the batch size.
+* :class:`VLLMRollout` -- vLLM's offline engine (GPU, optional), with the policy's weights pushed into it
+  before each generation. UNTESTED HERE (no GPU / vLLM in CI); written against vLLM's documented API.
+
+Log-probabilities are never taken from the sampler: both engines recompute them with one forward pass of
+the policy over prompt + completion (:func:`completion_logprobs`), projecting only completion positions onto
+the vocabulary, ``chunk_size`` tokens at a time. That is the same computation the trainer repeats with
+gradient, so the PPO ratio is exactly 1 before the first update. The distribution is the policy's softmax
+at the sampling temperature (logits / T, as TRL does; T = 0 counts as 1), without the top-k / top-p
+truncation, which only decides which tokens can be drawn.
+
+A finished response's ``completion_ids`` end with the end-of-turn token, so the policy is also trained on
+*when* to stop; ``text`` does not contain it. A truncated response (``max_new_tokens`` reached without an
+end token) has none -- its reward is the trainer's decision (issue 5, "bad input"), the flag says which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from novalign.data.chat import IGNORE_INDEX
+from novalign.llm.types import sample_seeds
+from novalign.models.generate import (
+    GenerationRequest,
+    _eos_ids,
+    encode_chat,
+    generate_batch,
+)
+from novalign.train.forward import decoder_hidden_states, output_weight
+from novalign.train.packing import collate_padded
+
+__all__ = [
+    "HFRollout",
+    "Rollout",
+    "RolloutEngine",
+    "VLLMRollout",
+    "completion_logprobs",
+    "completion_tensors",
+    "group_by_prompt",
+]
+
+Messages = list[dict]
+
+
+@dataclass
+class Rollout:
+    """One sampled response. ``logprobs[t]`` is log pi(completion_ids[t] | prompt, completion_ids[:t])."""
+
+    prompt_index: int  # position of its prompt in the generate() call
+    sample_index: int  # 0 .. n - 1 within that prompt's group
+    prompt_ids: list[int]
+    completion_ids: list[int]  # end-of-turn token included when the response finished
+    text: str  # decoded completion, special tokens skipped
+    truncated: bool  # hit max_new_tokens without an end-of-turn token
+    logprobs: list[float]  # one per completion id, under the generating policy
+
+
+class RolloutEngine(Protocol):
+    """Generation for RL: ``n`` responses to each prompt, returned prompt-major (``prompt_index * n + j``)."""
+
+    def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None) -> list[Rollout]: ...
+
+
+def _check_args(prompts: Sequence[Messages], n: int, temperature: float, top_p: float, top_k: int,
+                max_new_tokens: int) -> None:
+    if not prompts:
+        raise ValueError("no prompts to roll out: the prompt batch is empty")
+    checks = [(n >= 1, f"n must be >= 1 responses per prompt, got {n}"),
+              (temperature >= 0, f"temperature must be >= 0, got {temperature}"),
+              (0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
+              (top_k >= 0, f"top_k must be >= 0 (0: off), got {top_k}"),
+              (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    return -F.cross_entropy(F.linear(hidden, weight).float() / temperature, labels, reduction="none")
+
+
+def completion_logprobs(
+    model: nn.Module,
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    chunk_size: int = 4096,
+) -> list[torch.Tensor]:
+    """Per-token log-probabilities of each completion given its prompt: one ``[len(completion)]`` fp32 tensor each.
+
+    Sequences are right-padded ``batch_size`` at a time; only completion positions are projected onto the
+    vocabulary, ``chunk_size`` positions at a time, so full-vocabulary logits of a whole batch never exist.
+    Runs under the caller's grad mode (the rollout calls it under ``no_grad``).
+
+    Args:
+        sequences: ``(prompt_ids, completion_ids)`` pairs; the prompt must be non-empty.
+        temperature: the sampling temperature (logits are divided by it; 0 is treated as 1).
+    """
+    scale = temperature if temperature > 0 else 1.0
+    device = next(model.parameters()).device
+    weight = output_weight(model)
+    pad_id = 0
+    out: list[torch.Tensor] = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        if any(len(p) == 0 for p, _ in chunk):
+            raise ValueError("completion_logprobs needs a non-empty prompt for every sequence")
+        samples = [(list(p) + list(c), [IGNORE_INDEX] * len(p) + list(c)) for p, c in chunk]
+        batch = collate_padded(samples, pad_id).to(device)
+        hidden = decoder_hidden_states(model, batch)  # [B, L, H]
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # position t predicts token t + 1
+        y = batch.labels[:, 1:].reshape(-1)
+        keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()  # row-major: each row's tokens in order
+        h, y = h.index_select(0, keep), y.index_select(0, keep)
+        step = chunk_size if chunk_size > 0 else max(1, y.numel())
+        flat = torch.cat([_chunk_token_logps(h[i : i + step], weight, y[i : i + step], scale)
+                          for i in range(0, y.numel(), step)]) if y.numel() else h.new_zeros(0, dtype=torch.float32)
+        out.extend(flat.split([len(c) for _, c in chunk]))
+    return out
+
+
+class HFRollout:
+    """:class:`RolloutEngine` on a Hugging Face causal LM (KV cache, batched, left-padded generation).
+
+    Args:
+        model: the policy (generation runs in eval mode; the training mode is restored afterwards).
+        tokenizer: its tokenizer, with the chat template the prompts are rendered by.
+        batch_size: response rows per ``model.generate`` call and per log-prob forward.
+        chunk_size: positions per vocabulary projection when computing log-probs.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, chunk_size: int = 4096):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.chunk_size = batch_size, chunk_size
+        eos = _eos_ids(model, tokenizer)
+        if not eos:
+            raise ValueError("the model has no end-of-turn token (generation_config.eos_token_id / tokenizer.eos_token_id)")
+        # generate_batch reports *that* a row ended, not with which end token; with several, the tokenizer's
+        # own end-of-turn token is recorded (exact whenever the model has only one).
+        self.end_id = tokenizer.eos_token_id if tokenizer.eos_token_id in eos else eos[0]
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None) -> list[Rollout]:
+        """``n`` responses per prompt, prompt-major. Response ``k = i * n + j`` draws with a seed derived from
+        ``(seed, k)``; pass a different ``seed`` each step for fresh samples (``None``: unseeded)."""
+        _check_args(prompts, n, temperature, top_p, top_k, max_new_tokens)
+        prompt_ids = [encode_chat(self.tokenizer, p) for p in prompts]
+        seeds = sample_seeds(seed, 0, len(prompts) * n)
+        rows = [GenerationRequest(prompt_ids[k // n], max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, top_k=top_k, seed=seeds[k]) for k in range(len(prompts) * n)]
+        was_training = self.model.training
+        try:
+            outputs = [o for s in range(0, len(rows), self.batch_size)
+                       for o in generate_batch(self.model, self.tokenizer, rows[s : s + self.batch_size])]
+            completions = [o.token_ids + ([self.end_id] if o.finish_reason == "stop" else []) for o in outputs]
+            logps = completion_logprobs(self.model, [(r.prompt_ids, c) for r, c in zip(rows, completions)],
+                                        temperature=temperature, batch_size=self.batch_size, chunk_size=self.chunk_size)
+        finally:
+            self.model.train(was_training)
+        return [
+            Rollout(k // n, k % n, rows[k].prompt_ids, completions[k], o.text, o.finish_reason == "length", lp.tolist())
+            for k, (o, lp) in enumerate(zip(outputs, logps))
+        ]
+
+
+class VLLMRollout:
+    """:class:`RolloutEngine` on vLLM's offline engine, fed the policy's current weights before each call.
+
+    UNTESTED HERE: CI has neither a GPU nor vLLM. Written against vLLM's documented API -- ``LLM.generate``
+    with token-id prompts and one ``SamplingParams`` per prompt; the weights go in through the engine model's
+    ``load_weights(iterable of (name, tensor))`` (``LLM.apply_model`` where vLLM has it, otherwise the
+    in-process driver worker's model, as TRL does with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``). With a
+    multiprocess engine ``apply_model`` ships the weights to the workers by pickling them each step; colocate
+    the engine in-process (as TRL does) to avoid that copy.
+
+    Args:
+        model: the HF policy being trained (its weights are pushed; its forward computes the log-probs).
+        tokenizer: the policy's tokenizer.
+        llm: a ready ``vllm.LLM``; if None, one is built from ``model_path`` and ``engine_args``.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, llm: Any = None, model_path: str | None = None,
+                 batch_size: int = 32, chunk_size: int = 4096, **engine_args: Any):
+        try:
+            import vllm
+        except ImportError as exc:
+            raise ImportError("VLLMRollout needs vLLM (GPU only): pip install vllm -- or use HFRollout, which "
+                              "generates with transformers on CPU or GPU") from exc
+        if llm is None:
+            if model_path is None:
+                raise ValueError("VLLMRollout needs a ready vllm.LLM (llm=...) or a model_path to start one")
+            llm = vllm.LLM(model=str(model_path), **engine_args)
+        self._sampling_params = vllm.SamplingParams
+        self.model, self.tokenizer, self.llm = model, tokenizer, llm
+        self.batch_size, self.chunk_size = batch_size, chunk_size
+
+    def push_weights(self) -> None:
+        """Copy the policy's current weights into the engine and drop KV blocks cached under the old ones."""
+        state = {k.removeprefix("module."): v.detach() for k, v in self.model.state_dict().items()}
+
+        def load(engine_model: Any) -> None:
+            engine_model.load_weights(weights=state.items())
+
+        if hasattr(self.llm, "apply_model"):
+            self.llm.apply_model(load)
+        else:
+            load(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
+                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None) -> list[Rollout]:
+        _check_args(prompts, n, temperature, top_p, top_k, max_new_tokens)
+        self.push_weights()
+        prompt_ids = [encode_chat(self.tokenizer, p) for p in prompts]
+        seeds = sample_seeds(seed, 0, len(prompts))
+        params = [self._sampling_params(n=n, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
+                                        max_tokens=max_new_tokens, seed=s) for s in seeds]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        rollouts = []
+        for i, out in enumerate(outputs):
+            for j, sample in enumerate(out.outputs):
+                # vLLM keeps the end-of-turn token in token_ids (not in text), as Rollout wants
+                rollouts.append(Rollout(i, j, prompt_ids[i], list(sample.token_ids), sample.text,
+                                        sample.finish_reason == "length", []))
+        logps = completion_logprobs(self.model, [(r.prompt_ids, r.completion_ids) for r in rollouts],
+                                    temperature=temperature, batch_size=self.batch_size, chunk_size=self.chunk_size)
+        for r, lp in zip(rollouts, logps):
+            r.logprobs = lp.tolist()
+        return rollouts
+
+
+def group_by_prompt(rollouts: Sequence[Rollout]) -> torch.Tensor:
+    """``index [G, n]``: ``rollouts[index[g, j]]`` is sample j of prompt g.
+
+    This is the layout of :func:`novalign.train.rl.group_normalized_advantages`: ``rewards_t[index]`` gives
+    the ``[G, n]`` rewards, and ``index.flatten()`` orders per-response rows (KL, mask) as row ``g * n + j``.
+
+    Raises:
+        ValueError: prompts numbered with gaps, or groups of different sizes / repeated sample indices.
+    """
+    if not rollouts:
+        raise ValueError("no rollouts to group")
+    groups: dict[int, dict[int, int]] = {}
+    for pos, r in enumerate(rollouts):
+        group = groups.setdefault(r.prompt_index, {})
+        if r.sample_index in group:
+            raise ValueError(f"prompt {r.prompt_index} has sample {r.sample_index} twice")
+        group[r.sample_index] = pos
+    if sorted(groups) != list(range(len(groups))):
+        raise ValueError(f"prompt indices must be 0 .. {len(groups) - 1}, got {sorted(groups)}")
+    n = len(groups[0])
+    for g, group in sorted(groups.items()):
+        if sorted(group) != list(range(n)):
+            raise ValueError(f"every prompt needs samples 0 .. {n - 1}; prompt {g} has {sorted(group)}")
+    return torch.tensor([[groups[g][j] for j in range(n)] for g in range(len(groups))], dtype=torch.long)
+
+
+def completion_tensors(rollouts: Sequence[Rollout], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``(completion_ids [S, T] long, logprobs [S, T] fp32, mask [S, T] float)`` of ``rollouts``."""
+    width = max((len(r.completion_ids) for r in rollouts), default=0)
+    ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
+    logps = torch.zeros((len(rollouts), width), dtype=torch.float32)
+    mask = torch.zeros((len(rollouts), width), dtype=torch.float32)
+    for s, r in enumerate(rollouts):
+        k = len(r.completion_ids)
+        ids[s, :k] = torch.tensor(r.completion_ids, dtype=torch.long)
+        logps[s, :k] = torch.tensor(r.logprobs, dtype=torch.float32)
+        mask[s, :k] = 1.0
+    return ids, logps, mask
