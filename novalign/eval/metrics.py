@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["IFEVAL_MODES", "ifeval_accuracy"]
+__all__ = ["IFEVAL_MODES", "ifeval_accuracy", "pass_at_k"]
 
 IFEVAL_MODES = ("strict", "loose")
 
@@ -66,3 +66,26 @@ def ifeval_accuracy(results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             "per_category": {k: _ratio(by_category[k]) for k in sorted(by_category)},
         }
     return summary
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021, https://arxiv.org/abs/2107.03374, eq. 1): ``1 - C(n-c, k) / C(n, k)``.
+
+    The probability that at least one of k samples drawn without replacement from n generations, c of them
+    correct, is correct. Computed as ``1 - prod_{i=n-c+1}^{n} (1 - k / i)``, the paper's numerically stable
+    product form, which never forms the huge binomials.
+
+    Worked examples: n=5, c=2, k=1 -> 1 - C(3,1)/C(5,1) = 1 - 3/5 = 0.4;
+    k=2 -> 1 - C(3,2)/C(5,2) = 1 - 3/10 = 0.7; n - c < k (here n=5, c=4, k=2) -> 1.0.
+
+    Raises:
+        ValueError: unless 0 <= c <= n and 1 <= k <= n.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    failing = 1.0
+    for i in range(n - c + 1, n + 1):
+        failing *= 1.0 - k / i
+    return 1.0 - failing

@@ -67,7 +67,7 @@ def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model, tokenizer) -> list[int]:
     ids: set[int] = set()
     for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if source is not None:
@@ -155,7 +155,7 @@ def generate_batch(model, tokenizer, rows: Sequence[GenerationRequest]) -> list[
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = stop_token_ids(model, tokenizer)
     width = max(len(r.prompt_ids) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -36,7 +36,7 @@ from novalign.data.chat import IGNORE_INDEX
 from novalign.llm.types import sample_seeds
 from novalign.models.generate import (
     GenerationRequest,
-    _eos_ids,
+    stop_token_ids,
     encode_chat,
     generate_batch,
 )
@@ -150,7 +150,7 @@ class HFRollout:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.chunk_size = batch_size, chunk_size
-        eos = _eos_ids(model, tokenizer)
+        eos = stop_token_ids(model, tokenizer)
         if not eos:
             raise ValueError("the model has no end-of-turn token (generation_config.eos_token_id / tokenizer.eos_token_id)")
         # generate_batch reports *that* a row ended, not with which end token; with several, the tokenizer's
