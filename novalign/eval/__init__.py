@@ -1,4 +1,5 @@
-"""Evaluation: verifiable-instruction checks (IFEval) and their metrics.
+"""Evaluation: verifiable-instruction checks (IFEval), benchmark metrics (CFBench, SysBench, FB-Bench, pass
+rate, GSB, pass@k) and the code sandbox (``novalign.eval.sandbox``).
 
 The verifiers are plain functions, so RL rewards reuse them unchanged
 (``novalign.eval.ifeval.INSTRUCTIONS[id](response, **kwargs)`` or :func:`ifeval_reward`).
@@ -16,7 +17,7 @@ from novalign.eval.ifeval import (
     read_ifeval_inputs,
     read_responses,
 )
-from novalign.eval.metrics import ifeval_accuracy
+from novalign.eval.metrics import ifeval_accuracy, pass_at_k
 
 __all__ = [
     "INSTRUCTIONS",
@@ -29,5 +30,6 @@ __all__ = [
     "ifeval_reward",
     "loose_variants",
     "read_ifeval_inputs",
+    "pass_at_k",
     "read_responses",
 ]
