@@ -291,6 +291,15 @@ def kto_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT
     _run_stage(KTOConfig, "novalign.train.preference.run_kto", config, set_, help_config)
 
 
+@app.command("grpo")
+def grpo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """GRPO with the report's top-k KL kept in the token-level reward (report section 2.1, eq. 2).
+    Single process only for now (not under torchrun)."""
+    from novalign.config import GRPOConfig
+
+    _run_stage(GRPOConfig, "novalign.train.grpo.run_grpo", config, set_, help_config)
+
+
 @app.command("eval-ifeval")
 def eval_ifeval_command(
     input_path: Path = typer.Option(..., "--input", help="IFEval input JSONL (key, prompt, instruction_id_list, kwargs)."),

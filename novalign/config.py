@@ -219,6 +219,77 @@ class KTOConfig(Strict):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1))
 
 
+# ---------------------------------------------------------------------------------------------- RL: GRPO (issue 5)
+
+
+class RewardComponentConfig(Strict):
+    """One term of the weighted reward mix (novalign.rewards)."""
+
+    type: Literal["exact_answer", "ifeval", "reward_model"] = Field(
+        ..., description="'exact_answer': the record's `answer` field; 'ifeval': IFEval's verifiers on the record's "
+        "`instruction_id_list` / `kwargs`; 'reward_model': a `novalign rm` model directory (path)."
+    )
+    weight: float = Field(1.0, description="Weight of this component in the total reward.")
+    mode: Literal["final", "contains"] = Field("final", description="exact_answer: final answer equals / contains the gold one.")
+    path: str | None = Field(None, description="reward_model: the reward model directory.")
+
+
+class GRPORolloutConfig(Strict):
+    prompts_per_iteration: int = Field(8, ge=1, description="Prompts per iteration (each gets n responses).")
+    n: int = Field(3, ge=2, description="Responses per prompt, the group of GRPO (report: 3).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (also divides the logits of the loss).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
+    max_new_tokens: int = Field(256, ge=1, description="Longest response; longer ones are truncated (counted, logged).")
+    batch_size: int = Field(32, ge=1, description="Response rows per generate call and per log-prob forward.")
+
+
+class GRPOLossConfig(Strict):
+    beta: float = Field(0.04, ge=0, description="KL coefficient in the token-level reward (-beta * KL_t per token).")
+    kl_top_k: int = Field(500, ge=1, description="k of the report's top-k KL against the reference (report: 500).")
+    eps_low: float = Field(0.2, gt=0, lt=1, description="Clip range below 1 of the probability ratio.")
+    eps_high: float | None = Field(None, gt=0, description="Clip range above 1 (None: eps_low; larger = DAPO's clip-higher).")
+    ppo_epochs: int = Field(2, ge=1, description="Optimizer steps (passes over the whole rollout batch) per iteration.")
+    scale_by_std: bool = Field(True, description="Divide group-centred rewards by the group std (False: Dr. GRPO).")
+    kl_in_group_norm: bool = Field(False, description="Group-normalize the KL-penalized return instead (see rl.grpo_token_advantages).")
+    truncated_reward: float | None = Field(
+        None, description="Reward for responses that hit max_new_tokens (None: score them like the others; "
+        "their count is logged either way)."
+    )
+
+
+class PTXConfig(Strict):
+    coef: float = Field(0.0, ge=0, description="gamma of equation (2): top-k KL penalty on SFT data (0: off).")
+    train_files: list[str] = Field(default_factory=list, description="SFT chat files the PTX term is computed on.")
+    max_length: int = Field(1024, ge=8, description="Longest tokenized SFT sample.")
+    micro_batch_size: int = Field(4, ge=1, description="SFT samples per optimizer step.")
+
+
+class GRPOConfig(Strict):
+    """``novalign grpo``: GRPO with the report's top-k KL in the token-level reward (section 2.1, eq. 2).
+
+    One iteration = rollouts for ``rollout.prompts_per_iteration`` prompts, then ``loss.ppo_epochs`` optimizer
+    steps over the whole rollout batch. ``train.max_steps`` counts iterations (default: ``train.epochs``
+    passes over the prompts); ``train.save_every`` / ``log_every`` count iterations; ``train.micro_batch_size``
+    is responses per training forward; ``train.grad_accum`` is unused.
+    """
+
+    output_dir: str = Field("runs/grpo", description="Where checkpoints, logs and the final model go.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompt_files: list[str] = Field(
+        default_factory=list, description="JSONL/Parquet prompts: `messages` (a last assistant turn is dropped) or "
+        "`prompt`; every other field is passed to the rewards (e.g. `answer`)."
+    )
+    rewards: list[RewardComponentConfig] = Field(
+        [RewardComponentConfig(type="exact_answer")], description="The weighted reward mix: a list of {type, weight, ...}."
+    )
+    rollout: GRPORolloutConfig = Field(default_factory=GRPORolloutConfig)
+    loss: GRPOLossConfig = Field(default_factory=GRPOLossConfig)
+    ptx: PTXConfig = Field(default_factory=PTXConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-6, warmup_ratio=0.0))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, micro_batch_size=8))
+
+
 # ---------------------------------------------------------------------------------------------- merge (issue 6)
 
 
