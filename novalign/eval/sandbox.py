@@ -175,8 +175,10 @@ def _namespaces_work() -> bool:
     probe = tempfile.mkdtemp(prefix="novalign_sandbox_probe_")
     try:
         _libc()
+        # probe with a system binary: an interpreter that lives under /tmp (a venv in a CI clone) would be
+        # hidden by the private tmpfs and make the probe fail for the wrong reason
         done = subprocess.run(
-            [sys.executable, "-I", "-c", "pass"],
+            [shutil.which("true", path="/usr/bin:/bin") or "/bin/true"],
             preexec_fn=lambda: _enter_namespaces(probe),
             capture_output=True,
             check=False,
@@ -204,8 +206,14 @@ def _interpreter(as_uid: bool) -> str | None:
     """
     if not as_uid:
         return sys.executable
-    for candidate in dict.fromkeys([sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")]):
+    # the system Python first (user code gets the standard library only anyway); ours only if it does not
+    # live under a folder the mount namespace hides
+    system = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    for candidate in dict.fromkeys([system, sys.executable]):
         if not candidate:
+            continue
+        real = os.path.realpath(candidate)
+        if any(real == d or real.startswith(d + "/") for d in _HIDDEN_DIRS):
             continue
         try:
             done = subprocess.run([candidate, "-I", "-c", "import sys; sys.addaudithook"], capture_output=True,
