@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
+    "math_answer_reward",
     "LLMJudgeReward",
     "MixedRewards",
     "RewardError",
@@ -242,6 +243,19 @@ def exact_answer_reward(mode: str = "final") -> RewardFn:
     if mode not in checks:
         raise ValueError(f"exact_answer_reward mode must be one of {sorted(checks)}, got {mode!r}")
     return verifier_reward(checks[mode], name=f"exact_answer_{mode}")
+
+
+def math_answer_reward(*, timeout: int | None = 5, name: str = "math_answer") -> RewardFn:
+    """1.0 when the completion's math answer (:func:`novalign.eval.math.extract_answer`: last ``\\boxed{}``,
+    ``####``, "the answer is", last number) is equivalent to the per-sample field ``answer``
+    (:func:`~novalign.eval.math.answers_equivalent`: ``\\frac{1}{2}`` == ``0.5``, sets, intervals...), else 0.0.
+    A GSM8K-style gold solution ending in ``#### 72`` is reduced to its answer first."""
+    from novalign.eval.math import answers_equivalent, extract_answer, gold_answer
+
+    def math_answer(response: str, answer: str) -> bool:
+        return answers_equivalent(extract_answer(response), gold_answer(answer), timeout=timeout)
+
+    return verifier_reward(math_answer, name=name)
 
 
 # ------------------------------------------------------------------------------------ reward model
