@@ -300,6 +300,15 @@ def grpo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OP
     _run_stage(GRPOConfig, "novalign.train.grpo.run_grpo", config, set_, help_config)
 
 
+@app.command("ppo")
+def ppo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """PPO with a value head, GAE and the report's top-k KL in the token-level reward (report section 2.1).
+    Single process only for now (not under torchrun)."""
+    from novalign.config import PPOConfig
+
+    _run_stage(PPOConfig, "novalign.train.ppo.run_ppo", config, set_, help_config)
+
+
 @app.command("eval-ifeval")
 def eval_ifeval_command(
     input_path: Path = typer.Option(..., "--input", help="IFEval input JSONL (key, prompt, instruction_id_list, kwargs)."),

@@ -28,6 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -70,8 +71,25 @@ from novalign.train.state import (
     save_checkpoint,
 )
 
-__all__ = ["PromptRecord", "build_reward", "load_prompts", "prompt_batch", "ptx_backward", "rollout_kl", "run_grpo",
-           "score_rollouts"]
+__all__ = [
+    "PromptRecord",
+    "RLRun",
+    "RolloutBatch",
+    "base_record",
+    "build_reward",
+    "collect_rollouts",
+    "finish_rl",
+    "load_prompts",
+    "log_iteration",
+    "optimizer_and_resume",
+    "optimizer_step",
+    "prompt_batch",
+    "ptx_backward",
+    "rollout_kl",
+    "run_grpo",
+    "score_rollouts",
+    "setup_rl",
+]
 
 PromptRecord = tuple[list[dict], dict[str, Any]]  # (messages ending in a user turn, fields for the rewards)
 
@@ -164,6 +182,168 @@ def rollout_kl(policy: nn.Module, ref: nn.Module, rollouts: list[Rollout], k: in
     return torch.nn.utils.rnn.pad_sequence(list(rows), batch_first=True)
 
 
+# ------------------------------------------------------------------ shared by GRPO and PPO (novalign.train.ppo)
+
+
+@dataclass
+class RLRun:
+    """What ``run_grpo`` and ``run_ppo`` set up the same way (:func:`setup_rl`)."""
+
+    cfg: Any  # GRPOConfig or PPOConfig
+    prompts: list[PromptRecord]
+    session: Any
+    tokenizer: Any
+    mix: RewardFn
+    load: Callable[[], nn.Module]
+    policy: nn.Module
+    ref: nn.Module
+    engine: HFRollout
+    ptx_plan: Any
+    iterations: int
+    autocast: Callable
+
+
+@dataclass
+class RolloutBatch:
+    """One iteration's rollouts, rows ordered ``g * n + j``, with their rewards and detached KL."""
+
+    rollouts: list[Rollout]
+    rewards: torch.Tensor  # [S] total reward (truncated_reward applied)
+    parts: dict[str, list[float]]
+    truncated: torch.Tensor  # [S] bool
+    old_logps: torch.Tensor  # [S, T] pi_old (the rollout's), CPU
+    mask: torch.Tensor  # [S, T], CPU
+    kl: torch.Tensor  # [S, T] top-k KL to the reference, detached, CPU
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+def setup_rl(cfg: Any, reward: RewardFn | None, stage: str) -> RLRun:
+    """Prompts, session, tokenizer, reward mix, policy + frozen reference, rollout engine, PTX plan."""
+    from novalign.models import attention
+    from novalign.models.load import load_model, load_tokenizer
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"novalign {stage} runs in a single process for now; launch it without torchrun")
+    if cfg.model.lora is not None:
+        raise ValueError(f"novalign {stage} does not support LoRA yet: unset model.lora")
+    prompts = load_prompts(cfg.prompt_files)
+    session = start(cfg)
+    device, t, ro = session.device, cfg.train, cfg.rollout
+    tokenizer = load_tokenizer(cfg.model.path)
+    mix = reward if reward is not None else build_reward(cfg.rewards, device.type)
+
+    def load() -> nn.Module:
+        return load_model(cfg.model.path, attn_implementation=attention.resolve_backend(cfg.model.attn_backend))
+
+    policy = load().to(device)
+    ref = load().to(device).eval().requires_grad_(False)  # frozen copy of the starting model
+    engine = HFRollout(policy, tokenizer, batch_size=ro.batch_size, chunk_size=t.loss_chunk_size)
+    ptx_plan = _ptx_plan(cfg, tokenizer) if cfg.ptx.coef > 0 else None
+    iterations = t.max_steps or t.epochs * math.ceil(len(prompts) / ro.prompts_per_iteration)
+    return RLRun(cfg, prompts, session, tokenizer, mix, load, policy, ref, engine, ptx_plan, iterations, session.autocast())
+
+
+def optimizer_and_resume(run: RLRun, module: nn.Module, console_print: Callable):
+    """AdamW + LR schedule over ``iterations * ppo_epochs`` steps for ``module``'s parameters; resume when asked.
+
+    Returns ``(optimizer, scheduler, state, resumed_from, save)``; ``save()`` writes an atomic checkpoint
+    of ``module``, the optimizer, the scheduler and the RNG states.
+    """
+    cfg, out = run.cfg, run.session.out
+    total_steps = run.iterations * cfg.loss.ppo_epochs
+    optimizer = build_optimizer(module, cfg.optim, run.session.device)
+    warmup = int(round(cfg.optim.warmup_ratio * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.optim.schedule, cfg.optim.min_lr_ratio))
+    state = TrainState()
+    resumed_from = latest_checkpoint(out / "checkpoints") if cfg.train.resume else None
+    if resumed_from is not None:
+        state, pieces = load_checkpoint(resumed_from, rank=0)
+        module.load_state_dict(pieces["model"])
+        optimizer.load_state_dict(pieces["optimizer"])
+        scheduler.load_state_dict(pieces["scheduler"])
+        restore_rng(pieces["rng"])
+        console_print(f"resumed from {resumed_from} at iteration {state.step}")
+
+    def save() -> None:
+        save_checkpoint(out / "checkpoints", state, model_state=module.state_dict(), optimizer_state=optimizer.state_dict(),
+                        scheduler_state=scheduler.state_dict(), rank=0, is_main=True, keep_last=cfg.train.keep_last)
+
+    return optimizer, scheduler, state, resumed_from, save
+
+
+def collect_rollouts(run: RLRun, iteration: int) -> tuple[list[PromptRecord], RolloutBatch]:
+    """Steps 1-4 of an iteration: prompts, rollouts (pi_old = the policy now), rewards, detached top-k KL."""
+    cfg = run.cfg
+    t, ro, lc = cfg.train, cfg.rollout, cfg.loss
+    chosen = [run.prompts[i] for i in prompt_batch(len(run.prompts), ro.prompts_per_iteration, iteration, t.seed)]
+    rollouts = run.engine.generate([m for m, _ in chosen], ro.n, temperature=ro.temperature, top_p=ro.top_p,
+                                   top_k=ro.top_k, max_new_tokens=ro.max_new_tokens, seed=t.seed * 1_000_003 + iteration)
+    index = group_by_prompt(rollouts)  # [G, n]
+    rollouts = [rollouts[i] for i in index.flatten().tolist()]  # row g * n + j
+    totals, parts = score_rollouts(run.mix, chosen, rollouts)
+    truncated = torch.tensor([r.truncated for r in rollouts])
+    rewards = torch.tensor(totals, dtype=torch.float32)
+    if lc.truncated_reward is not None:
+        rewards = torch.where(truncated, torch.full_like(rewards, lc.truncated_reward), rewards)
+    _, old_logps, mask = completion_tensors(rollouts)  # [S, T] each
+    kl = rollout_kl(run.policy, run.ref, rollouts, lc.kl_top_k, ro.batch_size, t.loss_chunk_size, run.autocast)
+    return chosen, RolloutBatch(rollouts, rewards, parts, truncated, old_logps, mask, kl)
+
+
+def optimizer_step(run: RLRun, params: list, optimizer, scheduler) -> tuple[float, float]:
+    """Clip gradients (``optim.max_grad_norm``), step, schedule, zero; returns ``(lr, grad_norm)`` of the step."""
+    grad_norm = 0.0
+    if run.cfg.optim.max_grad_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, run.cfg.optim.max_grad_norm))
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr, grad_norm
+
+
+def base_record(step: int, batch: RolloutBatch, loss: float, clipped: int, epochs: int, adv: torch.Tensor) -> dict[str, Any]:
+    """The log fields GRPO and PPO share: reward (mean, std, per source), KL, clip fraction, lengths, advantages."""
+    n, mask, rewards = batch.num_tokens, batch.mask, batch.rewards
+    record: dict[str, Any] = {
+        "step": step, "loss": loss, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+        "kl_mean": float((batch.kl * mask).sum() / n), "clip_fraction": clipped / (n * epochs),
+        "response_length": float(mask.sum(1).float().mean()), "truncated_fraction": float(batch.truncated.float().mean()),
+        "advantage_std": float(adv.cpu()[mask.bool()].std()) if n > 1 else 0.0,
+    }
+    for name, values in batch.parts.items():
+        v = torch.tensor(values, dtype=torch.float32)
+        record[f"reward_{name}_mean"], record[f"reward_{name}_std"] = float(v.mean()), float(v.std())
+    return record
+
+
+def log_iteration(run: RLRun, metrics: MetricsLog, record: dict[str, Any], console_print: Callable) -> None:
+    t = run.cfg.train
+    if record["step"] % t.log_every == 0 or record["step"] == run.iterations:
+        metrics.log(record)
+        if t.progress:
+            console_print(f"iteration {record['step']}/{run.iterations}: reward {record['reward_mean']:.3f}, "
+                          f"kl {record['kl_mean']:.4f}, loss {record['loss']:.4f}")
+
+
+def finish_rl(run: RLRun, metrics: MetricsLog, state: TrainState, resumed_from, save: Callable, last_loss: float | None,
+              summary: dict, console_print: Callable) -> LoopResult:
+    """Final checkpoint (unless resumed at the end), ``model/`` and ``summary.json``."""
+    if resumed_from is None or resumed_from.name != f"step-{state.step:08d}":
+        save()
+    history = metrics.records()
+    metrics.close()
+    result = LoopResult(state=state, final_loss=last_loss, eval_loss=None, resumed_from=resumed_from, history=history)
+    summary = {"iterations": state.step, "prompts": len(run.prompts), "n": run.cfg.rollout.n, "beta": run.cfg.loss.beta,
+               "ptx_coef": run.cfg.ptx.coef, **summary}
+    finish(run.session, result, run.policy, run.tokenizer, run.load, summary, console_print)
+    return result
+
+
 # ------------------------------------------------------------------ the trainer
 
 
@@ -174,75 +354,25 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
         reward: a reward function to use instead of ``cfg.rewards`` (e.g. a custom verifier or an LLM judge).
             A :class:`~novalign.rewards.WeightedMix` also has its components logged.
     """
-    from novalign.models import attention
-    from novalign.models.load import load_model, load_tokenizer
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("novalign grpo runs in a single process for now; launch it without torchrun")
-    if cfg.model.lora is not None:
-        raise ValueError("novalign grpo does not support LoRA yet: unset model.lora")
-    prompts = load_prompts(cfg.prompt_files)
-    session = start(cfg)
-    device, out, t, ro, lc = session.device, session.out, cfg.train, cfg.rollout, cfg.loss
-    autocast = session.autocast()
-    tokenizer = load_tokenizer(cfg.model.path)
-    mix = reward if reward is not None else build_reward(cfg.rewards, device.type)
-
-    def load() -> nn.Module:
-        return load_model(cfg.model.path, attn_implementation=attention.resolve_backend(cfg.model.attn_backend))
-
-    policy = load().to(device)
-    ref = load().to(device).eval().requires_grad_(False)  # frozen copy of the starting model
-    engine = HFRollout(policy, tokenizer, batch_size=ro.batch_size, chunk_size=t.loss_chunk_size)
-
-    ptx_plan = _ptx_plan(cfg, tokenizer) if cfg.ptx.coef > 0 else None
-
-    iterations = t.max_steps or t.epochs * math.ceil(len(prompts) / ro.prompts_per_iteration)
-    total_steps = iterations * lc.ppo_epochs
-    optimizer = build_optimizer(policy, cfg.optim, device)
-    warmup = int(round(cfg.optim.warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.optim.schedule, cfg.optim.min_lr_ratio))
-    state = TrainState()
-    resumed_from = latest_checkpoint(out / "checkpoints") if t.resume else None
-    if resumed_from is not None:
-        state, pieces = load_checkpoint(resumed_from, rank=0)
-        policy.load_state_dict(pieces["model"])
-        optimizer.load_state_dict(pieces["optimizer"])
-        scheduler.load_state_dict(pieces["scheduler"])
-        restore_rng(pieces["rng"])
-        console_print(f"resumed from {resumed_from} at iteration {state.step}")
-
-    def save() -> None:
-        save_checkpoint(out / "checkpoints", state, model_state=policy.state_dict(), optimizer_state=optimizer.state_dict(),
-                        scheduler_state=scheduler.state_dict(), rank=0, is_main=True, keep_last=t.keep_last)
-
-    metrics = MetricsLog(out, tensorboard=t.tensorboard)
+    run = setup_rl(cfg, reward, "grpo")
+    device, t, ro, lc = run.session.device, cfg.train, cfg.rollout, cfg.loss
+    policy, autocast = run.policy, run.autocast
+    optimizer, scheduler, state, resumed_from, save = optimizer_and_resume(run, policy, console_print)
+    metrics = MetricsLog(run.session.out, tensorboard=t.tensorboard)
     metrics.truncate_after(state.step)
     params = [p for p in policy.parameters() if p.requires_grad]
     last_loss: float | None = None
     policy.train()
-    while state.step < iterations:
+    while state.step < run.iterations:
         t0 = time.perf_counter()
-        # 1-3. prompts, rollouts (pi_old = the policy now), rewards
-        chosen = [prompts[i] for i in prompt_batch(len(prompts), ro.prompts_per_iteration, state.step, t.seed)]
-        rollouts = engine.generate([m for m, _ in chosen], ro.n, temperature=ro.temperature, top_p=ro.top_p,
-                                   top_k=ro.top_k, max_new_tokens=ro.max_new_tokens, seed=t.seed * 1_000_003 + state.step)
-        index = group_by_prompt(rollouts)  # [G, n]
-        rollouts = [rollouts[i] for i in index.flatten().tolist()]  # row g * n + j
-        totals, parts = score_rollouts(mix, chosen, rollouts)
-        truncated = torch.tensor([r.truncated for r in rollouts])
-        rewards = torch.tensor(totals, dtype=torch.float32)
-        if lc.truncated_reward is not None:
-            rewards = torch.where(truncated, torch.full_like(rewards, lc.truncated_reward), rewards)
-
-        # 4-5. detached top-k KL to the reference, then the token-level advantages
-        _, old_logps, mask = completion_tensors(rollouts)  # [S, T] each
-        kl = rollout_kl(policy, ref, rollouts, lc.kl_top_k, ro.batch_size, t.loss_chunk_size, autocast)
-        adv = grpo_token_advantages(rewards.view(-1, ro.n), kl, mask, lc.beta, kl_in_group_norm=lc.kl_in_group_norm,
-                                    scale_by_std=lc.scale_by_std)
-        num_tokens = int(mask.sum())
-        old_logps, adv, mask, kl = (x.to(device) for x in (old_logps, adv, mask, kl))
+        # 1-4. prompts, rollouts (pi_old = the policy now), rewards, detached top-k KL to the reference
+        _, batch = collect_rollouts(run, state.step)
+        rollouts = batch.rollouts
+        # 5. the token-level advantages
+        adv = grpo_token_advantages(batch.rewards.view(-1, ro.n), batch.kl, batch.mask, lc.beta,
+                                    kl_in_group_norm=lc.kl_in_group_norm, scale_by_std=lc.scale_by_std)
+        num_tokens = batch.num_tokens
+        old_logps, adv, mask = (x.to(device) for x in (batch.old_logps, adv, batch.mask))
 
         # 6. ppo_epochs optimizer steps over the whole rollout batch (token-mean over all its response tokens)
         loss_total = clipped = ptx_total = 0.0
@@ -261,48 +391,23 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
                 (loss_sum / num_tokens).backward()
                 loss_total += float(loss_sum.detach())
                 clipped += num_clipped
-            if ptx_plan is not None:
-                ptx_total += ptx_backward(policy, ref, ptx_plan, state.step * lc.ppo_epochs + epoch, cfg, autocast)
-            if cfg.optim.max_grad_norm is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            if run.ptx_plan is not None:
+                ptx_total += ptx_backward(policy, run.ref, run.ptx_plan, state.step * lc.ppo_epochs + epoch, cfg, autocast)
+            lr, grad_norm = optimizer_step(run, params, optimizer, scheduler)
 
         # 7. log, checkpoint
         state.step += 1
         state.tokens_seen += num_tokens
         last_loss = loss_total / (num_tokens * lc.ppo_epochs)
-        lengths = mask.sum(1)
-        record: dict[str, Any] = {
-            "step": state.step, "loss": last_loss, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-            "kl_mean": float((kl * mask).sum() / num_tokens), "clip_fraction": clipped / (num_tokens * lc.ppo_epochs),
-            "response_length": float(lengths.float().mean()), "truncated_fraction": float(truncated.float().mean()),
-            "advantage_std": float(adv[mask.bool()].std()) if num_tokens > 1 else 0.0,
-            "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
-        }
-        for name, values in parts.items():
-            v = torch.tensor(values, dtype=torch.float32)
-            record[f"reward_{name}_mean"], record[f"reward_{name}_std"] = float(v.mean()), float(v.std())
-        if ptx_plan is not None:
+        record = base_record(state.step, batch, last_loss, clipped, lc.ppo_epochs, adv)
+        record.update({"lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0})
+        if run.ptx_plan is not None:
             record["ptx_loss"] = ptx_total / lc.ppo_epochs
-        if state.step % t.log_every == 0 or state.step == iterations:
-            metrics.log(record)
-            if t.progress:
-                console_print(f"iteration {state.step}/{iterations}: reward {record['reward_mean']:.3f}, "
-                              f"kl {record['kl_mean']:.4f}, loss {last_loss:.4f}")
-        if t.save_every and state.step % t.save_every == 0 and state.step < iterations:
+        log_iteration(run, metrics, record, console_print)
+        if t.save_every and state.step % t.save_every == 0 and state.step < run.iterations:
             save()
 
-    if resumed_from is None or resumed_from.name != f"step-{state.step:08d}":
-        save()
-    history = metrics.records()
-    metrics.close()
-    result = LoopResult(state=state, final_loss=last_loss, eval_loss=None, resumed_from=resumed_from, history=history)
-    summary = {"iterations": state.step, "prompts": len(prompts), "n": ro.n, "beta": lc.beta, "ptx_coef": cfg.ptx.coef}
-    finish(session, result, policy, tokenizer, load, summary, console_print)
-    return result
+    return finish_rl(run, metrics, state, resumed_from, save, last_loss, {}, console_print)
 
 
 def _label_hidden(model: nn.Module, batch) -> torch.Tensor:
