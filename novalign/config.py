@@ -265,6 +265,17 @@ class PTXConfig(Strict):
     micro_batch_size: int = Field(4, ge=1, description="SFT samples per optimizer step.")
 
 
+class RLTrainConfig(TrainConfig):
+    sample_every: int = Field(
+        10, ge=0, description="Every N iterations, write that iteration's prompt / completion / reward rows to "
+        "samples.jsonl (and a TensorBoard text table) (0: off)."
+    )
+    pack_tokens: int = Field(
+        4096, ge=0, description="Token budget of a packed row in the training forwards (prompt + response sequences "
+        "packed best-fit decreasing, positions restarting; 0: right-padded batches)."
+    )
+
+
 class GRPOConfig(Strict):
     """``novalign grpo``: GRPO with the report's top-k KL in the token-level reward (section 2.1, eq. 2).
 
@@ -287,7 +298,7 @@ class GRPOConfig(Strict):
     loss: GRPOLossConfig = Field(default_factory=GRPOLossConfig)
     ptx: PTXConfig = Field(default_factory=PTXConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-6, warmup_ratio=0.0))
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, micro_batch_size=8))
+    train: RLTrainConfig = Field(default_factory=lambda: RLTrainConfig(epochs=1, micro_batch_size=8))
 
 
 # ---------------------------------------------------------------------------------------------- RL: PPO (issue 5)
@@ -334,7 +345,7 @@ class PPOConfig(Strict):
     loss: PPOLossConfig = Field(default_factory=PPOLossConfig)
     ptx: PTXConfig = Field(default_factory=PTXConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-6, warmup_ratio=0.0))
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=1, micro_batch_size=8))
+    train: RLTrainConfig = Field(default_factory=lambda: RLTrainConfig(epochs=1, micro_batch_size=8))
 
 
 # ---------------------------------------------------------------------------------------------- merge (issue 6)

@@ -78,8 +78,9 @@ def test_cli_run_writes_a_loadable_model_and_metrics(tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     for key in ("reward_mean", "reward_std", "reward_exact_answer_contains_mean", "kl_mean", "clip_fraction",
-                "response_length", "truncated_fraction", "loss", "ptx_loss"):
+                "response_length", "truncated_fraction", "loss", "ptx_loss", "entropy"):
         assert key in records[-1], key
+    assert all(0 < r["entropy"] < float("inf") for r in records)  # nats, at most ln V
     assert all(0 <= r["ptx_loss"] < float("inf") for r in records)  # a KL penalty: never negative
     from transformers import AutoModelForCausalLM
 
@@ -171,3 +172,24 @@ def test_help_config_lists_the_grpo_options():
     assert result.exit_code == 0, result.output
     for key in ("rewards", "rollout.n", "loss.beta", "loss.kl_top_k", "ptx.coef", "train.max_steps"):
         assert key in result.output, key
+
+
+def test_sample_table_every_n_iterations(tiny_model_dir, tmp_path):
+    """train.sample_every = 2 over 3 iterations: iteration 2's 16 rollouts in samples.jsonl (prompt, completion,
+    reward), and a TensorBoard text table."""
+    from novalign.rewards import verifier_reward
+    from novalign.train.grpo import run_grpo
+
+    out = tmp_path / "run"
+    cfg = _config(tiny_model_dir, out, _prompts(tmp_path / "p.jsonl"),
+                  train={"max_steps": 3, "sample_every": 2, "tensorboard": True})
+    run_grpo(cfg, reward=verifier_reward(share_of_e, name="share_of_e"), console_print=lambda *_: None)
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and {r["step"] for r in rows} == {2}
+    assert sorted((r["prompt_index"], r["sample_index"]) for r in rows) == [(g, j) for g in range(4) for j in range(4)]
+    for r in rows:
+        assert r["prompt"].startswith("Say something about topic ")
+        assert r["reward"] == pytest.approx(share_of_e(r["completion"]))
+        assert isinstance(r["truncated"], bool)
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and b"samples" in b"".join(e.read_bytes() for e in events)

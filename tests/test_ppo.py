@@ -90,7 +90,7 @@ def test_value_loss_decreases_on_a_fixed_batch(tiny_model_dir):
 
 def test_cli_run_writes_a_loadable_model_and_metrics(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = _config(tiny_model_dir, out, _prompts(tmp_path / "p.jsonl"), train={"max_steps": 2},
+    cfg = _config(tiny_model_dir, out, _prompts(tmp_path / "p.jsonl"), train={"max_steps": 2, "sample_every": 1},
                   rollout={"n": 1}, rewards=[{"type": "exact_answer", "mode": "contains", "weight": 1.0}])
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
@@ -101,8 +101,12 @@ def test_cli_run_writes_a_loadable_model_and_metrics(tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     for key in ("reward_mean", "reward_exact_answer_contains_mean", "kl_mean", "clip_fraction", "value_loss",
-                "policy_loss", "response_length", "truncated_fraction", "loss"):
+                "policy_loss", "response_length", "truncated_fraction", "loss", "entropy"):
         assert key in records[-1], key
+    assert all(0 < r["entropy"] < float("inf") for r in records)  # nats, at most ln V
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in samples] == [1] * 4 + [2] * 4  # sample_every = 1: every iteration's 4 x 1 rollouts
+    assert all(set(r) >= {"prompt", "completion", "reward", "truncated"} for r in samples)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(out / "model")

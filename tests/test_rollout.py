@@ -137,3 +137,78 @@ def test_vllm_rollout_without_vllm_says_so(policy):
 def test_rollout_is_a_plain_record():
     r = _fake(0, 0)
     assert dataclasses.asdict(r)["logprobs"] == [-1.0, -1.0]
+
+
+def test_entropy_of_a_uniform_distribution_is_log_v():
+    """Equal logits over V tokens: H = -sum (1/V) ln(1/V) = ln V, whatever the (shared) logit value."""
+    import math
+
+    from novalign.train.rollout import token_entropy
+
+    for v in (2, 7, 1000):
+        h = token_entropy(torch.full((3, v), 4.2))
+        assert torch.allclose(h, torch.full((3,), math.log(v)), atol=1e-5)
+    # one-hot (a very peaked distribution): entropy ~ 0
+    peaked = torch.tensor([[50.0, 0.0, 0.0]])
+    assert float(token_entropy(peaked)) < 1e-6
+
+
+def test_completion_entropy_comes_from_the_same_forward(policy):
+    """Entropy alongside the log-probs: one value per completion token, equal to a plain forward's, chunking aside."""
+    from novalign.train.rollout import completion_logprobs
+
+    model, tokenizer = policy
+    rollouts = HFRollout(model, tokenizer, batch_size=4).generate(PROMPTS, n=2, temperature=0.7, max_new_tokens=6, seed=3)
+    seqs = [(r.prompt_ids, r.completion_ids) for r in rollouts]
+    with torch.no_grad():
+        logps, ents = completion_logprobs(model, seqs, temperature=0.7, batch_size=3, chunk_size=2, return_entropy=True)
+        plain = completion_logprobs(model, seqs, temperature=0.7, batch_size=3, chunk_size=2)
+    for r, lp, e, p in zip(rollouts, logps, ents, plain):
+        assert lp.shape == e.shape == (len(r.completion_ids),)
+        assert torch.allclose(lp, p)
+        ids = torch.tensor([r.prompt_ids + r.completion_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].float() / 0.7
+        q = logits[len(r.prompt_ids) - 1 : -1].log_softmax(-1)
+        assert torch.allclose(e, -(q.exp() * q).sum(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["varlen", "sdpa"])
+def test_packed_logprobs_equal_padded(policy, backend):
+    """The training forward on packed rows (positions restart, cu_seqlens) gives the padded forward's log-probs
+    and entropies, in input order, whatever the row budget -- on the varlen backend and on transformers' sdpa."""
+    from novalign.models.attention import register
+    from novalign.train.rollout import completion_logprobs
+
+    model, tokenizer = policy
+    rollouts = HFRollout(model, tokenizer, batch_size=6).generate(PROMPTS, n=3, temperature=0.8, max_new_tokens=7, seed=5)
+    seqs = [(r.prompt_ids, r.completion_ids) for r in rollouts]
+    before = model.config._attn_implementation
+    model.set_attn_implementation(register() if backend == "varlen" else "sdpa")
+    try:
+        with torch.no_grad():
+            padded, pad_ent = completion_logprobs(model, seqs, temperature=0.8, batch_size=6, return_entropy=True)
+            for budget in (1, 40, 4096):  # 1: a row per sequence; 4096: all in one row
+                packed, pack_ent = completion_logprobs(model, seqs, temperature=0.8, batch_size=6, chunk_size=3,
+                                                       return_entropy=True, pack_tokens=budget)
+                for a, b, ea, eb in zip(padded, packed, pad_ent, pack_ent):
+                    assert a.shape == b.shape
+                    assert torch.allclose(a, b, atol=1e-5), (budget, (a - b).abs().max())
+                    assert torch.allclose(ea, eb, atol=1e-5)
+    finally:
+        model.set_attn_implementation(before)
+
+
+def test_ppo_packed_logps_and_values_equal_padded(policy):
+    from novalign.train.ppo import ActorCritic, logps_and_values
+
+    model, tokenizer = policy
+    rollouts = HFRollout(model, tokenizer, batch_size=6).generate(PROMPTS, n=2, max_new_tokens=5, seed=1)
+    seqs = [(r.prompt_ids, r.completion_ids) for r in rollouts]
+    actor = ActorCritic(model)
+    with torch.no_grad():
+        actor.value_head.weight.normal_()
+        padded = logps_and_values(actor, seqs, return_entropy=True)
+        packed = logps_and_values(actor, seqs, return_entropy=True, pack_tokens=30)
+    for a, b in zip(padded, packed):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -24,6 +24,7 @@ the PTX forwards use SFT's padded batches, not packed rows.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -240,7 +241,7 @@ def setup_rl(cfg: Any, reward: RewardFn | None, stage: str) -> RLRun:
 
     policy = load().to(device)
     ref = load().to(device).eval().requires_grad_(False)  # frozen copy of the starting model
-    engine = HFRollout(policy, tokenizer, batch_size=ro.batch_size, chunk_size=t.loss_chunk_size)
+    engine = HFRollout(policy, tokenizer, batch_size=ro.batch_size, chunk_size=t.loss_chunk_size, pack_tokens=t.pack_tokens)
     ptx_plan = _ptx_plan(cfg, tokenizer) if cfg.ptx.coef > 0 else None
     iterations = t.max_steps or t.epochs * math.ceil(len(prompts) / ro.prompts_per_iteration)
     return RLRun(cfg, prompts, session, tokenizer, mix, load, policy, ref, engine, ptx_plan, iterations, session.autocast())
@@ -330,6 +331,44 @@ def log_iteration(run: RLRun, metrics: MetricsLog, record: dict[str, Any], conso
                           f"kl {record['kl_mean']:.4f}, loss {record['loss']:.4f}")
 
 
+def _prompt_text(messages: list[dict]) -> str:
+    """The prompt as shown in the sample table: its last message's content."""
+    return str(messages[-1].get("content", "")) if messages else ""
+
+
+def _md_cell(text: str, limit: int = 500) -> str:
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def log_samples(run: RLRun, metrics: MetricsLog, step: int, chosen: list[PromptRecord], batch: RolloutBatch) -> None:
+    """Every ``train.sample_every`` iterations: this iteration's rollouts as prompt / completion / reward rows,
+    appended to ``<output_dir>/samples.jsonl`` (tagged with the iteration) and, when TensorBoard is on, a
+    markdown text table under ``samples``."""
+    every = run.cfg.train.sample_every
+    if not every or step % every:
+        return
+    rows = [{"step": step, "prompt_index": r.prompt_index, "sample_index": r.sample_index,
+             "prompt": _prompt_text(chosen[r.prompt_index][0]), "completion": r.text,
+             "reward": float(reward), "truncated": bool(r.truncated)}
+            for r, reward in zip(batch.rollouts, batch.rewards.tolist())]
+    with open(run.session.out / "samples.jsonl", "a") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in rows)
+    tb = getattr(metrics, "_tb", None)
+    if tb is not None:
+        table = ["| prompt | completion | reward |", "| --- | --- | --- |"]
+        table += [f"| {_md_cell(r['prompt'])} | {_md_cell(r['completion'])} | {r['reward']:.4g} |" for r in rows]
+        tb.add_text("samples", "\n".join(table), step)
+
+
+def truncate_samples_after(run: RLRun, step: int) -> None:
+    """On resume, drop sample rows newer than the checkpoint (as the metrics log does)."""
+    path = run.session.out / "samples.jsonl"
+    if path.exists():
+        kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
 def finish_rl(run: RLRun, metrics: MetricsLog, state: TrainState, resumed_from, save: Callable, last_loss: float | None,
               summary: dict, console_print: Callable) -> LoopResult:
     """Final checkpoint (unless resumed at the end), ``model/`` and ``summary.json``."""
@@ -360,13 +399,14 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
     optimizer, scheduler, state, resumed_from, save = optimizer_and_resume(run, policy, console_print)
     metrics = MetricsLog(run.session.out, tensorboard=t.tensorboard)
     metrics.truncate_after(state.step)
+    truncate_samples_after(run, state.step)
     params = [p for p in policy.parameters() if p.requires_grad]
     last_loss: float | None = None
     policy.train()
     while state.step < run.iterations:
         t0 = time.perf_counter()
         # 1-4. prompts, rollouts (pi_old = the policy now), rewards, detached top-k KL to the reference
-        _, batch = collect_rollouts(run, state.step)
+        chosen, batch = collect_rollouts(run, state.step)
         rollouts = batch.rollouts
         # 5. the token-level advantages
         adv = grpo_token_advantages(batch.rewards.view(-1, ro.n), batch.kl, batch.mask, lc.beta,
@@ -375,14 +415,18 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
         old_logps, adv, mask = (x.to(device) for x in (batch.old_logps, adv, batch.mask))
 
         # 6. ppo_epochs optimizer steps over the whole rollout batch (token-mean over all its response tokens)
-        loss_total = clipped = ptx_total = 0.0
+        loss_total = clipped = ptx_total = entropy_total = 0.0
         lr = grad_norm = 0.0
         for epoch in range(lc.ppo_epochs):
             for s in range(0, len(rollouts), t.micro_batch_size):
                 chunk = rollouts[s : s + t.micro_batch_size]
                 with autocast():
-                    logps = completion_logprobs(policy, [(r.prompt_ids, r.completion_ids) for r in chunk],
-                                                temperature=ro.temperature, batch_size=len(chunk), chunk_size=t.loss_chunk_size)
+                    logps, ents = completion_logprobs(policy, [(r.prompt_ids, r.completion_ids) for r in chunk],
+                                                      temperature=ro.temperature, batch_size=len(chunk),
+                                                      chunk_size=t.loss_chunk_size, return_entropy=True,
+                                                      pack_tokens=t.pack_tokens)
+                if epoch == 0:  # the rollout policy (no optimizer step yet this iteration)
+                    entropy_total += float(sum(float(e.sum()) for e in ents))
                 logps = torch.nn.utils.rnn.pad_sequence(logps, batch_first=True)  # [s, width], this chunk's longest
                 width = logps.shape[1]
                 rows = slice(s, s + len(chunk))
@@ -400,10 +444,12 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
         state.tokens_seen += num_tokens
         last_loss = loss_total / (num_tokens * lc.ppo_epochs)
         record = base_record(state.step, batch, last_loss, clipped, lc.ppo_epochs, adv)
-        record.update({"lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0})
+        record.update({"entropy": entropy_total / max(1, num_tokens), "lr": lr, "grad_norm": grad_norm,
+                       "seconds": time.perf_counter() - t0})
         if run.ptx_plan is not None:
             record["ptx_loss"] = ptx_total / lc.ppo_epochs
         log_iteration(run, metrics, record, console_print)
+        log_samples(run, metrics, state.step, chosen, batch)
         if t.save_every and state.step % t.save_every == 0 and state.step < run.iterations:
             save()
 

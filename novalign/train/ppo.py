@@ -38,19 +38,19 @@ from novalign.config import PPOConfig
 from novalign.rewards import RewardFn
 from novalign.train.forward import output_weight
 from novalign.train.grpo import (
-    _label_hidden,
     base_record,
     collect_rollouts,
     finish_rl,
     log_iteration,
+    log_samples,
     optimizer_and_resume,
     optimizer_step,
     ptx_backward,
     setup_rl,
+    truncate_samples_after,
 )
 from novalign.train.loop import LoopResult
 from novalign.train.metrics_log import MetricsLog
-from novalign.train.packing import collate_padded
 from novalign.train.rl import (
     clipped_policy_loss_sum,
     gae,
@@ -58,7 +58,7 @@ from novalign.train.rl import (
     token_level_rewards,
     value_loss_sum,
 )
-from novalign.train.rollout import _chunk_token_logps
+from novalign.train.rollout import chunked_logps_entropy, completion_hidden
 
 __all__ = ["ActorCritic", "logps_and_values", "run_ppo"]
 
@@ -75,29 +75,30 @@ class ActorCritic(nn.Module):
 
 
 def logps_and_values(model: ActorCritic, sequences: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-                     temperature: float = 1.0, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                     temperature: float = 1.0, chunk_size: int = 4096, return_entropy: bool = False,
+                     pack_tokens: int = 0):
     """One forward: right-padded ``(logps [S, T], values [S, T])`` of the completions of ``(prompt, completion)`` pairs.
+
+    With ``return_entropy``, a third right-padded ``[S, T]`` tensor: the detached per-token entropy of the
+    temperature-scaled policy, from the same vocabulary projection.
+    ``pack_tokens > 0``: the forward runs on packed rows of that token budget instead of a padded batch
+    (:func:`~novalign.train.rollout.completion_hidden`).
 
     Runs under the caller's grad mode. Only completion positions are projected onto the vocabulary,
     ``chunk_size`` at a time.
     """
-    from novalign.data.chat import IGNORE_INDEX
-
     if any(len(p) == 0 for p, _ in sequences):
         raise ValueError("logps_and_values needs a non-empty prompt for every sequence")
-    device = next(model.parameters()).device
-    samples = [(list(p) + list(c), [IGNORE_INDEX] * len(p) + list(c)) for p, c in sequences]
-    batch = collate_padded(samples, 0).to(device)
-    h = _label_hidden(model.policy, batch)  # [N, H], row-major: each sequence's completion positions in order
-    y = batch.labels[:, 1:].reshape(-1)
-    y = y[y != IGNORE_INDEX]
+    h, y = completion_hidden(model.policy, sequences, pack_tokens)  # [N, H], each sequence's completion positions in order
     weight, scale = output_weight(model.policy), temperature if temperature > 0 else 1.0
-    step = chunk_size if chunk_size > 0 else max(1, y.numel())
-    logps = torch.cat([_chunk_token_logps(h[i : i + step], weight, y[i : i + step], scale) for i in range(0, y.numel(), step)])
+    logps, ents = chunked_logps_entropy(h, weight, y, scale, chunk_size, return_entropy)
     values = model.value_head(h.float()).float().squeeze(-1)
     lengths = [len(c) for _, c in sequences]
     pad = torch.nn.utils.rnn.pad_sequence
-    return pad(list(logps.split(lengths)), batch_first=True), pad(list(values.split(lengths)), batch_first=True)
+    out = (pad(list(logps.split(lengths)), batch_first=True), pad(list(values.split(lengths)), batch_first=True))
+    if return_entropy:
+        return (*out, pad(list(ents.split(lengths)), batch_first=True))
+    return out
 
 
 def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print) -> LoopResult:
@@ -114,19 +115,21 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
     optimizer, scheduler, state, resumed_from, save = optimizer_and_resume(run, actor, console_print)
     metrics = MetricsLog(run.session.out, tensorboard=t.tensorboard)
     metrics.truncate_after(state.step)
+    truncate_samples_after(run, state.step)
     params = [p for p in actor.parameters() if p.requires_grad]
     last_loss: float | None = None
     actor.train()
 
-    def forward(chunk) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(chunk, return_entropy: bool = False):
         with autocast():
             return logps_and_values(actor, [(r.prompt_ids, r.completion_ids) for r in chunk], temperature=ro.temperature,
-                                    chunk_size=t.loss_chunk_size)
+                                    chunk_size=t.loss_chunk_size, return_entropy=return_entropy,
+                                    pack_tokens=t.pack_tokens)
 
     while state.step < run.iterations:
         t0 = time.perf_counter()
         # 1. rollouts, rewards, detached top-k KL (shared with GRPO)
-        _, batch = collect_rollouts(run, state.step)
+        chosen, batch = collect_rollouts(run, state.step)
         rollouts, num_tokens = batch.rollouts, batch.num_tokens
         # 2. V_old
         with torch.no_grad():
@@ -143,13 +146,15 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
         old_logps, adv, mask, old_values, returns = (x.to(device) for x in (batch.old_logps, adv, batch.mask, old_values, returns))
 
         # 4. ppo_epochs optimizer steps over the whole rollout batch (token-mean)
-        pol_total = val_total = clipped = ptx_total = 0.0
+        pol_total = val_total = clipped = ptx_total = entropy_total = 0.0
         lr = grad_norm = 0.0
         for epoch in range(lc.ppo_epochs):
             for s in range(0, len(rollouts), t.micro_batch_size):
                 chunk = rollouts[s : s + t.micro_batch_size]
-                logps, values = forward(chunk)
+                logps, values, ents = forward(chunk, return_entropy=True)
                 rows, width = slice(s, s + len(chunk)), logps.shape[1]
+                if epoch == 0:  # the rollout policy (no optimizer step yet this iteration)
+                    entropy_total += float((ents * mask[rows, :width]).sum())
                 pol_sum, _, num_clipped = clipped_policy_loss_sum(
                     logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
                 val_sum, _ = value_loss_sum(values, old_values[rows, :width], returns[rows, :width], mask[rows, :width],
@@ -173,11 +178,13 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
             "policy_loss": pol_total / denom, "value_loss": val_total / denom, "advantage_mean_raw": raw_adv_mean,
             "value_mean": float((old_values.cpu() * m).sum() / num_tokens),
             "return_mean": float((returns.cpu() * m).sum() / num_tokens),
+            "entropy": entropy_total / max(1, num_tokens),
             "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
         })
         if run.ptx_plan is not None:
             record["ptx_loss"] = ptx_total / lc.ppo_epochs
         log_iteration(run, metrics, record, console_print)
+        log_samples(run, metrics, state.step, chosen, batch)
         if t.save_every and state.step % t.save_every == 0 and state.step < run.iterations:
             save()
 

@@ -41,16 +41,18 @@ from novalign.models.generate import (
     generate_batch,
 )
 from novalign.train.forward import decoder_hidden_states, output_weight
-from novalign.train.packing import collate_padded
+from novalign.train.packing import best_fit_decreasing, collate_packed, collate_padded
 
 __all__ = [
     "HFRollout",
     "Rollout",
     "RolloutEngine",
     "VLLMRollout",
+    "completion_hidden",
     "completion_logprobs",
     "completion_tensors",
     "group_by_prompt",
+    "token_entropy",
 ]
 
 Messages = list[dict]
@@ -94,6 +96,69 @@ def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     return -F.cross_entropy(F.linear(hidden, weight).float() / temperature, labels, reduction="none")
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy ``-sum_v p_v log p_v`` (nats) of ``softmax(logits)`` over the last dim, fp32, no gradient."""
+    with torch.no_grad():
+        logp = torch.log_softmax(logits.detach().float(), dim=-1)
+        return -(logp.exp() * logp).sum(-1)
+
+
+def _chunk_token_logps_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of ``labels`` (with gradient) and the detached per-position entropy, from one projection."""
+    logits = F.linear(hidden, weight).float() / temperature
+    return -F.cross_entropy(logits, labels, reduction="none"), token_entropy(logits)
+
+
+def chunked_logps_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, temperature: float, chunk_size: int,
+                          with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logps [N], entropy [N] or None)`` of ``[N, H]`` hidden states, ``chunk_size`` positions per projection."""
+    if y.numel() == 0:
+        empty = h.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_entropy else None)
+    step = chunk_size if chunk_size > 0 else max(1, y.numel())
+    if not with_entropy:
+        return torch.cat([_chunk_token_logps(h[i : i + step], weight, y[i : i + step], temperature)
+                          for i in range(0, y.numel(), step)]), None
+    parts = [_chunk_token_logps_entropy(h[i : i + step], weight, y[i : i + step], temperature)
+             for i in range(0, y.numel(), step)]
+    return torch.cat([lp for lp, _ in parts]), torch.cat([e for _, e in parts])
+
+
+def completion_hidden(model: nn.Module, sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      pack_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h [N, H], y [N])``: the hidden states that predict every completion token, and those tokens, in input
+    order (sequence by sequence, each in token order), from one forward.
+
+    ``pack_tokens > 0``: prompt + completion sequences are packed into rows of that many tokens (best-fit
+    decreasing; a longer sequence gets a row of its own) with restarted positions and ``cu_seqlens``, as SFT
+    packs; otherwise they are right-padded into one batch.
+    """
+    if any(len(p) == 0 for p, _ in sequences):
+        raise ValueError("completion log-probs need a non-empty prompt for every sequence")
+    device = next(model.parameters()).device
+    samples = [(list(p) + list(c), [IGNORE_INDEX] * len(p) + list(c)) for p, c in sequences]
+    if pack_tokens > 0:
+        lengths = [len(ids) for ids, _ in samples]
+        rows = best_fit_decreasing(lengths, max(pack_tokens, max(lengths)))
+        batch = collate_packed(samples, rows, max(sum(lengths[i] for i in row) for row in rows), 0).to(device)
+        order = [i for row in rows for i in row]  # row-major: the sequences' order in the packed rows
+    else:
+        batch = collate_padded(samples, 0).to(device)
+        order = list(range(len(samples)))
+    hidden = decoder_hidden_states(model, batch)  # [B, L, H]
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # position t predicts token t + 1
+    y = batch.labels[:, 1:].reshape(-1)
+    keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()  # row-major: each sequence's tokens in order
+    h, y = h.index_select(0, keep), y.index_select(0, keep)
+    if pack_tokens > 0:  # back to input order: a stable sort on the sequence index keeps token order within each
+        slot = torch.cat([torch.full((len(sequences[i][1]),), i, dtype=torch.long) for i in order]) if order else \
+            torch.zeros(0, dtype=torch.long)
+        perm = torch.sort(slot, stable=True).indices.to(device)
+        h, y = h.index_select(0, perm), y.index_select(0, perm)
+    return h, y
+
+
 def completion_logprobs(
     model: nn.Module,
     sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -101,38 +166,35 @@ def completion_logprobs(
     temperature: float = 1.0,
     batch_size: int = 8,
     chunk_size: int = 4096,
-) -> list[torch.Tensor]:
+    return_entropy: bool = False,
+    pack_tokens: int = 0,
+) -> list[torch.Tensor] | tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-token log-probabilities of each completion given its prompt: one ``[len(completion)]`` fp32 tensor each.
+
+    With ``return_entropy``, returns ``(logps, entropies)``: also the (detached) entropy of the policy's
+    temperature-scaled distribution at every completion position, from the same projection (no extra forward).
 
     Sequences are right-padded ``batch_size`` at a time; only completion positions are projected onto the
     vocabulary, ``chunk_size`` positions at a time, so full-vocabulary logits of a whole batch never exist.
-    Runs under the caller's grad mode (the rollout calls it under ``no_grad``).
+    Runs under the caller's grad mode (the rollout calls it under ``no_grad``). With ``pack_tokens > 0`` each
+    ``batch_size`` sequences are packed into rows of that token budget instead (see :func:`completion_hidden`).
 
     Args:
         sequences: ``(prompt_ids, completion_ids)`` pairs; the prompt must be non-empty.
         temperature: the sampling temperature (logits are divided by it; 0 is treated as 1).
     """
     scale = temperature if temperature > 0 else 1.0
-    device = next(model.parameters()).device
     weight = output_weight(model)
-    pad_id = 0
     out: list[torch.Tensor] = []
+    ents: list[torch.Tensor] = []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
-        if any(len(p) == 0 for p, _ in chunk):
-            raise ValueError("completion_logprobs needs a non-empty prompt for every sequence")
-        samples = [(list(p) + list(c), [IGNORE_INDEX] * len(p) + list(c)) for p, c in chunk]
-        batch = collate_padded(samples, pad_id).to(device)
-        hidden = decoder_hidden_states(model, batch)  # [B, L, H]
-        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # position t predicts token t + 1
-        y = batch.labels[:, 1:].reshape(-1)
-        keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()  # row-major: each row's tokens in order
-        h, y = h.index_select(0, keep), y.index_select(0, keep)
-        step = chunk_size if chunk_size > 0 else max(1, y.numel())
-        flat = torch.cat([_chunk_token_logps(h[i : i + step], weight, y[i : i + step], scale)
-                          for i in range(0, y.numel(), step)]) if y.numel() else h.new_zeros(0, dtype=torch.float32)
+        h, y = completion_hidden(model, chunk, pack_tokens)
+        flat, ent = chunked_logps_entropy(h, weight, y, scale, chunk_size, return_entropy)
         out.extend(flat.split([len(c) for _, c in chunk]))
-    return out
+        if ent is not None:
+            ents.extend(ent.split([len(c) for _, c in chunk]))
+    return (out, ents) if return_entropy else out
 
 
 class HFRollout:
@@ -143,13 +205,15 @@ class HFRollout:
         tokenizer: its tokenizer, with the chat template the prompts are rendered by.
         batch_size: response rows per ``model.generate`` call and per log-prob forward.
         chunk_size: positions per vocabulary projection when computing log-probs.
+        pack_tokens: row token budget of the packed log-prob forward, as the trainer's (0: padded).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, chunk_size: int = 4096):
+    def __init__(self, model: nn.Module, tokenizer: Any, *, batch_size: int = 32, chunk_size: int = 4096,
+                 pack_tokens: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.chunk_size = batch_size, chunk_size
+        self.batch_size, self.chunk_size, self.pack_tokens = batch_size, chunk_size, pack_tokens
         eos = stop_token_ids(model, tokenizer)
         if not eos:
             raise ValueError("the model has no end-of-turn token (generation_config.eos_token_id / tokenizer.eos_token_id)")
@@ -173,7 +237,8 @@ class HFRollout:
                        for o in generate_batch(self.model, self.tokenizer, rows[s : s + self.batch_size])]
             completions = [o.token_ids + ([self.end_id] if o.finish_reason == "stop" else []) for o in outputs]
             logps = completion_logprobs(self.model, [(r.prompt_ids, c) for r, c in zip(rows, completions)],
-                                        temperature=temperature, batch_size=self.batch_size, chunk_size=self.chunk_size)
+                                        temperature=temperature, batch_size=self.batch_size, chunk_size=self.chunk_size,
+                                        pack_tokens=self.pack_tokens)
         finally:
             self.model.train(was_training)
         return [
