@@ -47,23 +47,9 @@ def sft_command(
     help_config: bool = typer.Option(False, "--help-config", help="List every config option with default and help."),
 ) -> None:
     """Supervised fine-tuning with sample packing (report sections 2.1-2.2). Works under torchrun."""
-    from novalign.config import ConfigError, SFTConfig, load_config
+    from novalign.config import SFTConfig
 
-    if help_config:
-        _print_config_help(SFTConfig)
-        return
-    try:
-        cfg = load_config(SFTConfig, config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
-    from novalign.data.io import DataError
-    from novalign.train.sft import run_sft
-
-    try:
-        result = run_sft(cfg)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    typer.echo(f"done: {result.state.step} steps, final loss {result.final_loss:.4f}" if result.final_loss is not None else "done")
+    _run_stage(SFTConfig, "novalign.train.sft.run_sft", config, set_, help_config)
 
 
 @app.command("init-model")

@@ -244,18 +244,23 @@ class GRPORolloutConfig(Strict):
     batch_size: int = Field(32, ge=1, description="Response rows per generate call and per log-prob forward.")
 
 
-class GRPOLossConfig(Strict):
+class PolicyLossConfig(Strict):
+    """Fields every policy-gradient stage shares (GRPO, PPO)."""
+
     beta: float = Field(0.04, ge=0, description="KL coefficient in the token-level reward (-beta * KL_t per token).")
     kl_top_k: int = Field(500, ge=1, description="k of the report's top-k KL against the reference (report: 500).")
     eps_low: float = Field(0.2, gt=0, lt=1, description="Clip range below 1 of the probability ratio.")
     eps_high: float | None = Field(None, gt=0, description="Clip range above 1 (None: eps_low; larger = DAPO's clip-higher).")
     ppo_epochs: int = Field(2, ge=1, description="Optimizer steps (passes over the whole rollout batch) per iteration.")
-    scale_by_std: bool = Field(True, description="Divide group-centred rewards by the group std (False: Dr. GRPO).")
-    kl_in_group_norm: bool = Field(False, description="Group-normalize the KL-penalized return instead (see rl.grpo_token_advantages).")
     truncated_reward: float | None = Field(
         None, description="Reward for responses that hit max_new_tokens (None: score them like the others; "
         "their count is logged either way)."
     )
+
+
+class GRPOLossConfig(PolicyLossConfig):
+    scale_by_std: bool = Field(True, description="Divide group-centred rewards by the group std (False: Dr. GRPO).")
+    kl_in_group_norm: bool = Field(False, description="Group-normalize the KL-penalized return instead (see rl.grpo_token_advantages).")
 
 
 class PTXConfig(Strict):
@@ -276,7 +281,23 @@ class RLTrainConfig(TrainConfig):
     )
 
 
-class GRPOConfig(Strict):
+class RLStageConfig(Strict):
+    """What ``novalign grpo`` and ``novalign ppo`` share: policy, prompts, reward mix, PTX, optimizer, loop."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompt_files: list[str] = Field(
+        default_factory=list, description="JSONL/Parquet prompts: `messages` (a last assistant turn is dropped) or "
+        "`prompt`; every other field is passed to the rewards (e.g. `answer`)."
+    )
+    rewards: list[RewardComponentConfig] = Field(
+        [RewardComponentConfig(type="exact_answer")], description="The weighted reward mix: a list of {type, weight, ...}."
+    )
+    ptx: PTXConfig = Field(default_factory=PTXConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-6, warmup_ratio=0.0))
+    train: RLTrainConfig = Field(default_factory=lambda: RLTrainConfig(epochs=1, micro_batch_size=8))
+
+
+class GRPOConfig(RLStageConfig):
     """``novalign grpo``: GRPO with the report's top-k KL in the token-level reward (section 2.1, eq. 2).
 
     One iteration = rollouts for ``rollout.prompts_per_iteration`` prompts, then ``loss.ppo_epochs`` optimizer
@@ -286,19 +307,8 @@ class GRPOConfig(Strict):
     """
 
     output_dir: str = Field("runs/grpo", description="Where checkpoints, logs and the final model go.")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    prompt_files: list[str] = Field(
-        default_factory=list, description="JSONL/Parquet prompts: `messages` (a last assistant turn is dropped) or "
-        "`prompt`; every other field is passed to the rewards (e.g. `answer`)."
-    )
-    rewards: list[RewardComponentConfig] = Field(
-        [RewardComponentConfig(type="exact_answer")], description="The weighted reward mix: a list of {type, weight, ...}."
-    )
     rollout: GRPORolloutConfig = Field(default_factory=GRPORolloutConfig)
     loss: GRPOLossConfig = Field(default_factory=GRPOLossConfig)
-    ptx: PTXConfig = Field(default_factory=PTXConfig)
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-6, warmup_ratio=0.0))
-    train: RLTrainConfig = Field(default_factory=lambda: RLTrainConfig(epochs=1, micro_batch_size=8))
 
 
 # ---------------------------------------------------------------------------------------------- RL: PPO (issue 5)
@@ -308,24 +318,15 @@ class PPORolloutConfig(GRPORolloutConfig):
     n: int = Field(1, ge=1, description="Responses per prompt (PPO needs no group: 1 is the usual choice).")
 
 
-class PPOLossConfig(Strict):
-    beta: float = Field(0.04, ge=0, description="KL coefficient in the token-level reward (-beta * KL_t per token).")
-    kl_top_k: int = Field(500, ge=1, description="k of the report's top-k KL against the reference (report: 500).")
-    eps_low: float = Field(0.2, gt=0, lt=1, description="Clip range below 1 of the probability ratio.")
-    eps_high: float | None = Field(None, gt=0, description="Clip range above 1 (None: eps_low).")
-    ppo_epochs: int = Field(2, ge=1, description="Optimizer steps (passes over the whole rollout batch) per iteration.")
+class PPOLossConfig(PolicyLossConfig):
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount (report: 1).")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss in the total loss.")
     value_clip: float | None = Field(0.2, gt=0, description="Clip range of the value update around the rollout's values (None: plain MSE).")
     whiten_advantages: bool = Field(True, description="Standardize the GAE advantages over the batch's response tokens.")
-    truncated_reward: float | None = Field(
-        None, description="Reward for responses that hit max_new_tokens (None: score them like the others; "
-        "their count is logged either way)."
-    )
 
 
-class PPOConfig(Strict):
+class PPOConfig(RLStageConfig):
     """``novalign ppo``: PPO with a value head, GAE and the report's top-k KL in the token-level reward.
 
     The critic is a scalar linear head on the policy's final hidden states (shared trunk). Iterations,
@@ -333,19 +334,8 @@ class PPOConfig(Strict):
     """
 
     output_dir: str = Field("runs/ppo", description="Where checkpoints, logs and the final model go.")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    prompt_files: list[str] = Field(
-        default_factory=list, description="JSONL/Parquet prompts: `messages` (a last assistant turn is dropped) or "
-        "`prompt`; every other field is passed to the rewards (e.g. `answer`)."
-    )
-    rewards: list[RewardComponentConfig] = Field(
-        [RewardComponentConfig(type="exact_answer")], description="The weighted reward mix: a list of {type, weight, ...}."
-    )
     rollout: PPORolloutConfig = Field(default_factory=PPORolloutConfig)
     loss: PPOLossConfig = Field(default_factory=PPOLossConfig)
-    ptx: PTXConfig = Field(default_factory=PTXConfig)
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-6, warmup_ratio=0.0))
-    train: RLTrainConfig = Field(default_factory=lambda: RLTrainConfig(epochs=1, micro_batch_size=8))
 
 
 # ---------------------------------------------------------------------------------------------- merge (issue 6)
