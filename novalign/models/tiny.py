@@ -97,49 +97,40 @@ _MACROS = """\
 {%- endmacro -%}
 """
 
-# Assistant turns sit in {% generation %} blocks (content + end-of-turn token), which is what
-# `apply_chat_template(..., return_assistant_tokens_mask=True)` reports as assistant tokens.
-CHATML_TEMPLATE = _MACROS + """\
-{%- if tools is defined and tools -%}
-    {{- '<|im_start|>system\\n# Tools' -}}
-    {%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}
-    {{- '<|im_end|>\\n' -}}
-{%- endif -%}
-{%- for message in messages -%}
-    {{- check_role(message) -}}
-    {{- '<|im_start|>' + message.role + '\\n' -}}
-    {%- if message.role == 'assistant' -%}
-        {%- generation -%}{{- render_content(message) + '<|im_end|>' -}}{%- endgeneration -%}
-    {%- else -%}
-        {{- render_content(message) + '<|im_end|>' -}}
-    {%- endif -%}
-    {{- '\\n' -}}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|im_start|>assistant\\n' -}}
-{%- endif -%}
+def _template(begin: str, header: str, end_of_turn: str, separator: str = "") -> str:
+    """A chat template in the shape every tiny-model template shares: an optional tools block rendered as a
+    system turn, then ``header(role) + content + end_of_turn + separator`` per message. ``header`` is a
+    Jinja expression of ``role``. Assistant turns sit in {% generation %} blocks (content + end-of-turn
+    token), which is what ``apply_chat_template(..., return_assistant_tokens_mask=True)`` reports as
+    assistant tokens."""
+    system_header = header.replace("role", "'system'")
+    return _MACROS + f"""\
+{{{{- '{begin}' -}}}}
+{{%- if tools is defined and tools -%}}
+    {{{{- {system_header} + '# Tools' -}}}}
+    {{%- for tool in tools -%}}{{{{- '\\n' + (tool | tojson) -}}}}{{%- endfor -%}}
+    {{{{- '{end_of_turn}{separator}' -}}}}
+{{%- endif -%}}
+{{%- for message in messages -%}}
+    {{{{- check_role(message) -}}}}
+    {{%- set role = message.role -%}}
+    {{{{- {header} -}}}}
+    {{%- if message.role == 'assistant' -%}}
+        {{%- generation -%}}{{{{- render_content(message) + '{end_of_turn}' -}}}}{{%- endgeneration -%}}
+    {{%- else -%}}
+        {{{{- render_content(message) + '{end_of_turn}' -}}}}
+    {{%- endif -%}}
+    {{{{- '{separator}' -}}}}
+{{%- endfor -%}}
+{{%- if add_generation_prompt -%}}
+    {{%- set role = 'assistant' -%}}
+    {{{{- {header} -}}}}
+{{%- endif -%}}
 """
 
-LLAMA3_TEMPLATE = _MACROS + """\
-{{- '<|begin_of_text|>' -}}
-{%- if tools is defined and tools -%}
-    {{- '<|start_header_id|>system<|end_header_id|>\\n\\n# Tools' -}}
-    {%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}
-    {{- '<|eot_id|>' -}}
-{%- endif -%}
-{%- for message in messages -%}
-    {{- check_role(message) -}}
-    {{- '<|start_header_id|>' + message.role + '<|end_header_id|>\\n\\n' -}}
-    {%- if message.role == 'assistant' -%}
-        {%- generation -%}{{- render_content(message) + '<|eot_id|>' -}}{%- endgeneration -%}
-    {%- else -%}
-        {{- render_content(message) + '<|eot_id|>' -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
-{%- endif -%}
-"""
+
+CHATML_TEMPLATE = _template("", "'<|im_start|>' + role + '\\n'", "<|im_end|>", separator="\\n")
+LLAMA3_TEMPLATE = _template("<|begin_of_text|>", "'<|start_header_id|>' + role + '<|end_header_id|>\\n\\n'", "<|eot_id|>")
 
 
 @dataclass(frozen=True)
