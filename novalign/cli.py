@@ -336,6 +336,36 @@ def eval_ifeval_command(
     Console().print(table)
 
 
+@app.command("eval")
+def eval_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Evaluate models (local directories, OpenAI-compatible endpoints, or given responses files) on suites:
+    ifeval, math, code, cfbench, sysbench, fbbench, ux, mtbench, pairwise (report section 5). Writes per-sample
+    JSONL, summary.json and report.md with charts under output_dir; a rerun resumes where it stopped."""
+    from novalign.config import ConfigError, EvalConfig, load_config
+
+    if help_config:
+        _print_config_help(EvalConfig)
+        return
+    try:
+        cfg = load_config(EvalConfig, config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from novalign.data.io import DataError
+    from novalign.eval.runner import EvalError, run_eval
+
+    try:
+        summaries = run_eval(cfg)
+    except (DataError, ValueError, FileNotFoundError, EvalError) as exc:
+        _fail(str(exc))
+    for model, suites in summaries.items():
+        for suite, summary in suites.items():
+            metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in summary.get("metrics", {}).items())
+            typer.echo(f"{model} / {suite}: {metrics} ({summary.get('num_samples')} samples, "
+                       f"{summary.get('num_failed', 0)} failed)")
+    typer.echo(f"report: {Path(cfg.output_dir) / 'report.md'}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

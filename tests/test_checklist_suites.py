@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from novalign.eval import checklist
+from novalign.eval import checklist, graded
 from novalign.eval.judge import pairwise_ratings, ux_ratings, write_ratings
 from novalign.eval.suite_api import SuiteContext
 from novalign.llm import ChatRequest, LLMClient, RetryPolicy
@@ -254,13 +254,13 @@ def test_ux_pass_rate_and_ratings_import(server, tmp_path):
                                                {"id": "u2", "prompt": "please be unsafe", "category": "math"},
                                                {"id": "u3", "prompt": "write code", "category": "code"}])
     ctx, written = make_ctx(server, "ux", data)
-    summary = checklist.run_ux(ctx)
+    summary = graded.run_ux(ctx)
     assert summary["metrics"]["pass_rate"] == pytest.approx(2 / 3) and summary["metrics"]["safety_pass"] == pytest.approx(2 / 3)
     assert summary["by_category"] == {"code": {"pass_rate": 1.0}, "math": {"pass_rate": 0.5}}
     ratings = tmp_path / "ratings.jsonl"
     write_ratings(ratings, ux_ratings(written, "m1", "llm-judge"))  # export, then import as if rated by people
     ctx, _ = make_ctx(server, "ux", None, respond=False, judge=False, ratings=str(ratings))
-    assert checklist.run_ux(ctx)["metrics"]["pass_rate"] == pytest.approx(2 / 3)
+    assert graded.run_ux(ctx)["metrics"]["pass_rate"] == pytest.approx(2 / 3)
 
 
 def test_mtbench_grades_each_turn(server, tmp_path):
@@ -268,7 +268,7 @@ def test_mtbench_grades_each_turn(server, tmp_path):
     data = write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "category": "writing", "turns": ["a score=8", "b score=6"]},
                                               {"question_id": 2, "category": "math", "turns": ["c score=3 [flaky]"]}])
     ctx, written = make_ctx(server, "mt", data)
-    summary = checklist.run_mtbench(ctx)
+    summary = graded.run_mtbench(ctx)
     assert summary["metrics"] == pytest.approx({"score": 17 / 3, "score_turn1": 5.5, "score_turn2": 6.0})
     assert summary["by_category"] == {"math": {"score": 3.0}, "writing": {"score": 7.0}}
     assert [r["ratings"] for r in written] == [[8.0, 6.0], [3.0]] or [r["ratings"] for r in written] == [[3.0], [8.0, 6.0]]
@@ -280,7 +280,7 @@ def test_pairwise_position_swap_win_rate_and_gsb(server, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "prompt": "x"}, {"id": "p2", "prompt": "y [baseline-wins]"},
                                               {"id": "p3", "prompt": "z [biased]"}, {"id": "p4", "prompt": "w"}])
     ctx, written = make_ctx(server, "pw", data, baseline="base")
-    summary = checklist.run_pairwise(ctx)
+    summary = graded.run_pairwise(ctx)
     assert summary["metrics"] == pytest.approx({"win_rate": 0.625, "gsb_score": 0.25, "good": 0.5, "same": 0.25, "bad": 0.25})
     assert {r["id"]: r["verdict"] for r in written} == {"p1": "good", "p2": "bad", "p3": "same", "p4": "good"}
     assert {r["id"]: r["orders"] for r in written}["p3"] == ["A", "A"]
@@ -288,7 +288,7 @@ def test_pairwise_position_swap_win_rate_and_gsb(server, tmp_path):
     ratings = tmp_path / "r.jsonl"
     write_ratings(ratings, pairwise_ratings(written, "m1", "base", "llm-judge"))
     ctx, _ = make_ctx(server, "pw", None, respond=False, judge=False, ratings=str(ratings), baseline="base")
-    assert checklist.run_pairwise(ctx)["metrics"]["gsb_score"] == pytest.approx(0.25)
+    assert graded.run_pairwise(ctx)["metrics"]["gsb_score"] == pytest.approx(0.25)
 
 
 # ------------------------------------------------------------------------------------- score-only inputs
@@ -304,7 +304,7 @@ def test_mtbench_from_fastchat_judgments_and_answers(server, tmp_path):
             {"question_id": 81, "model": "m2", "judge": ["gpt-4", "single-v1"], "user_prompt": "…", "judgment": "[[1]]", "score": 1, "turn": 1}]
     judgments = write_jsonl(tmp_path / "gpt-4_single.jsonl", rows)
     ctx, written = make_ctx(server, "mt", None, respond=False, judge=False, judgments=str(judgments))
-    summary = checklist.run_mtbench(ctx)
+    summary = graded.run_mtbench(ctx)
     assert summary["metrics"] == pytest.approx({"score": 23 / 3, "score_turn1": 8.0, "score_turn2": 7.5})
     assert summary["num_failed"] == 1 and {r["id"]: r["ratings"] for r in written} == {"81": [8.0, 9.0], "82": [None, 6.0]}
 
@@ -312,7 +312,7 @@ def test_mtbench_from_fastchat_judgments_and_answers(server, tmp_path):
     answers = write_jsonl(tmp_path / "answer.jsonl", [{"question_id": 7, "answer_id": "x", "model_id": "m1",
                                                         "choices": [{"index": 0, "turns": ["score=4", "score=9"]}]}])
     ctx, _ = make_ctx(server, "mt", questions, respond=False, responses=str(answers))
-    assert checklist.run_mtbench(ctx)["metrics"] == pytest.approx({"score": 6.5, "score_turn1": 4.0, "score_turn2": 9.0})
+    assert graded.run_mtbench(ctx)["metrics"] == pytest.approx({"score": 6.5, "score_turn1": 4.0, "score_turn2": 9.0})
 
 
 def test_sysbench_and_fbbench_judge_official_answer_files(server, tmp_path):
@@ -355,6 +355,6 @@ def test_chinese_templates_user_override_and_baseline_file(server, tmp_path):
     before = len(server.bodies["judge"])
     ctx, written = make_ctx(server, "pw", data, baseline_responses=str(base))
     ctx.template_dir = tmp_path / "tpl"
-    assert checklist.run_pairwise(ctx)["metrics"]["win_rate"] == 1.0
+    assert graded.run_pairwise(ctx)["metrics"]["win_rate"] == 1.0
     assert server.bodies["judge"][before]["messages"][0]["content"].startswith("MY TEMPLATE")
     assert written[0]["baseline_response"] == "baseline says: canned"

@@ -1,0 +1,344 @@
+"""``novalign eval --config eval.yaml``: every model of the config on every suite, resumable.
+
+For each model and suite the runner builds a :class:`~novalign.eval.suite_api.SuiteContext` -- the model as a
+responder (a local directory or any OpenAI-compatible endpoint, through :class:`~novalign.llm.LLMClient`; or a
+responses file in score-only mode), the judge client, the records an interrupted run already wrote -- and
+calls the suite. Outputs::
+
+    <output_dir>/<model>/<suite>.jsonl   one record per sample, appended durably (flush + fsync per record)
+    <output_dir>/summary.json            {model: {suite: summary}}, rewritten atomically after every suite
+    <output_dir>/report.md + charts/     tables and per-category bar charts (novalign.eval.report)
+
+Resume: a rerun reads each ``<suite>.jsonl`` into ``ctx.done``; the suite asks only for the samples missing
+there, so a finished suite asks nothing and just recomputes its summary. A last line cut short by a kill is
+dropped with a warning and counted (``resume.dropped_truncated`` in the summary); any other unreadable line
+is an error naming file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from novalign.data.io import DataError, iter_records
+from novalign.eval.suite_api import Conversation, SuiteContext
+from novalign.eval.suites import resolve_suite
+
+__all__ = ["EvalError", "ModelResponder", "RecordWriter", "ReplayResponder", "read_done", "run_eval"]
+
+log = logging.getLogger("novalign.eval")
+
+
+class EvalError(RuntimeError):
+    """The model under test could not answer (a request failed after retries, with ``on_failure: error``)."""
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+def read_done(path: Path) -> tuple[dict[str, dict], int]:
+    """Records an earlier run wrote to ``path``, by id, and how many truncated last lines were dropped (0/1).
+
+    A last line without its newline that is not valid JSON is what a kill mid-write leaves: it is cut off the
+    file (so appending continues cleanly), logged, and counted. Any other bad line is a :class:`DataError`.
+    """
+    if not path.exists():
+        return {}, 0
+    raw = path.read_bytes()
+    dropped = 0
+    if raw and not raw.endswith(b"\n"):
+        cut = raw.rfind(b"\n") + 1
+        try:
+            json.loads(raw[cut:].decode("utf-8"))
+            complete = True
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if complete:
+            with open(path, "ab") as fh:
+                fh.write(b"\n")
+        else:
+            log.warning("%s:%d: dropped a truncated last record (%d bytes; an interrupted write) -- it is asked again",
+                        path, raw.count(b"\n") + 1, len(raw) - cut)
+            with open(path, "r+b") as fh:
+                fh.truncate(cut)
+            dropped = 1
+    done: dict[str, dict] = {}
+    for line, record in iter_records(path):
+        if "id" not in record:
+            raise DataError(path, line, "id", "a result record without an id", reason="bad result record")
+        key = str(record["id"])
+        if key in done:
+            raise DataError(path, line, "id", f"id {key!r} written twice (two runs writing at once?)",
+                            reason="duplicate result")
+        done[key] = record
+    return done, dropped
+
+
+class RecordWriter:
+    """Appends one JSON line per record to a suite's output file; each write is durable when it returns."""
+
+    REQUIRED = ("id", "category", "failed")
+
+    def __init__(self, path: Path, suite: str, done: dict[str, dict]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.suite = path, suite
+        self.seen = set(done)
+        self.count = 0
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the suite's whole run; see close()
+
+    def __call__(self, record: dict) -> None:
+        missing = [k for k in self.REQUIRED if k not in record]
+        if missing:
+            raise ValueError(f"suite {self.suite!r} wrote a record without {missing} (see novalign.eval.suite_api)")
+        key = str(record["id"])
+        if key in self.seen:
+            raise ValueError(f"suite {self.suite!r} wrote id {key!r} twice")
+        self.seen.add(key)
+        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.count += 1
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# ------------------------------------------------------------------------------------------- responders
+
+
+class ModelResponder:
+    """A model under test as a :data:`~novalign.eval.suite_api.Responder`: a batch of conversations -> replies.
+
+    The :class:`~novalign.llm.LLMClient` is built on first use (a local model loads only when a suite asks), so
+    models listed only as peers cost nothing until a pairwise suite calls them. ``samples`` gives n replies
+    per conversation (pass@k).
+    """
+
+    def __init__(self, model, make_client: Callable[[], Any], progress: bool):
+        self.model, self.make_client, self.progress = model, make_client, progress
+        self.client = None
+        self.num_requests = 0
+        self.num_failures = 0
+
+    def _messages(self, conv: Conversation) -> Conversation:
+        if self.model.system_prompt and not any(m.get("role") == "system" for m in conv):
+            return [{"role": "system", "content": self.model.system_prompt}, *conv]
+        return list(conv)
+
+    def samples(self, convs: list[Conversation], n: int = 1, temperature: float | None = None) -> list[list[str]]:
+        from novalign.llm import ChatRequest
+
+        if not convs:
+            return []
+        if self.client is None:
+            self.client = self.make_client()
+        m = self.model
+        requests = [ChatRequest(messages=self._messages(c), n=n, temperature=m.temperature if temperature is None
+                                else temperature, top_p=m.top_p, max_tokens=m.max_tokens, seed=m.seed) for c in convs]
+        replies: list[list[str]] = []
+        for result in self.client.run_batch(requests, progress=self.progress):
+            self.num_requests += 1
+            if result.ok:
+                replies.append(result.texts)
+                continue
+            self.num_failures += 1
+            if m.on_failure == "error":
+                raise EvalError(f"model {m.name!r}: a request failed ({result}); rerun to resume, or set "
+                                f"on_failure: empty to score it as an empty reply")
+            log.warning("model %s: a request failed (%s); scored as an empty reply", m.name, result)
+            replies.append([""] * n)
+        return replies
+
+    def __call__(self, convs: list[Conversation]) -> list[str]:
+        return [texts[0] for texts in self.samples(convs)]
+
+    def close(self) -> None:
+        """Release the client (and a local model's memory); a later call builds it again."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class ReplayResponder:
+    """Score-only mode: replies looked up in a responses JSONL instead of generated (IFEval's ``evaluation_main``).
+
+    Lines are ``{prompt, response}`` (matched to a conversation's last user message) or ``{messages,
+    response}`` (matched to the whole conversation). A conversation with no response is a :class:`DataError`.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.by_prompt: dict[str, str] | None = None  # read on first use: a peer's file only when a suite asks
+        self.by_messages: dict[str, str] = {}
+
+    def _load(self) -> None:
+        path = self.path
+        if not path.is_file():
+            raise FileNotFoundError(f"responses file not found: {path}")
+        by_prompt: dict[str, str] = {}
+        first_line: dict[str, int] = {}
+        for line, record in iter_records(path):
+            if not isinstance(record.get("response"), str):
+                raise DataError(path, line, "response", "missing or not a string", reason="bad response")
+            if isinstance(record.get("messages"), list):
+                key, table = _conversation_key(record["messages"]), self.by_messages
+            elif isinstance(record.get("prompt"), str):
+                key, table = record["prompt"], by_prompt
+            else:
+                raise DataError(path, line, "prompt", "needs a string prompt or a messages list", reason="bad prompt")
+            if key in table and table[key] != record["response"]:  # which one to score would be a guess
+                raise DataError(path, line, "response", f"a different response to the same prompt is on line "
+                                f"{first_line[key]}", reason="conflicting responses")
+            table[key] = record["response"]
+            first_line.setdefault(key, line)
+        self.by_prompt = by_prompt
+
+    def __call__(self, convs: list[Conversation]) -> list[str]:
+        if self.by_prompt is None:
+            self._load()
+        replies = []
+        for conv in convs:
+            reply = self.by_messages.get(_conversation_key(conv))
+            if reply is None:
+                last_user = next((m["content"] for m in reversed(conv) if m.get("role") == "user"), None)
+                reply = self.by_prompt.get(last_user)
+            if reply is None:
+                shown = (last_user or "")[:80]
+                raise DataError(self.path, None, "prompt", f"no response for the prompt {shown!r}",
+                                reason="missing response")
+            replies.append(reply)
+        return replies
+
+    def close(self) -> None:
+        pass
+
+
+def _conversation_key(messages: list[dict]) -> str:
+    return json.dumps([[m.get("role"), m.get("content")] for m in messages], ensure_ascii=False)
+
+
+def _client_for_path(cfg, model):
+    from novalign.config import LLMConfig
+    from novalign.llm import LLMClient
+
+    cache = cfg.cache_path or str(Path(cfg.output_dir) / "llm-cache.sqlite")
+    llm = LLMConfig(backend="local", model=model.path, local=model.local, cache_path=cache, no_cache=cfg.no_cache,
+                    progress=cfg.progress)
+    return LLMClient.from_config(llm, print_usage=False)
+
+
+def _responder(cfg, model, suite_name: str):
+    """The model's responder for one suite (replay files can differ per suite), or None (judgments only)."""
+    from novalign.llm import LLMClient
+
+    if model.responses is not None:
+        path = Path(model.responses)
+        return ReplayResponder(path / f"{suite_name}.jsonl" if path.is_dir() else path)
+    if model.path is not None:
+        if not Path(model.path).is_dir():
+            raise FileNotFoundError(f"model {model.name!r}: model directory not found: {model.path}")
+        return ModelResponder(model, lambda: _client_for_path(cfg, model), cfg.progress)
+    if model.llm is not None:
+        return ModelResponder(model, lambda: LLMClient.from_config(model.llm, print_usage=False), cfg.progress)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def check_inputs(cfg) -> None:
+    """Fail before any generation on what would fail later: unknown suites, missing data or model files."""
+    if not cfg.models:
+        raise ValueError("the config lists no models")
+    if not cfg.suites:
+        raise ValueError("the config lists no suites")
+    for suite in cfg.suites:
+        resolve_suite(suite.type)
+        if suite.data is not None and not Path(suite.data).is_file():
+            raise FileNotFoundError(f"suite {suite.name!r}: data file not found: {suite.data}")
+    for model in cfg.models:
+        if model.path is not None and not Path(model.path).is_dir():
+            raise FileNotFoundError(f"model {model.name!r}: model directory not found: {model.path}")
+        if model.responses is not None and not Path(model.responses).exists():
+            raise FileNotFoundError(f"model {model.name!r}: responses not found: {model.responses}")
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _run_suite(cfg, model, suite, respond, judge, peers) -> dict[str, Any]:
+    out = Path(cfg.output_dir) / model.name / f"{suite.name}.jsonl"
+    done, dropped = read_done(out)
+    options = dict(suite.options)
+    options.setdefault("batch_size", cfg.batch_size)  # samples per respond call (ifeval, math, code)
+    options.setdefault("chunk_size", cfg.batch_size)  # the same, for the judged suites (novalign.eval.checklist)
+    if cfg.judge is not None:
+        options.setdefault("judge_attempts", 1 + cfg.judge.max_reasks)
+        options.setdefault("judge_max_tokens", cfg.judge.max_tokens)
+    writer = RecordWriter(out, suite.name, done)
+    ctx = SuiteContext(
+        name=suite.name, data=Path(suite.data) if suite.data else None, respond=respond, judge=judge,
+        write=writer, done=done, options=options, peers=peers, model_name=model.name,
+        lang=cfg.judge.lang if cfg.judge else "en",
+        template_dir=Path(cfg.judge.template_dir) if cfg.judge and cfg.judge.template_dir else None,
+        progress=cfg.progress,
+    )
+    try:
+        summary = resolve_suite(suite.type)(ctx)
+    finally:
+        writer.close()
+    summary = dict(summary)
+    summary["resume"] = {"reused": len(done), "asked": writer.count, "dropped_truncated": dropped}
+    if isinstance(respond, ModelResponder):
+        summary["num_generation_failures"] = respond.num_failures
+    log.info("%s / %s: %d records reused, %d new", model.name, suite.name, len(done), writer.count)
+    return summary
+
+
+def run_eval(cfg) -> dict[str, dict[str, dict]]:
+    """Run every suite of an :class:`~novalign.config.EvalConfig` on every model; returns ``{model: {suite:
+    summary}}`` (also written to summary.json) and writes report.md with charts.
+
+    Raises:
+        ValueError / FileNotFoundError / DataError: bad config or input (before generation where possible).
+        EvalError: a model request failed for good (``on_failure: error``); a rerun resumes.
+    """
+    from novalign.eval.report import write_report
+    from novalign.llm import LLMClient
+
+    check_inputs(cfg)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = out_dir / "summary.json"
+    summaries: dict[str, dict[str, dict]] = {}
+    judge = LLMClient.from_config(cfg.judge, print_usage=False) if cfg.judge is not None else None
+    generators = {m.name: _responder(cfg, m, "") for m in cfg.models if m.responses is None}  # lazy, shared
+    try:
+        for model in cfg.models:  # one model at a time: a local model is loaded, used on every suite, released
+            for suite in cfg.suites:
+                responders = {m.name: generators[m.name] if m.name in generators else _responder(cfg, m, suite.name)
+                              for m in cfg.models}
+                peers = {name: r for name, r in responders.items() if name != model.name and r is not None}
+                summary = _run_suite(cfg, model, suite, responders[model.name], judge, peers)
+                summaries.setdefault(model.name, {})[suite.name] = summary
+                _write_json_atomic(summary_path, summaries)
+            for responder in generators.values():  # peers used by a pairwise suite are released too
+                if responder is not None:
+                    responder.close()
+    finally:
+        for responder in generators.values():
+            if responder is not None:
+                responder.close()
+        if judge is not None:
+            judge.close()
+    ordered = {m.name: {s.name: summaries[m.name][s.name] for s in cfg.suites} for m in cfg.models}
+    _write_json_atomic(summary_path, ordered)
+    write_report(ordered, out_dir)
+    return ordered
