@@ -222,16 +222,55 @@ class KTOConfig(Strict):
 # ---------------------------------------------------------------------------------------------- RL: GRPO (issue 5)
 
 
+from pydantic import model_validator as _rl_model_validator  # noqa: E402  (used by the RL configs below)
+
+
 class RewardComponentConfig(Strict):
     """One term of the weighted reward mix (novalign.rewards)."""
 
-    type: Literal["exact_answer", "ifeval", "reward_model"] = Field(
+    type: Literal["exact_answer", "ifeval", "reward_model", "llm_judge"] = Field(
         ..., description="'exact_answer': the record's `answer` field; 'ifeval': IFEval's verifiers on the record's "
-        "`instruction_id_list` / `kwargs`; 'reward_model': a `novalign rm` model directory (path)."
+        "`instruction_id_list` / `kwargs`; 'reward_model': a `novalign rm` model directory (path); 'llm_judge': a "
+        "judge model through the LLM access layer (llm, template, parse, scale, on_failure)."
     )
     weight: float = Field(1.0, description="Weight of this component in the total reward.")
     mode: Literal["final", "contains"] = Field("final", description="exact_answer: final answer equals / contains the gold one.")
     path: str | None = Field(None, description="reward_model: the reward model directory.")
+    name: str | None = Field(None, description="Name of the component in the logs (reward_<name>_mean); default from its type.")
+    llm: "LLMConfig | None" = Field(None, description="llm_judge: the judge (LLMConfig: backend, model, base_url, cache, ...).")
+    template: str | None = Field(
+        None, description="llm_judge: the judge prompt, a str.format template with {prompt}, {response} and any "
+        "prompt-record field ({answer}, ...); literal braces doubled. Unset (and no template_file): the bundled "
+        "1-10 rating prompt that asks for 'Rating: [[N]]'."
+    )
+    template_file: str | None = Field(None, description="llm_judge: read the template from this text file instead.")
+    parse: Literal["brackets", "last_number"] = Field(
+        "brackets", description="llm_judge: the score is the reply's last [[number]] ('brackets') or its last number."
+    )
+    scale: tuple[float, float] = Field(
+        (1.0, 10.0), description="llm_judge: the judge's score range [low, high], mapped linearly onto [0, 1]; a "
+        "score outside it is a failed judgment."
+    )
+    on_failure: float | None = Field(
+        None, description="llm_judge: reward for a failed request or an unparsable / out-of-scale reply -- counted "
+        "and logged each iteration as reward_<name>_failures (None: stop with an error instead)."
+    )
+    max_tokens: int = Field(256, ge=1, description="llm_judge: longest judge reply.")
+
+    @_rl_model_validator(mode="after")
+    def _judge_fields(self) -> "RewardComponentConfig":
+        judge_only = [f for f in ("llm", "template", "template_file", "on_failure")
+                      if getattr(self, f) is not None]
+        if self.type != "llm_judge" and judge_only:
+            raise ValueError(f"{', '.join(judge_only)} only apply to type: llm_judge (this component is {self.type!r})")
+        if self.type == "llm_judge":
+            if self.llm is None:
+                raise ValueError("an llm_judge reward component needs `llm` (e.g. {backend: openai, base_url: ..., model: ...})")
+            if self.template is not None and self.template_file is not None:
+                raise ValueError("give the llm_judge `template` or `template_file`, not both")
+            if not self.scale[1] > self.scale[0]:
+                raise ValueError(f"llm_judge `scale` needs low < high, got {list(self.scale)}")
+        return self
 
 
 class GRPORolloutConfig(Strict):
@@ -242,6 +281,15 @@ class GRPORolloutConfig(Strict):
     top_k: int = Field(0, ge=0, description="Top-k sampling (0: off).")
     max_new_tokens: int = Field(256, ge=1, description="Longest response; longer ones are truncated (counted, logged).")
     batch_size: int = Field(32, ge=1, description="Response rows per generate call and per log-prob forward.")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Generation engine: 'hf' (Hugging Face generate with KV cache, CPU or GPU) or 'vllm' "
+        "(vLLM's offline engine, GPU, `pip install novalign[vllm]`; the policy's weights are pushed into it "
+        "before every rollout). Log-probs are recomputed by the policy's forward either way."
+    )
+    vllm_args: dict[str, Any] = Field(
+        default_factory=dict, description="engine: vllm -- extra vllm.LLM(...) arguments, e.g. "
+        "{gpu_memory_utilization: 0.3, dtype: bfloat16, enforce_eager: true}."
+    )
 
 
 class PolicyLossConfig(Strict):
@@ -271,6 +319,10 @@ class PTXConfig(Strict):
 
 
 class RLTrainConfig(TrainConfig):
+    distributed: Literal["auto", "ddp"] = Field(
+        "auto", description="Under torchrun: data parallel, each process rolling out an equal share of the prompts, "
+        "with an explicit gradient all-reduce ('auto' = 'ddp'; RL has no FSDP yet)."
+    )
     sample_every: int = Field(
         10, ge=0, description="Every N iterations, write that iteration's prompt / completion / reward rows to "
         "samples.jsonl (and a TensorBoard text table) (0: off)."
@@ -290,7 +342,8 @@ class RLStageConfig(Strict):
         "`prompt`; every other field is passed to the rewards (e.g. `answer`)."
     )
     rewards: list[RewardComponentConfig] = Field(
-        [RewardComponentConfig(type="exact_answer")], description="The weighted reward mix: a list of {type, weight, ...}."
+        [{"type": "exact_answer"}], validate_default=True,
+        description="The weighted reward mix: a list of {type, weight, ...}."
     )
     ptx: PTXConfig = Field(default_factory=PTXConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-6, warmup_ratio=0.0))

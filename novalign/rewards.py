@@ -41,6 +41,7 @@ __all__ = [
     "WeightedMix",
     "answer_contained",
     "answer_equal",
+    "bracket_score",
     "compute_rewards",
     "exact_answer_reward",
     "final_answer",
@@ -49,6 +50,7 @@ __all__ = [
     "normalize_answer",
     "reward_model_reward",
     "reward_name",
+    "scaled_score",
     "verifier_reward",
     "weighted_mix",
 ]
@@ -310,6 +312,42 @@ def last_number(text: str) -> float:
     return float(found[-1])
 
 
+_BRACKETED = re.compile(r"\[\[\s*([-+]?\d+(?:\.\d+)?)\s*\]\]")
+
+
+def bracket_score(text: str) -> float:
+    """The last ``[[number]]`` in a judge's reply (MT-Bench's "Rating: [[7]]" convention, Zheng et al. 2023,
+    https://arxiv.org/abs/2306.05685): ``"... [[3]] ... Rating: [[7.5]]"`` -> 7.5.
+
+    Raises:
+        ValueError: the reply has no ``[[number]]``.
+    """
+    found = _BRACKETED.findall(text)
+    if not found:
+        raise ValueError(f"no [[score]] in the judge's reply: {text[:200]!r}")
+    return float(found[-1])
+
+
+def scaled_score(parse: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+    """``parse`` followed by the linear map of the judge's scale ``[low, high]`` onto ``[0, 1]``:
+    ``(score - low) / (high - low)`` (scale 1..10: 1 -> 0, 5.5 -> 0.5, 10 -> 1).
+
+    A score outside ``[low, high]`` is not clamped: it raises ``ValueError`` (a failed judgment, which the
+    judge counts), since a judge that leaves its scale did not follow the prompt.
+    """
+    if not high > low:
+        raise ValueError(f"the judge's scale needs low < high, got [{low}, {high}]")
+
+    def scaled(text: str) -> float:
+        score = parse(text)
+        if not low <= score <= high:
+            raise ValueError(f"score {score} outside the judge's scale [{low}, {high}]")
+        return (score - low) / (high - low)
+
+    scaled.__name__ = f"scaled_{getattr(parse, '__name__', 'parse')}"
+    return scaled
+
+
 def _render_prompt(messages: Messages) -> str:
     """A conversation as judge-readable text: the bare content of a single user turn, else ``role: content`` lines."""
     if len(messages) == 1:
@@ -334,10 +372,15 @@ class LLMJudgeReward:
         if callable(self.template):
             return self.template(prompt, completion, **fields)
         try:
-            text = self.template.format(prompt=_render_prompt(prompt), completion=completion, **fields)
+            text = self.template.format(**{**fields, "prompt": _render_prompt(prompt), "completion": completion,
+                                           "response": completion})
         except KeyError as exc:
             raise RewardError(f"reward {self.name!r}: the judge template needs the field {exc.args[0]!r}") from exc
         return [{"role": "user", "content": text}]
+
+    def close(self) -> None:
+        """Close the judge's client (for a judge that owns it, e.g. one built from a config)."""
+        self.client.close()
 
     def __call__(self, prompts: list[Messages], completions: list[str], **sample_fields: Any) -> list[float]:
         from novalign.llm.types import ChatRequest
@@ -378,7 +421,7 @@ def llm_judge_reward(client: Any, template: str | Callable[..., Messages], parse
 
     Args:
         template: a ``str.format`` template rendered into one user message, with ``{prompt}`` (the
-            conversation as text), ``{completion}`` and any sample field (``{answer}``, ...); or a callable
+            conversation as text), ``{completion}`` (or its alias ``{response}``) and any sample field (``{answer}``, ...); or a callable
             ``(prompt_messages, completion, **fields) -> messages``.
         parse: the judge's reply text -> reward (raise ``ValueError`` for a reply that has none).
         on_failure: ``None`` (default): a failed request (:class:`~novalign.llm.types.Failure`) or an

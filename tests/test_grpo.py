@@ -11,35 +11,18 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
+from rl_helpers import rl_config, share_of_e, write_prompts
 from safetensors.torch import load_file
 
 DEMO = ROOT / "novalign" / "assets" / "demo_sft.jsonl"
 
 
 def _prompts(path: Path, count: int = 4) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}", "answer": "e"}) + "\n"
-                            for i in range(count)))
-    return path
+    return write_prompts(path, count)
 
 
 def _config(model_dir: Path, out: Path, prompts: Path, **sections):
-    from novalign.config import GRPOConfig
-
-    cfg = {
-        "output_dir": str(out), "model": {"path": str(model_dir)}, "prompt_files": [str(prompts)],
-        "rollout": {"prompts_per_iteration": 4, "n": 4, "max_new_tokens": 8},
-        "loss": {"beta": 0.01, "ppo_epochs": 2},
-        "optim": {"lr": 3e-2, "warmup_ratio": 0.0, "schedule": "constant"},
-        "train": {"micro_batch_size": 8, "progress": False, "tensorboard": False, "seed": 0},
-    }
-    for key, value in sections.items():
-        cfg[key].update(value) if isinstance(cfg.get(key), dict) else cfg.__setitem__(key, value)
-    return GRPOConfig.model_validate(cfg)
-
-
-def share_of_e(response: str) -> float:
-    """The fraction of the response's characters that are the letter 'e': a dense reward a random model can learn."""
-    return response.count("e") / max(1, len(response))
+    return rl_config("grpo", model_dir, out, prompts, **sections)
 
 
 def test_grpo_raises_the_reward_and_the_kl_grows_from_zero(tiny_model_dir, tmp_path):
@@ -139,13 +122,9 @@ def test_bad_input_is_an_error(tiny_model_dir, tmp_path):
         load_prompts([str(empty)])
     with pytest.raises(ValueError, match="needs `path`"):
         build_reward([RewardComponentConfig(type="reward_model")])
-    cfg = _config(tiny_model_dir, tmp_path / "run", _prompts(tmp_path / "p.jsonl"))
-    os.environ["WORLD_SIZE"] = "2"
-    try:
-        with pytest.raises(ValueError, match="single process"):
-            run_grpo(cfg)
-    finally:
-        del os.environ["WORLD_SIZE"]
+    cfg = _config(tiny_model_dir, tmp_path / "run", _prompts(tmp_path / "p.jsonl"), model={"lora": {"r": 2}})
+    with pytest.raises(ValueError, match="does not support LoRA"):
+        run_grpo(cfg)
 
 
 def test_config_reward_components_score(tiny_model_dir):

@@ -10,33 +10,16 @@ from pathlib import Path
 import torch
 import yaml
 from conftest import ROOT
+from rl_helpers import rl_config, share_of_e, write_prompts
 from safetensors.torch import load_file
 
 
 def _prompts(path: Path, count: int = 4) -> Path:
-    path.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}", "answer": "e"}) + "\n"
-                            for i in range(count)))
-    return path
+    return write_prompts(path, count)
 
 
 def _config(model_dir: Path, out: Path, prompts: Path, **sections):
-    from novalign.config import PPOConfig
-
-    cfg = {
-        "output_dir": str(out), "model": {"path": str(model_dir)}, "prompt_files": [str(prompts)],
-        "rollout": {"prompts_per_iteration": 4, "n": 4, "max_new_tokens": 8},
-        "loss": {"beta": 0.01, "ppo_epochs": 2, "vf_coef": 0.1},
-        "optim": {"lr": 3e-2, "warmup_ratio": 0.0, "schedule": "constant"},
-        "train": {"micro_batch_size": 8, "progress": False, "tensorboard": False, "seed": 0},
-    }
-    for key, value in sections.items():
-        cfg[key].update(value) if isinstance(cfg.get(key), dict) else cfg.__setitem__(key, value)
-    return PPOConfig.model_validate(cfg)
-
-
-def share_of_e(response: str) -> float:
-    """The fraction of the response's characters that are the letter 'e' (as in test_grpo)."""
-    return response.count("e") / max(1, len(response))
+    return rl_config("ppo", model_dir, out, prompts, **sections)
 
 
 def test_ppo_raises_the_reward(tiny_model_dir, tmp_path):

@@ -1,10 +1,11 @@
 """``novalign ppo``: PPO with a value head (report section 2.1; Schulman et al. 2017, report ref. [73]).
 
-Everything but the advantage estimate and the critic is GRPO's (:mod:`novalign.train.grpo` -- prompts,
-rollouts, the reward mix, the detached top-k KL to the frozen reference, PTX, checkpoints, logs): both
-trainers call the same :func:`~novalign.train.grpo.setup_rl`, :func:`~novalign.train.grpo.collect_rollouts`,
-:func:`~novalign.train.grpo.optimizer_and_resume`, :func:`~novalign.train.grpo.base_record` and
-:func:`~novalign.train.grpo.finish_rl`.
+Everything but the advantage estimate and the critic is GRPO's (prompts, rollouts through ``rollout.engine``,
+the reward mix, the detached top-k KL to the frozen reference, PTX, checkpoints, logs): both trainers call
+the same functions of :mod:`novalign.train.rl_loop` -- :func:`~novalign.train.rl_loop.setup_rl`,
+:func:`~novalign.train.rl_loop.start_loop`, :func:`~novalign.train.rl_loop.collect_rollouts`,
+:func:`~novalign.train.rl_loop.close_epoch`, :func:`~novalign.train.rl_loop.end_iteration` and
+:func:`~novalign.train.rl_loop.finish_rl`.
 
 **The critic** is a scalar linear head on the policy's final hidden states (:class:`ActorCritic`): one shared
 trunk, one forward gives the log-probabilities and the values, and no second model is held in memory. The
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -37,26 +37,22 @@ from torch import nn
 from novalign.config import PPOConfig
 from novalign.rewards import RewardFn
 from novalign.train.forward import output_weight
-from novalign.train.grpo import (
-    base_record,
-    collect_rollouts,
-    finish_rl,
-    log_iteration,
-    log_samples,
-    optimizer_and_resume,
-    optimizer_step,
-    ptx_backward,
-    setup_rl,
-    truncate_samples_after,
-)
 from novalign.train.loop import LoopResult
-from novalign.train.metrics_log import MetricsLog
 from novalign.train.rl import (
     clipped_policy_loss_sum,
     gae,
     masked_whiten,
     token_level_rewards,
     value_loss_sum,
+)
+from novalign.train.rl_loop import (
+    close_epoch,
+    collect_rollouts,
+    end_iteration,
+    finish_rl,
+    setup_rl,
+    start_loop,
+    tensor_all_reduce,
 )
 from novalign.train.rollout import chunked_logps_entropy, completion_hidden
 
@@ -112,13 +108,9 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
     run = setup_rl(cfg, reward, "ppo")
     device, t, ro, lc = run.session.device, cfg.train, cfg.rollout, cfg.loss
     actor, autocast = ActorCritic(run.policy), run.autocast
-    optimizer, scheduler, state, resumed_from, save = optimizer_and_resume(run, actor, console_print)
-    metrics = MetricsLog(run.session.out, tensorboard=t.tensorboard)
-    metrics.truncate_after(state.step)
-    truncate_samples_after(run, state.step)
-    params = [p for p in actor.parameters() if p.requires_grad]
+    loop = start_loop(run, actor, console_print)
+    state = loop.state
     last_loss: float | None = None
-    actor.train()
 
     def forward(chunk, return_entropy: bool = False):
         with autocast():
@@ -130,7 +122,7 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
         t0 = time.perf_counter()
         # 1. rollouts, rewards, detached top-k KL (shared with GRPO)
         chosen, batch = collect_rollouts(run, state.step)
-        rollouts, num_tokens = batch.rollouts, batch.num_tokens
+        rollouts, num_tokens = batch.rollouts, batch.global_tokens  # token-mean over the whole iteration (all ranks)
         # 2. V_old
         with torch.no_grad():
             old_values = torch.zeros_like(batch.mask)
@@ -140,9 +132,9 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
         # 3. token rewards (-beta KL_t, outcome at the last token), GAE, whitening
         rewards = token_level_rewards(batch.rewards, batch.kl, batch.mask, lc.beta)
         adv, returns = gae(rewards, old_values, batch.mask, gamma=lc.gamma, lam=lc.lam)
-        raw_adv_mean = float((adv * batch.mask).sum() / num_tokens)
-        if lc.whiten_advantages:
-            adv = masked_whiten(adv, batch.mask)
+        raw_adv_sum = float((adv * batch.mask).sum())
+        if lc.whiten_advantages:  # over the whole iteration's tokens (summed over ranks under torchrun)
+            adv = masked_whiten(adv, batch.mask, all_reduce=tensor_all_reduce(run))
         old_logps, adv, mask, old_values, returns = (x.to(device) for x in (batch.old_logps, adv, batch.mask, old_values, returns))
 
         # 4. ppo_epochs optimizer steps over the whole rollout batch (token-mean)
@@ -163,33 +155,22 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
                 pol_total += float(pol_sum.detach())
                 val_total += float(val_sum.detach())
                 clipped += num_clipped
-            if run.ptx_plan is not None:
-                ptx_total += ptx_backward(actor.policy, run.ref, run.ptx_plan, state.step * lc.ppo_epochs + epoch, cfg, autocast)
-            lr, grad_norm = optimizer_step(run, params, optimizer, scheduler)
+            ptx, lr, grad_norm = close_epoch(run, loop, actor.policy, epoch)
+            ptx_total += ptx
 
         # 5. log, checkpoint
-        state.step += 1
-        state.tokens_seen += num_tokens
-        denom = num_tokens * lc.ppo_epochs
-        last_loss = (pol_total + lc.vf_coef * val_total) / denom
-        record: dict[str, Any] = base_record(state.step, batch, last_loss, clipped, lc.ppo_epochs, adv)
         m = batch.mask
-        record.update({
-            "policy_loss": pol_total / denom, "value_loss": val_total / denom, "advantage_mean_raw": raw_adv_mean,
-            "value_mean": float((old_values.cpu() * m).sum() / num_tokens),
-            "return_mean": float((returns.cpu() * m).sum() / num_tokens),
-            "entropy": entropy_total / max(1, num_tokens),
-            "lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0,
-        })
-        if run.ptx_plan is not None:
-            record["ptx_loss"] = ptx_total / lc.ppo_epochs
-        log_iteration(run, metrics, record, console_print)
-        log_samples(run, metrics, state.step, chosen, batch)
-        if t.save_every and state.step % t.save_every == 0 and state.step < run.iterations:
-            save()
+        record = end_iteration(
+            run, loop, chosen, batch, adv, per_token_epoch={"loss": pol_total + lc.vf_coef * val_total,
+                                                            "policy_loss": pol_total, "value_loss": val_total},
+            per_token={"advantage_mean_raw": raw_adv_sum, "value_mean": float((old_values.cpu() * m).sum()),
+                       "return_mean": float((returns.cpu() * m).sum()), "entropy": entropy_total},
+            clipped=int(clipped), ptx_total=ptx_total,
+            extra={"lr": lr, "grad_norm": grad_norm, "seconds": time.perf_counter() - t0}, console_print=console_print)
+        last_loss = record["loss"]
 
-    result = finish_rl(run, metrics, state, resumed_from, save, last_loss,
-                       {"gamma": lc.gamma, "lam": lc.lam, "vf_coef": lc.vf_coef}, console_print)
-    save_file({k: v.detach().cpu().contiguous() for k, v in actor.value_head.state_dict().items()},
-              str(run.session.out / "value_head.safetensors"))
+    result = finish_rl(run, loop, last_loss, {"gamma": lc.gamma, "lam": lc.lam, "vf_coef": lc.vf_coef}, console_print)
+    if run.session.info.is_main:
+        save_file({k: v.detach().cpu().contiguous() for k, v in actor.value_head.state_dict().items()},
+                  str(run.session.out / "value_head.safetensors"))
     return result

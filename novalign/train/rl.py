@@ -22,6 +22,8 @@ the trainer divides once by the tokens of the whole effective batch (token-mean 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from novalign.train.kl import DEFAULT_TOP_K, chunked_topk_kl
@@ -174,12 +176,21 @@ def gae(
     return adv, (adv + v) * m
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Standardize ``x`` over the masked entries (PPO's advantage normalization); 0 on padding."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Standardize ``x`` over the masked entries (PPO's advantage normalization); 0 on padding.
+
+        mean = sum(x m) / sum(m),   var = sum((x - mean)^2 m) / sum(m),   out = (x - mean) / sqrt(var + eps)
+
+    ``all_reduce``: sums a tensor over data-parallel ranks (each holding a share of the batch), so that mean
+    and var are those of the whole batch; None: this batch alone.
+    """
+    reduce = all_reduce or (lambda t: t)
     m = mask.float()
-    count = m.sum().clamp_min(1.0)
-    mean = (x * m).sum() / count
-    var = ((x - mean).square() * m).sum() / count
+    totals = reduce(torch.stack([(x * m).sum(), m.sum()]))
+    count = totals[1].clamp_min(1.0)
+    mean = totals[0] / count
+    var = reduce(((x - mean).square() * m).sum()) / count
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -8,7 +8,8 @@ generated it (PPO's and GRPO's ``old_logps``). Two engines:
   :func:`novalign.models.generate.generate_batch` (CPU and GPU). Every response row has its own seeded
   generator, so the same seed gives the same rollouts whatever the batch size.
 * :class:`VLLMRollout` -- vLLM's offline engine (GPU, optional), with the policy's weights pushed into it
-  before each generation. UNTESTED HERE (no GPU / vLLM in CI); written against vLLM's documented API.
+  before each generation (:func:`policy_weight_stream`). Its generation is UNTESTED HERE (no GPU / vLLM in
+  CI); written against vLLM's documented API. :func:`make_rollout_engine` picks one from ``rollout.engine``.
 
 Log-probabilities are never taken from the sampler: both engines recompute them with one forward pass of
 the policy over prompt + completion (:func:`completion_logprobs`), projecting only completion positions onto
@@ -24,7 +25,7 @@ end token) has none -- its reward is the trainer's decision (issue 5, "bad input
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,6 +53,9 @@ __all__ = [
     "completion_logprobs",
     "completion_tensors",
     "group_by_prompt",
+    "label_hidden",
+    "make_rollout_engine",
+    "policy_weight_stream",
     "token_entropy",
 ]
 
@@ -75,7 +79,8 @@ class RolloutEngine(Protocol):
     """Generation for RL: ``n`` responses to each prompt, returned prompt-major (``prompt_index * n + j``)."""
 
     def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None) -> list[Rollout]: ...
+                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None,
+                 first_prompt: int = 0) -> list[Rollout]: ...
 
 
 def _check_args(prompts: Sequence[Messages], n: int, temperature: float, top_p: float, top_k: int,
@@ -125,38 +130,48 @@ def chunked_logps_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor
     return torch.cat([lp for lp, _ in parts]), torch.cat([e for _, e in parts])
 
 
-def completion_hidden(model: nn.Module, sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
-                      pack_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h [N, H], y [N])``: the hidden states that predict every completion token, and those tokens, in input
-    order (sequence by sequence, each in token order), from one forward.
+def label_hidden(model: nn.Module, samples: Sequence[tuple[Sequence[int], Sequence[int]]],
+                 pack_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h [N, H], y [N])``: the hidden states that predict every labelled token of ``(input_ids, labels)``
+    samples (labels aligned with the ids, ``IGNORE_INDEX`` elsewhere, the first one never a target), and those
+    labels, in input order (sample by sample, each in token order), from one forward.
 
-    ``pack_tokens > 0``: prompt + completion sequences are packed into rows of that many tokens (best-fit
-    decreasing; a longer sequence gets a row of its own) with restarted positions and ``cu_seqlens``, as SFT
-    packs; otherwise they are right-padded into one batch.
+    ``pack_tokens > 0``: the samples are packed into rows of that many tokens (best-fit decreasing; a longer
+    sample gets a row of its own) with restarted positions and ``cu_seqlens``, as SFT packs; otherwise they
+    are right-padded into one batch. Both layouts give the same rows of ``h`` (up to kernel round-off).
     """
-    if any(len(p) == 0 for p, _ in sequences):
-        raise ValueError("completion log-probs need a non-empty prompt for every sequence")
     device = next(model.parameters()).device
-    samples = [(list(p) + list(c), [IGNORE_INDEX] * len(p) + list(c)) for p, c in sequences]
     if pack_tokens > 0:
         lengths = [len(ids) for ids, _ in samples]
         rows = best_fit_decreasing(lengths, max(pack_tokens, max(lengths)))
         batch = collate_packed(samples, rows, max(sum(lengths[i] for i in row) for row in rows), 0).to(device)
-        order = [i for row in rows for i in row]  # row-major: the sequences' order in the packed rows
+        order = [i for row in rows for i in row]  # row-major: the samples' order in the packed rows
     else:
         batch = collate_padded(samples, 0).to(device)
         order = list(range(len(samples)))
     hidden = decoder_hidden_states(model, batch)  # [B, L, H]
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # position t predicts token t + 1
     y = batch.labels[:, 1:].reshape(-1)
-    keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()  # row-major: each sequence's tokens in order
+    keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()  # row-major: each sample's tokens in order
     h, y = h.index_select(0, keep), y.index_select(0, keep)
-    if pack_tokens > 0:  # back to input order: a stable sort on the sequence index keeps token order within each
-        slot = torch.cat([torch.full((len(sequences[i][1]),), i, dtype=torch.long) for i in order]) if order else \
+    if pack_tokens > 0:  # back to input order: a stable sort on the sample index keeps token order within each
+        counts = [sum(1 for t in list(samples[i][1])[1:] if t != IGNORE_INDEX) for i in order]
+        slot = torch.cat([torch.full((c,), i, dtype=torch.long) for i, c in zip(order, counts)]) if order else \
             torch.zeros(0, dtype=torch.long)
         perm = torch.sort(slot, stable=True).indices.to(device)
         h, y = h.index_select(0, perm), y.index_select(0, perm)
     return h, y
+
+
+def completion_hidden(model: nn.Module, sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      pack_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h [N, H], y [N])``: the hidden states that predict every completion token of ``(prompt, completion)``
+    pairs, and those tokens, in input order, from one forward (:func:`label_hidden`, packed when
+    ``pack_tokens > 0``)."""
+    if any(len(p) == 0 for p, _ in sequences):
+        raise ValueError("completion log-probs need a non-empty prompt for every sequence")
+    return label_hidden(model, [(list(p) + list(c), [IGNORE_INDEX] * len(p) + list(c)) for p, c in sequences],
+                        pack_tokens)
 
 
 def completion_logprobs(
@@ -223,12 +238,15 @@ class HFRollout:
 
     @torch.no_grad()
     def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None) -> list[Rollout]:
+                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None,
+                 first_prompt: int = 0) -> list[Rollout]:
         """``n`` responses per prompt, prompt-major. Response ``k = i * n + j`` draws with a seed derived from
-        ``(seed, k)``; pass a different ``seed`` each step for fresh samples (``None``: unseeded)."""
+        ``(seed, first_prompt * n + k)``; pass a different ``seed`` each step for fresh samples (``None``:
+        unseeded). ``first_prompt``: the index of ``prompts[0]`` in a larger batch split over ranks, so that a
+        rank's share draws exactly the samples one process would draw for those prompts."""
         _check_args(prompts, n, temperature, top_p, top_k, max_new_tokens)
         prompt_ids = [encode_chat(self.tokenizer, p) for p in prompts]
-        seeds = sample_seeds(seed, 0, len(prompts) * n)
+        seeds = sample_seeds(seed, first_prompt * n, len(prompts) * n)
         rows = [GenerationRequest(prompt_ids[k // n], max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, top_k=top_k, seed=seeds[k]) for k in range(len(prompts) * n)]
         was_training = self.model.training
@@ -247,15 +265,33 @@ class HFRollout:
         ]
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def policy_weight_stream(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights as ``(name, tensor)`` pairs, one at a time, under the Hugging Face checkpoint names
+    an inference engine loads (vLLM's ``model.load_weights(iterable)`` takes exactly this).
+
+    Wrapper prefixes (DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``, FSDP / checkpoint wrappers) are
+    stripped wherever they occur in a name; tensors are detached (no autograd graph goes to the engine) and
+    cast to ``dtype`` when given. A tied output head appears under both its names, as in ``state_dict``.
+    """
+    for name, tensor in model.state_dict(keep_vars=False).items():
+        for prefix in _WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        tensor = tensor.detach()
+        yield name, (tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor)
+
+
 class VLLMRollout:
     """:class:`RolloutEngine` on vLLM's offline engine, fed the policy's current weights before each call.
 
-    UNTESTED HERE: CI has neither a GPU nor vLLM. Written against vLLM's documented API -- ``LLM.generate``
-    with token-id prompts and one ``SamplingParams`` per prompt; the weights go in through the engine model's
-    ``load_weights(iterable of (name, tensor))`` (``LLM.apply_model`` where vLLM has it, otherwise the
-    in-process driver worker's model, as TRL does with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``). With a
-    multiprocess engine ``apply_model`` ships the weights to the workers by pickling them each step; colocate
-    the engine in-process (as TRL does) to avoid that copy.
+    UNTESTED HERE: this machine has neither a GPU nor vLLM; what runs on CPU is tested (the config switch,
+    the missing-vLLM error, :func:`policy_weight_stream`). Written against vLLM's documented API --
+    ``LLM.generate`` with token-id prompts and one ``SamplingParams`` per prompt; the weights go in through
+    the engine model's ``load_weights(iterable of (name, tensor))``: on the in-process driver worker's model
+    when it can be reached (run with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as TRL's colocated mode does),
+    else through ``LLM.apply_model``, which ships the (materialized) weights to the engine process each step.
 
     Args:
         model: the HF policy being trained (its weights are pushed; its forward computes the log-probs).
@@ -264,41 +300,47 @@ class VLLMRollout:
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, llm: Any = None, model_path: str | None = None,
-                 batch_size: int = 32, chunk_size: int = 4096, **engine_args: Any):
+                 batch_size: int = 32, chunk_size: int = 4096, pack_tokens: int = 0, **engine_args: Any):
         try:
             import vllm
         except ImportError as exc:
-            raise ImportError("VLLMRollout needs vLLM (GPU only): pip install vllm -- or use HFRollout, which "
-                              "generates with transformers on CPU or GPU") from exc
+            raise ImportError("rollout.engine: vllm needs vLLM (GPU only): pip install vllm (or novalign[vllm]) -- or "
+                              "set rollout.engine: hf, which generates with transformers on CPU or GPU") from exc
         if llm is None:
             if model_path is None:
                 raise ValueError("VLLMRollout needs a ready vllm.LLM (llm=...) or a model_path to start one")
             llm = vllm.LLM(model=str(model_path), **engine_args)
         self._sampling_params = vllm.SamplingParams
         self.model, self.tokenizer, self.llm = model, tokenizer, llm
-        self.batch_size, self.chunk_size = batch_size, chunk_size
+        self.batch_size, self.chunk_size, self.pack_tokens = batch_size, chunk_size, pack_tokens
+
+    def _driver_model(self) -> Any:
+        """The engine's model when it lives in this process (vLLM V0, or V1 without multiprocessing), else None."""
+        executor = getattr(getattr(self.llm, "llm_engine", None), "model_executor", None)
+        worker = getattr(executor, "driver_worker", None)
+        worker = getattr(worker, "worker", worker)  # V1 wraps the worker
+        runner = getattr(worker, "model_runner", None)
+        return getattr(runner, "model", None)
 
     def push_weights(self) -> None:
         """Copy the policy's current weights into the engine and drop KV blocks cached under the old ones."""
-        state = {k.removeprefix("module."): v.detach() for k, v in self.model.state_dict().items()}
-
-        def load(engine_model: Any) -> None:
-            engine_model.load_weights(weights=state.items())
-
-        if hasattr(self.llm, "apply_model"):
-            self.llm.apply_model(load)
+        engine_model = self._driver_model()
+        if engine_model is not None:
+            engine_model.load_weights(weights=policy_weight_stream(self.model))
         else:
-            load(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)
+            weights = [(k, v.cpu()) for k, v in policy_weight_stream(self.model)]  # picklable for the engine process
+            self.llm.apply_model(lambda m: m.load_weights(weights=weights))
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()
 
     @torch.no_grad()
     def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
-                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None) -> list[Rollout]:
+                 top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None,
+                 first_prompt: int = 0) -> list[Rollout]:
         _check_args(prompts, n, temperature, top_p, top_k, max_new_tokens)
         self.push_weights()
         prompt_ids = [encode_chat(self.tokenizer, p) for p in prompts]
-        seeds = sample_seeds(seed, 0, len(prompts))
+        seeds = sample_seeds(seed, first_prompt, len(prompts))
         params = [self._sampling_params(n=n, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
                                         max_tokens=max_new_tokens, seed=s) for s in seeds]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
@@ -308,11 +350,34 @@ class VLLMRollout:
                 # vLLM keeps the end-of-turn token in token_ids (not in text), as Rollout wants
                 rollouts.append(Rollout(i, j, prompt_ids[i], list(sample.token_ids), sample.text,
                                         sample.finish_reason == "length", []))
-        logps = completion_logprobs(self.model, [(r.prompt_ids, r.completion_ids) for r in rollouts],
-                                    temperature=temperature, batch_size=self.batch_size, chunk_size=self.chunk_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            logps = completion_logprobs(self.model, [(r.prompt_ids, r.completion_ids) for r in rollouts],
+                                        temperature=temperature, batch_size=self.batch_size, chunk_size=self.chunk_size,
+                                        pack_tokens=self.pack_tokens)
+        finally:
+            self.model.train(was_training)
         for r, lp in zip(rollouts, logps):
             r.logprobs = lp.tolist()
         return rollouts
+
+
+def make_rollout_engine(rollout_cfg: Any, policy: nn.Module, tokenizer: Any, model_path: str, *, chunk_size: int = 4096,
+                        pack_tokens: int = 0) -> HFRollout | VLLMRollout:
+    """The engine ``rollout.engine`` names (``hf`` or ``vllm``, with ``rollout.vllm_args``) for a GRPO / PPO run.
+
+    Raises:
+        ImportError: ``engine: vllm`` without vLLM installed (the message names the option and the fix).
+        ValueError: ``vllm_args`` set with ``engine: hf`` (they would be ignored).
+    """
+    ro = rollout_cfg
+    if ro.engine == "hf":
+        if ro.vllm_args:
+            raise ValueError("rollout.vllm_args is set but rollout.engine is 'hf': set rollout.engine: vllm or drop them")
+        return HFRollout(policy, tokenizer, batch_size=ro.batch_size, chunk_size=chunk_size, pack_tokens=pack_tokens)
+    return VLLMRollout(policy, tokenizer, model_path=model_path, batch_size=ro.batch_size, chunk_size=chunk_size,
+                       pack_tokens=pack_tokens, **ro.vllm_args)
 
 
 def group_by_prompt(rollouts: Sequence[Rollout]) -> torch.Tensor:
