@@ -366,6 +366,156 @@ def eval_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OP
     typer.echo(f"report: {Path(cfg.output_dir) / 'report.md'}")
 
 
+pas_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                      help="PAS, the prompt augmentation system (report sections 2.3, 4.6): data, training, "
+                           "augmentation, a plug-and-play proxy, and a with/without comparison.")
+app.add_typer(pas_app, name="pas")
+
+
+@pas_app.command("build-data")
+def pas_build_data_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
+                           help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Build PAS data: categories + seeds -> few-shot synthesis -> LLM self-correction (with rule checks).
+    Writes prompt/complement/category/check JSONL (resumable) and prints the category balance."""
+    from novalign.config import ConfigError, PASDataConfig, load_config
+    from novalign.data.io import DataError
+
+    if help_config:
+        _print_config_help(PASDataConfig)
+        return
+    try:
+        cfg = load_config(PASDataConfig, config, set_)
+        from novalign.pas.build import run_build_data
+
+        summary = run_build_data(cfg, console_print=typer.echo)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"done: {summary['kept']} kept, {summary['rewritten']} rewritten, {summary['dropped']} dropped, "
+               f"{summary['failed']} failed -> {cfg.output}")
+
+
+@pas_app.command("train")
+def pas_train_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
+                      help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Fine-tune a PAS model on build-data output through the SFT trainer (report: 2 epochs, 4,096 tokens)."""
+    from novalign.config import PASTrainConfig
+
+    _run_stage(PASTrainConfig, "novalign.pas.train.run_pas_train", config, set_, help_config)
+
+
+@pas_app.command("augment")
+def pas_augment_command(
+    pas_model: str = typer.Option(..., "--pas-model", help="PAS model directory (or the model name with --pas-url)."),
+    input_file: Path = typer.Option(..., "--input", help="JSONL of {prompt, search_keywords?, search_results?}."),
+    output: Path = typer.Option(..., "--output", help="Each record plus complement, augmented, pas_latency_s (, scope)."),
+    pas_url: Optional[str] = typer.Option(None, "--pas-url", help="Serve the PAS model elsewhere: its /v1 base URL."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML PASAugmentConfig (templates, max_tokens, ...)."),
+    set_: list[str] = _SET_OPT,
+) -> None:
+    """Augment prompts with a PAS model: prompt -> complement -> augmented prompt (joining template editable).
+    Records with search_keywords run in RAG mode: the complement is kept within the keywords' scope."""
+    import json
+
+    from novalign.config import ConfigError, LLMConfig, PASAugmentConfig, load_config
+    from novalign.data.io import DataError, iter_records
+    from novalign.pas.augment import PromptAugmenter
+
+    try:
+        aug_cfg = load_config(PASAugmentConfig, config, set_)
+        records = [record for _, record in iter_records(input_file)]
+        for i, record in enumerate(records):
+            if not isinstance(record.get("prompt"), str):
+                raise DataError(input_file, i + 1, "prompt", "must be a string")
+        llm = LLMConfig(backend="openai", base_url=pas_url, model=pas_model) if pas_url else \
+            LLMConfig(backend="local", model=pas_model, no_cache=True)
+        augmenter = PromptAugmenter.from_config(llm, aug_cfg)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    try:
+        results = augmenter.augment_many(records, progress=True)
+    finally:
+        augmenter.close()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as handle:
+        for record, result in zip(records, results):
+            handle.write(json.dumps(record | result.to_dict(), ensure_ascii=False) + "\n")
+    errors = sum(r.error is not None for r in results)
+    typer.echo(f"augmented {len(results) - errors}/{len(results)} prompts -> {output}"
+               + (f" ({errors} PAS calls failed; those prompts are unchanged, see 'error')" if errors else ""))
+
+
+@pas_app.command("serve")
+def pas_serve_command(
+    pas_model: Optional[str] = typer.Option(None, "--pas-model", help="PAS model directory (local, in-process)."),
+    upstream: Optional[str] = typer.Option(None, "--upstream", help="OpenAI-compatible upstream base URL (…/v1)."),
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="TCP port (default 8100; 0 picks a free one and prints it)."),
+    upstream_api_key: Optional[str] = typer.Option(None, "--upstream-api-key", help="Key sent to the upstream."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML PASServeConfig (see --help-config)."),
+    set_: list[str] = _SET_OPT,
+    help_config: bool = _HELP_CONFIG_OPT,
+) -> None:
+    """OpenAI-compatible proxy: augments the last user message with PAS, forwards to the upstream, streams back.
+    Per request, `X-PAS: off` (header) or `"pas": false` (body) turns PAS off; the added latency is logged."""
+    from novalign.config import ConfigError, PASServeConfig, load_config
+
+    if help_config:
+        _print_config_help(PASServeConfig)
+        return
+    try:
+        cfg = load_config(PASServeConfig, config, set_)
+        if pas_model is not None:
+            cfg.pas_llm.backend, cfg.pas_llm.model = "local", pas_model
+        for key, value in {"upstream": upstream, "host": host, "port": port, "upstream_api_key": upstream_api_key}.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        if not cfg.pas_llm.model:
+            raise ValueError("no PAS model: give --pas-model PATH (or pas_llm.model in the config)")
+        from novalign.pas.proxy import serve_proxy
+
+        serve_proxy(cfg)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@pas_app.command("compare")
+def pas_compare_command(
+    upstream: Optional[str] = typer.Option(None, "--upstream", help="Upstream base URL (sets upstream.base_url)."),
+    upstream_model: Optional[str] = typer.Option(None, "--upstream-model", help="Model name sent to the upstream."),
+    pas_model: Optional[str] = typer.Option(None, "--pas-model", help="PAS model directory."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="JSONL of {prompt, checks: [{id, kwargs?}], capability?}."),
+    output: Optional[str] = typer.Option(None, "--output", help="Per-prompt JSONL (summary beside it)."),
+    config: Optional[Path] = _CONFIG_OPT,
+    set_: list[str] = _SET_OPT,
+    help_config: bool = _HELP_CONFIG_OPT,
+) -> None:
+    """Compare an upstream model with vs without PAS: pass rate of verifier checks and GSB (report 5.1)."""
+    from novalign.config import ConfigError, PASCompareConfig, load_config
+    from novalign.data.io import DataError
+
+    if help_config:
+        _print_config_help(PASCompareConfig)
+        return
+    try:
+        cfg = load_config(PASCompareConfig, config, set_)
+        if upstream is not None:
+            cfg.upstream.backend, cfg.upstream.base_url = "openai", upstream
+        if upstream_model is not None:
+            cfg.upstream.model = upstream_model
+        if pas_model is not None:
+            cfg.pas_llm.backend, cfg.pas_llm.model = "local", pas_model
+        for key, value in {"prompts": prompts, "output": output}.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        if not cfg.prompts:
+            raise ValueError("no prompt set: give --prompts FILE")
+        from novalign.pas.compare import run_compare
+
+        run_compare(cfg, console_print=typer.echo)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

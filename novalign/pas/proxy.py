@@ -1,0 +1,199 @@
+"""``novalign pas serve``: PAS as a plug-and-play OpenAI-compatible proxy (report section 2.3, figure 3a).
+
+    client --> POST /v1/chat/completions --> [PAS: complement the last user message] --> upstream --> client
+
+The proxy rewrites only the content of the last ``user`` message (prompt -> joined prompt + complement) and
+forwards the request otherwise unchanged to any OpenAI-compatible upstream; streamed answers (SSE) are
+passed through chunk by chunk as they arrive. Per request:
+
+* PAS off: header ``X-PAS: off`` or body field ``"pas": false`` (the field is removed before forwarding);
+* RAG mode: body fields ``"pas_search_keywords": [...]`` and/or ``"pas_search_results": [...]``;
+* response headers ``X-PAS`` (``on`` / ``off`` / ``error``) and ``X-PAS-Latency-Ms``; the added latency is
+  also logged (logger ``novalign.pas``) and summed in ``GET /health``.
+
+A PAS failure never blocks the answer: the request goes upstream unchanged with ``X-PAS: error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from novalign.pas.augment import PromptAugmenter
+
+__all__ = ["create_proxy_app", "last_user_text", "pas_switch", "replace_last_user_text", "serve_proxy"]
+
+log = logging.getLogger("novalign.pas")
+_OFF = {"off", "0", "false", "no"}
+
+
+def _error(status: int, message: str, type_: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": None}}, status_code=status)
+
+
+def pas_switch(headers, body: dict) -> bool:
+    """Whether PAS runs for this request: on unless ``X-PAS: off`` or ``"pas": false``."""
+    if str(headers.get("x-pas", "on")).strip().lower() in _OFF:
+        return False
+    return body.get("pas", True) is not False
+
+
+def last_user_text(messages: list[dict]) -> tuple[int, str] | None:
+    """Index and text of the last user message (text parts joined), or ``None`` if there is none."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, list):
+                return i, "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+            return i, content if isinstance(content, str) else ""
+    return None
+
+
+def replace_last_user_text(messages: list[dict], index: int, text: str) -> list[dict]:
+    """A copy of ``messages`` whose message ``index`` has ``text`` (non-text parts of a list content kept)."""
+    out = [dict(m) for m in messages]
+    content = out[index].get("content")
+    if isinstance(content, list):
+        others = [p for p in content if not (isinstance(p, dict) and p.get("type") == "text")]
+        out[index]["content"] = [{"type": "text", "text": text}, *others]
+    else:
+        out[index]["content"] = text
+    return out
+
+
+def create_proxy_app(augmenter: PromptAugmenter, upstream: str, *, upstream_api_key: str | None = None,
+                     timeout_s: float = 300.0) -> FastAPI:
+    """The proxy app. ``app.state.stats`` counts requests with/without PAS and the PAS time spent."""
+    base = upstream.rstrip("/")
+    stats = {"requests": 0, "pas_on": 0, "pas_off": 0, "pas_errors": 0, "pas_seconds": 0.0}
+    holder: dict[str, httpx2.AsyncClient] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder["http"] = httpx2.AsyncClient(timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)))
+        try:
+            yield
+        finally:
+            await holder["http"].aclose()
+
+    app = FastAPI(title="novalign pas serve", version="1", lifespan=lifespan)
+    app.state.stats = stats
+
+    def upstream_headers(request: Request) -> dict[str, str]:
+        if upstream_api_key:
+            return {"Authorization": f"Bearer {upstream_api_key}"}
+        auth = request.headers.get("authorization")
+        return {"Authorization": auth} if auth else {}
+
+    async def augment(body: dict) -> tuple[dict, dict[str, str]]:
+        keywords = body.pop("pas_search_keywords", None) or []
+        results = body.pop("pas_search_results", None) or []
+        found = last_user_text(body["messages"])
+        if found is None or not found[1].strip():
+            return body, {"X-PAS": "off"}
+        start = time.perf_counter()
+        try:
+            out = await augmenter.aaugment(found[1], keywords=keywords, results=results)
+        except Exception as exc:  # noqa: BLE001 - the answer must still go through
+            stats["pas_errors"] += 1
+            log.warning("PAS failed, forwarding the prompt unchanged: %s", exc)
+            return body, {"X-PAS": "error"}
+        elapsed = time.perf_counter() - start
+        stats["pas_on"] += 1
+        stats["pas_seconds"] += elapsed
+        log.info("PAS added %.1f ms (complement: %r)", elapsed * 1000, out.complement)
+        body["messages"] = replace_last_user_text(body["messages"], found[0], out.augmented)
+        return body, {"X-PAS": "on", "X-PAS-Latency-Ms": f"{elapsed * 1000:.1f}"}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        stats["requests"] += 1
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "the request body is not valid JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            return _error(400, "messages: a non-empty list of messages is required")
+        on = pas_switch(request.headers, body)
+        body.pop("pas", None)
+        if on:
+            body, extra = await augment(body)
+        else:
+            stats["pas_off"] += 1
+            body.pop("pas_search_keywords", None)
+            body.pop("pas_search_results", None)
+            extra = {"X-PAS": "off"}
+        return await forward(request, body, extra)
+
+    async def forward(request: Request, body: dict, extra: dict[str, str]):
+        http = holder["http"]
+        url = f"{base}/chat/completions"
+        try:
+            if body.get("stream"):
+                upstream_req = http.build_request("POST", url, json=body, headers=upstream_headers(request))
+                resp = await http.send(upstream_req, stream=True)
+                if resp.status_code >= 400:
+                    content = await resp.aread()
+                    await resp.aclose()
+                    return Response(content, status_code=resp.status_code, media_type="application/json", headers=extra)
+                return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code,
+                                         media_type=resp.headers.get("content-type", "text/event-stream"),
+                                         headers=extra | {"Cache-Control": "no-cache"}, background=BackgroundTask(resp.aclose))
+            resp = await http.post(url, json=body, headers=upstream_headers(request))
+        except httpx2.TransportError as exc:
+            return _error(502, f"upstream {base} unreachable: {type(exc).__name__}: {exc}", "upstream_error")
+        return Response(resp.content, status_code=resp.status_code,
+                        media_type=resp.headers.get("content-type", "application/json"), headers=extra)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        try:
+            resp = await holder["http"].get(f"{base}/models", headers=upstream_headers(request))
+        except httpx2.TransportError as exc:
+            return _error(502, f"upstream {base} unreachable: {exc}", "upstream_error")
+        return Response(resp.content, status_code=resp.status_code, media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        mean = stats["pas_seconds"] / stats["pas_on"] * 1000 if stats["pas_on"] else None
+        return {"status": "ok", "upstream": base, **stats, "pas_mean_latency_ms": mean}
+
+    return app
+
+
+def serve_proxy(cfg, *, log_level: str = "info") -> None:
+    """Run the proxy of a :class:`~novalign.config.PASServeConfig` until interrupted.
+
+    Prints ``novalign pas serve: http://HOST:PORT/v1 -> UPSTREAM`` once it accepts connections.
+    """
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    augmenter = PromptAugmenter.from_config(cfg.pas_llm, cfg.augment, progress=False)
+    key = cfg.upstream_api_key if cfg.upstream_api_key is not None else os.environ.get(cfg.upstream_api_key_env)
+    app = create_proxy_app(augmenter, cfg.upstream, upstream_api_key=key, timeout_s=cfg.timeout_s)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False))
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            port = server.servers[0].sockets[0].getsockname()[1]
+            print(f"novalign pas serve: http://{cfg.host}:{port}/v1 -> {cfg.upstream}", flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        augmenter.close()
