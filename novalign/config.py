@@ -671,6 +671,9 @@ class PASCompareConfig(Strict):
     pas_llm: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local", no_cache=True),
                                description="The PAS model.")
     augment: PASAugmentConfig = Field(default_factory=PASAugmentConfig)
+    judge: LLMConfig | None = Field(None, description="Optional LLM judge: GSB also from position-swapped pairwise judging.")
+    judge_lang: Literal["en", "zh"] = Field("en", description="Language of the judge's pairwise template.")
+    judge_attempts: int = Field(3, ge=1, description="Tries per judgment (the first ask plus re-asks).")
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -17,21 +17,17 @@ can be worked out by hand:
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from scripted_llm import ScriptedLLM
 
 from novalign.eval import checklist, graded
 from novalign.eval.judge import pairwise_ratings, ux_ratings, write_ratings
 from novalign.eval.suite_api import SuiteContext
-from novalign.llm import ChatRequest, LLMClient, RetryPolicy
-from novalign.llm.openai_compat import OpenAIBackend
+from novalign.llm import ChatRequest, LLMClient
 
-os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 DATA = Path(__file__).parent / "data" / "eval"
 
 
@@ -62,55 +58,15 @@ def judge_reply(prompt: str, attempt: int) -> str:
     return "unrecognised prompt"
 
 
-class ScriptedServer:
-    def __init__(self):
-        self.bodies: dict[str, list[dict]] = {"model": [], "baseline": [], "judge": []}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                route = self.path.strip("/").split("/")[0]
-                server.bodies[route].append(body)
-                messages = body["messages"]
-                if route == "judge":
-                    attempt = sum(m["role"] == "assistant" for m in messages)
-                    text = judge_reply(messages[0]["content"], attempt)
-                else:
-                    text = ("reply to: " if route == "model" else "baseline says: ") + messages[-1]["content"]
-                payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                      "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                   "finish_reason": "stop"}],
-                                      "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def client(self, route: str) -> LLMClient:
-        backend = OpenAIBackend(f"{self.url}/{route}/v1", route, api_key="k", timeout_s=5.0)
-        return LLMClient(backend, progress=False, print_usage=False, retry=RetryPolicy(max_attempts=2, base_delay=0.1))
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def scripted_reply(route: str, messages: list[dict]) -> str:
+    if route == "judge":
+        return judge_reply(messages[0]["content"], sum(m["role"] == "assistant" for m in messages))
+    return ("reply to: " if route == "model" else "baseline says: ") + messages[-1]["content"]
 
 
 @pytest.fixture(scope="module")
 def server():
-    s = ScriptedServer()
+    s = ScriptedLLM(scripted_reply)
     clients = {route: s.client(route) for route in ("model", "baseline", "judge")}
     s.clients = clients
     yield s

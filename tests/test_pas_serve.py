@@ -190,3 +190,55 @@ def test_augment_cli_and_compare(tmp_path, tiny_model_dir, upstream):
     assert summary["gsb"]["good"] == expected.count("good") and summary["gsb"]["bad"] == expected.count("bad")
     assert summary["with_pas"]["pass_rate"] == sum(r["pass_with"] for r in rows) / 2
     assert [verifier_gsb(True, False), verifier_gsb(False, True), verifier_gsb(False, False)] == ["good", "bad", "same"]
+
+
+def _longer_answer_wins(route: str, messages: list[dict]) -> str:
+    """A scripted judge: "length" prefers the longer answer ([[C]] on equal length); "broken" never answers
+    in the required format."""
+    if route == "broken":
+        return "Both are fine."
+    prompt = messages[0]["content"]
+    a, b = prompt.split("[Assistant A's answer]")[1].split("[Assistant B's answer]")
+    a, b = len(a.strip()), len(b.strip())
+    return "[[A]]" if a > b else "[[B]]" if b > a else "[[C]]"
+
+
+def test_compare_with_an_llm_judge(tmp_path, tiny_model_dir, upstream):
+    """With a judge, `pas compare` adds GSB from position-swapped pairwise judging. The scripted judge prefers
+    the longer answer, so the expected verdict of each prompt follows from the two stored responses: with-PAS
+    longer -> good, shorter -> bad, equal -> same (both orders agree). A judge that never answers in format
+    gives no verdicts: every judgment is counted as failed (3 tries each) and none is guessed."""
+    from scripted_llm import ScriptedLLM
+
+    from novalign.pas.compare import run_compare
+
+    judge = ScriptedLLM(_longer_answer_wins)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "checks": [{"id": "detectable_format:json_format"}]}) + "\n"
+                               for p in ("List facts about Mars.", "Give the rover's parts.", "Name three moons.")))
+    base = {"prompts": str(prompts), "max_tokens": 8,
+            "upstream": {"base_url": upstream, "model": "tiny", "no_cache": True, "progress": False},
+            "pas_llm": {"backend": "local", "model": str(tiny_model_dir), "no_cache": True, "local": {"device": "cpu"}},
+            "augment": {"max_tokens": 8}}
+    try:
+        for route in ("length", "broken"):
+            cfg = PASCompareConfig.model_validate(base | {
+                "output": str(tmp_path / f"{route}.jsonl"),
+                "judge": {"base_url": judge.base_url(route), "model": "judge", "no_cache": True, "progress": False}})
+            summary = run_compare(cfg, console_print=lambda *a: None)
+            rows = [json.loads(x) for x in (tmp_path / f"{route}.jsonl").read_text().splitlines()]
+            if route == "length":
+                expected = ["good" if len(r["response_with"].strip()) > len(r["response_without"].strip()) else
+                            "bad" if len(r["response_with"].strip()) < len(r["response_without"].strip()) else "same"
+                            for r in rows]
+                assert [r["judge_verdict"] for r in rows] == expected
+                assert summary["gsb_judge"]["good"] == expected.count("good")
+                assert summary["gsb_judge"]["bad"] == expected.count("bad")
+                assert summary["gsb_judge"]["total"] == 3 and summary["gsb_judge"]["num_failed"] == 0
+                assert all(len(r["judge_raw"]) == 2 for r in rows)
+            else:
+                assert summary["gsb_judge"]["num_failed"] == 3 and summary["gsb_judge"]["total"] == 0
+                assert all(r["judge_verdict"] is None and len(r["judge_raw"]) == 6 for r in rows)
+        assert len(judge.bodies["length"]) == 6 and len(judge.bodies["broken"]) == 18
+    finally:
+        judge.close()

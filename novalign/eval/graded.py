@@ -29,7 +29,7 @@ from novalign.eval.judge import (
 from novalign.eval.official import read_answers, read_mtbench_judgments, read_prompts
 from novalign.eval.suite_api import SuiteContext
 
-__all__ = ["run_mtbench", "run_pairwise", "run_ux"]
+__all__ = ["pairwise_units", "pairwise_verdict", "run_mtbench", "run_pairwise", "run_ux"]
 
 
 # ------------------------------------------------- prompts for UX, MT-Bench grading and pairwise comparison
@@ -230,8 +230,7 @@ def run_pairwise(ctx: SuiteContext) -> dict:
 
         def units(s: dict, t: str = template) -> list[kit.Unit]:
             question = _transcript(s["turns"], [], 0) if len(s["turns"]) == 1 else "\n\n".join(s["turns"])
-            return [(render(t, question=question, answer_a=s["answer"], answer_b=s["baseline"]), parse_pairwise),
-                    (render(t, question=question, answer_a=s["baseline"], answer_b=s["answer"]), parse_pairwise)]
+            return pairwise_units(t, question, s["answer"], s["baseline"])
 
         new += kit.judge_all(ctx, chunk, units, _pairwise_record)
     return _pairwise_summary(kit.all_records(ctx, new, [s["id"] for s in samples]))
@@ -240,9 +239,24 @@ def run_pairwise(ctx: SuiteContext) -> dict:
 _FIRST_SHOWN = {"A": "good", "B": "bad", "tie": "same"}  # a verdict on the answer shown first
 
 
+def pairwise_units(template: str, question: str, answer: str, baseline: str) -> list[kit.Unit]:
+    """The two judge prompts of one position-swapped comparison: the answer shown first, then the baseline
+    shown first (judge them with :func:`novalign.eval.judge.ask_judge`, combine with :func:`pairwise_verdict`)."""
+    return [(render(template, question=question, answer_a=answer, answer_b=baseline), parse_pairwise),
+            (render(template, question=question, answer_a=baseline, answer_b=answer), parse_pairwise)]
+
+
+def pairwise_verdict(judgments: Sequence[Judgment]) -> str | None:
+    """GSB verdict of the answer over the baseline from the two judgments of :func:`pairwise_units`
+    (``good`` / ``same`` / ``bad``; the orders must agree, else ``same``); None when a judgment failed."""
+    if any(j.failed for j in judgments):
+        return None
+    return bm.combine_position_swap(_FIRST_SHOWN[judgments[0].parsed], _FIRST_SHOWN[judgments[1].parsed])
+
+
 def _pairwise_record(sample: dict, judgments: list[Judgment]) -> dict:
     failed = any(j.failed for j in judgments)
-    verdict = None if failed else bm.combine_position_swap(_FIRST_SHOWN[judgments[0].parsed], _FIRST_SHOWN[judgments[1].parsed])
+    verdict = pairwise_verdict(judgments)
     return {"id": sample["id"], "category": sample["category"], "response": sample["answer"],
             "baseline_response": sample["baseline"], "orders": [j.parsed for j in judgments], "verdict": verdict,
             "failed": failed, "error": next((j.error for j in judgments if j.failed), None)}

@@ -8,7 +8,10 @@ Each prompt record names the verifiable checks its answer must pass (IFEval inst
 The upstream answers every prompt twice -- bare and PAS-augmented -- with the same sampling settings.
 Pass rate (a sample passes only if every check passes) comes from :func:`~novalign.eval.benchmarks.ux_pass_rate`
 per condition and capability; GSB of with-PAS against without-PAS from :func:`~novalign.eval.benchmarks.gsb`,
-with the verifiers as judge (:func:`verifier_gsb`). A prompt whose upstream call failed is reported, not scored.
+with the verifiers as judge (:func:`verifier_gsb`) and, when the config names a ``judge`` model, also with an
+LLM judge: the evaluation suite's pairwise comparison, asked twice with the answers swapped
+(:func:`novalign.eval.graded.pairwise_units`); a judgment that stays malformed after the re-asks is counted as
+failed, not guessed. A prompt whose upstream call failed is reported, not scored.
 """
 
 from __future__ import annotations
@@ -97,6 +100,8 @@ def run_compare(cfg, upstream=None, augmenter=None, console_print: Callable[[str
             scored[c].append({"capability": item["capability"], "dimensions": {"checks": ok[c]}})
         verdicts.append(verifier_gsb(ok["with"], ok["without"]))
         rows.append(row)
+    if cfg.judge is not None:
+        summary_judge = _judge_gsb(cfg, prompts, [r for r in rows if "error" not in r])
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -107,5 +112,33 @@ def run_compare(cfg, upstream=None, augmenter=None, console_print: Callable[[str
         console_print(f"pass rate without PAS {summary['without_pas']['pass_rate']:.1%}, with PAS "
                       f"{summary['with_pas']['pass_rate']:.1%}; GSB {summary['gsb']['score']:+.3f} "
                       f"(G {summary['gsb']['good']} / S {summary['gsb']['same']} / B {summary['gsb']['bad']})")
+    if cfg.judge is not None:
+        summary["gsb_judge"] = summary_judge
+        if summary_judge["total"]:
+            console_print(f"LLM judge GSB {summary_judge['score']:+.3f} over {summary_judge['total']} prompts "
+                          f"({summary_judge['num_failed']} judgments failed)")
     output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _judge_gsb(cfg, prompts: list[dict], rows: list[dict]) -> dict[str, Any]:
+    """With-PAS vs without-PAS by an LLM judge, position-swapped; adds ``judge_verdict`` and ``judge_raw`` to
+    each row and returns GSB over the judged rows plus the count of failed judgments."""
+    from novalign.eval.graded import pairwise_units, pairwise_verdict
+    from novalign.eval.judge import ask_judge, load_template
+    from novalign.llm import LLMClient
+
+    template = load_template("pairwise", cfg.judge_lang)
+    units = [u for r in rows for u in pairwise_units(template, r["prompt"], r["response_with"], r["response_without"])]
+    with LLMClient.from_config(cfg.judge) as judge:
+        judgments = ask_judge(judge, [u[0] for u in units], [u[1] for u in units], attempts=cfg.judge_attempts,
+                              lang=cfg.judge_lang, progress=cfg.judge.progress)
+    verdicts = []
+    for k, row in enumerate(rows):
+        pair = judgments[2 * k:2 * k + 2]
+        row["judge_verdict"] = pairwise_verdict(pair)
+        row["judge_raw"] = [raw for j in pair for raw in j.raw]
+        if row["judge_verdict"] is not None:
+            verdicts.append(row["judge_verdict"])
+    empty = {"good": 0, "same": 0, "bad": 0, "total": 0, "score": 0.0}
+    return (gsb(verdicts) if verdicts else empty) | {"num_failed": len(rows) - len(verdicts)}
