@@ -11,15 +11,11 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_server import health, served
 from typer.testing import CliRunner
 
 from novalign.cli import app
@@ -262,39 +258,13 @@ def test_local_model_directory(tmp_path, tiny_model_dir):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     """``novalign serve`` on a free loopback port; yields its base URL (``.../v1``)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "novalign.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
-         "--api-key", KEY, "--served-model-name", "tiny", "--set", "engine.max_batch_size=64",
-         "--set", "engine.batch_wait_ms=20", "--set", "engine.default_max_tokens=16"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines, url = [], None
-    deadline = time.monotonic() + 90
-    while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("novalign serve:"):
-            url = line.split(" at ")[1].split()[0]
-    if url is None:
-        proc.kill()
-        pytest.fail("novalign serve did not start:\n" + "".join(lines))
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    try:
+    with served(tiny_model_dir, "--api-key", KEY, "--set", "engine.max_batch_size=64",
+                "--set", "engine.batch_wait_ms=20", "--set", "engine.default_max_tokens=16") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def chat_requests(url: str) -> int:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as response:
-        return json.loads(response.read())["chat_completions"]
+    return health(url)["chat_completions"]
 
 
 def endpoint(url: str, **extra) -> dict:

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 
 import pytest
+from cli_server import health, start_server, stop
 
 from novalign.config import LLMConfig, PASDataConfig
 from novalign.data.io import DataError
 from novalign.pas.augment import load_text
 from novalign.pas.build import run_build_data
 from novalign.pas.data import (
-    CheckReply, Seed, category_balance, check_messages, decide, load_categories, load_seeds, pick_shots,
-    synthesis_messages, synthesis_schema,
+    CheckReply,
+    Seed,
+    category_balance,
+    check_messages,
+    decide,
+    load_categories,
+    load_seeds,
+    pick_shots,
+    synthesis_messages,
+    synthesis_schema,
 )
 from novalign.pas.rules import answer_signals, rule_problems, word_count
 
@@ -30,46 +34,12 @@ ANSWERS = "Sure! The average speed is 180 / 2.5 = 72 km/h."
 SPEED = "A train travels 180 km in 2.5 hours. What is its average speed?"
 
 
-def start_server(args: list[str], marker: str) -> tuple[subprocess.Popen, str, list[str]]:
-    """Start a novalign CLI server on port 0; returns the process, its base URL and its (growing) output."""
-    proc = subprocess.Popen([sys.executable, "-m", "novalign.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    url, deadline = None, time.monotonic() + 90
-    while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith(marker):
-            url = line.split("http://", 1)[1].split()[0]
-    if url is None:
-        proc.kill()
-        pytest.fail(f"{marker} did not start:\n" + "".join(lines))
-    threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
-    return proc, "http://" + url, lines
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     proc, url, _ = start_server(["serve", "--model", str(tiny_model_dir), "--port", "0", "--served-model-name",
                                  "tiny", "--set", "engine.default_max_tokens=16"], "novalign serve:")
     yield url
     stop(proc)
-
-
-def health(url: str) -> dict:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as response:
-        return json.loads(response.read())
 
 
 def test_bundled_template_categories_and_seeds():

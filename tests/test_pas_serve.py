@@ -10,12 +10,19 @@ import sys
 import httpx2
 import openai
 import pytest
-from test_pas_data import start_server, stop
+from cli_server import start_server, stop
 
 from novalign.config import PASCompareConfig
 from novalign.pas.augment import (
-    PromptAugmenter, constrain_to_scope, content_words, fill, join_prompt, keyword_constraint, keywords_from_results,
-    load_text, pas_input,
+    PromptAugmenter,
+    constrain_to_scope,
+    content_words,
+    fill,
+    join_prompt,
+    keyword_constraint,
+    keywords_from_results,
+    load_text,
+    pas_input,
 )
 from novalign.pas.proxy import last_user_text, pas_switch, replace_last_user_text
 

@@ -6,13 +6,9 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 
 import pytest
+from cli_server import health, served
 from rl_helpers import rl_config, write_prompts
 
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
@@ -39,7 +35,12 @@ def test_bracket_score_and_scale_by_hand():
 
 
 def test_judge_component_config_is_validated(tmp_path):
-    from novalign.config import ConfigError, GRPOConfig, RewardComponentConfig, load_config
+    from novalign.config import (
+        ConfigError,
+        GRPOConfig,
+        RewardComponentConfig,
+        load_config,
+    )
     from novalign.train.rl_inputs import judge_template
 
     llm = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
@@ -65,38 +66,13 @@ def test_judge_component_config_is_validated(tmp_path):
 @pytest.fixture(scope="module")
 def judge_server(tiny_model_dir):
     """``novalign serve`` with the tiny model on a free loopback port (the judge); yields its ``.../v1`` URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "novalign.cli", "serve", "--model", str(tiny_model_dir), "--port", "0", "--api-key", KEY,
-         "--served-model-name", "judge", "--set", "engine.max_batch_size=32", "--set", "engine.batch_wait_ms=10"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"),
-    )
-    lines, url, deadline = [], None, time.monotonic() + 90
-    while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("novalign serve:"):
-            url = line.split(" at ")[1].split()[0]
-    if url is None:
-        proc.kill()
-        pytest.fail("novalign serve did not start:\n" + "".join(lines))
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    try:
+    with served(tiny_model_dir, "--api-key", KEY, "--set", "engine.max_batch_size=32", "--set",
+                "engine.batch_wait_ms=10", name="judge", env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _served_requests(url: str) -> int:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as response:
-        return json.loads(response.read())["requests"]
+    return health(url)["requests"]
 
 
 def _judge(url: str, cache, **extra) -> dict:

@@ -5,16 +5,11 @@ One server process (the real CLI) serves the tiny model for the whole module and
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 
 import openai
 import pytest
+from cli_server import health, served
 
 from novalign.llm import ChatRequest, LLMClient, RetryPolicy
 from novalign.llm.openai_compat import OpenAIBackend
@@ -27,42 +22,9 @@ MODEL = "tiny"
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     """``novalign serve`` on a free loopback port; yields its base URL (``.../v1``)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "novalign.cli", "serve", "--model", str(tiny_model_dir), "--port", "0",
-         "--api-key", KEY, "--served-model-name", MODEL, "--set", "engine.max_batch_size=64",
-         "--set", "engine.batch_wait_ms=20", "--set", "engine.default_max_tokens=16"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines: list[str] = []
-    url = None
-    deadline = time.monotonic() + 90
-    while url is None and time.monotonic() < deadline:  # bounded: the process prints its URL or exits
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.startswith("novalign serve:"):
-            url = line.split(" at ")[1].split()[0]
-    if url is None:
-        proc.kill()
-        pytest.fail("novalign serve did not start:\n" + "".join(lines))
-    drain = threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True)  # keep the pipe flowing
-    drain.start()
-    assert url.startswith("http://127.0.0.1:")
-    try:
+    with served(tiny_model_dir, "--api-key", KEY, "--set", "engine.max_batch_size=64",
+                "--set", "engine.batch_wait_ms=20", "--set", "engine.default_max_tokens=16", name=MODEL) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def health(url: str) -> dict:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as response:
-        return json.loads(response.read())
 
 
 def client_for(url: str, **kwargs) -> LLMClient:
