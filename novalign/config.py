@@ -473,7 +473,9 @@ class LLMConfig(Strict):
     structured_attempts: int = Field(3, ge=1, description="Tries to get JSON that validates (re-asking with the error).")
     cache_path: str = Field("runs/llm-cache.sqlite", description="SQLite request cache, shared by runs and processes.")
     no_cache: bool = Field(False, description="Bypass the cache: neither read nor write it.")
-    cache_namespace: str = Field("", description="Kept apart in the cache key (e.g. two servers serving one model name).")
+    cache_namespace: str = Field("", description="Replaces the base URL in the cache key (the key holds the URL by default, "
+                                 "so two servers serving one model name never share answers); set it to share a "
+                                 "cache across addresses of one model.")
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict, description="Price per model name or fnmatch pattern, for the cost estimate.",
     )

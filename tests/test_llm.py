@@ -462,3 +462,15 @@ def test_clients_from_config(fault_server, tiny_model_dir, monkeypatch, tmp_path
     with LLMClient.from_config(local, print_usage=False) as client:
         result = client.chat(USER, temperature=0)
         assert client.cache is None and 0 < result.completion_tokens <= 4 and result.model == tiny_model_dir.name
+
+
+def test_cache_key_names_the_server_unless_a_namespace_is_given():
+    """Two servers that serve one model name are different models: their answers must not share cache
+    entries. A cache_namespace replaces the URL, so one model behind two addresses can share them."""
+    request = ChatRequest(messages=[{"role": "user", "content": "hi"}], temperature=0.0)
+    a = OpenAIBackend("http://127.0.0.1:8001/v1", "tiny", api_key="k")
+    b = OpenAIBackend("http://127.0.0.1:8002/v1/", "tiny", api_key="k")
+    assert cache_key(a.model_id, request) != cache_key(b.model_id, request)
+    assert cache_key(a.model_id, request) == cache_key(OpenAIBackend("http://127.0.0.1:8001/v1/", "tiny").model_id, request)
+    shared = [OpenAIBackend(url, "tiny", cache_namespace="prod") for url in ("http://a/v1", "http://b/v1")]
+    assert cache_key(shared[0].model_id, request) == cache_key(shared[1].model_id, request)

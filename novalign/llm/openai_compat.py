@@ -44,7 +44,10 @@ class OpenAIBackend:
             raise ValueError("the openai backend needs a model name (config llm.model)")
         self.base_url = base_url.rstrip("/")
         self.model_name = model
-        self.model_id = f"openai:{cache_namespace + ':' if cache_namespace else ''}{model}"
+        # The cache key names the server too: two servers that serve one model name (two checkpoints, each
+        # served as "tiny") are different models. A namespace replaces the URL, to share a cache across
+        # addresses of one model (a moved or load-balanced endpoint).
+        self.model_id = f"openai:{cache_namespace or self.base_url}:{model}"
         self.api_key = api_key if api_key is not None else os.environ.get(api_key_env)
         self.timeout_s = timeout_s
         self.max_connections = max_connections
