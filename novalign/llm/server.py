@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from novalign.llm.local import LocalEngine
 from novalign.models.generate import GenerationOutput
 
-__all__ = ["create_app", "serve", "DeltaText"]
+__all__ = ["create_app", "run_app", "serve", "DeltaText"]
 
 _DONE = object()
 
@@ -325,7 +325,6 @@ def serve(cfg, *, log_level: str = "info") -> None:
     Prints ``novalign serve: MODEL at http://HOST:PORT/v1`` (with the real port, also for ``port: 0``) once
     it accepts connections.
     """
-    import uvicorn
 
     e = cfg.engine
     engine = LocalEngine(cfg.model, device=e.device, dtype=e.dtype, max_batch_size=e.max_batch_size,
@@ -336,19 +335,26 @@ def serve(cfg, *, log_level: str = "info") -> None:
         print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use it "
               "(set --api-key or $NOVALIGN_API_KEY)", file=sys.stderr, flush=True)
     app = create_app(engine, model_name=cfg.served_model_name, api_key=api_key)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False))
+    try:
+        run_app(app, cfg.host, cfg.port, lambda port: f"novalign serve: {engine.name} at http://{cfg.host}:{port}/v1"
+                f"{' (API key required)' if api_key else ''}", log_level=log_level)
+    finally:
+        engine.close()
+
+
+def run_app(app, host: str, port: int, announce, *, log_level: str = "warning") -> None:
+    """Serve ``app`` with uvicorn until stopped; once listening, print ``announce(bound_port)`` (port 0 binds
+    any free port, so the printed line is how callers and tests learn the address)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
 
     async def main() -> None:
         task = asyncio.create_task(server.serve())
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
         if server.started:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            print(f"novalign serve: {engine.name} at http://{cfg.host}:{port}/v1"
-                  f"{' (API key required)' if api_key else ''}", flush=True)
+            print(announce(server.servers[0].sockets[0].getsockname()[1]), flush=True)
         await task
 
-    try:
-        asyncio.run(main())
-    finally:
-        engine.close()
+    asyncio.run(main())

@@ -16,7 +16,6 @@ A PAS failure never blocks the answer: the request goes upstream unchanged with 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -176,24 +175,14 @@ def serve_proxy(cfg, *, log_level: str = "info") -> None:
 
     Prints ``novalign pas serve: http://HOST:PORT/v1 -> UPSTREAM`` once it accepts connections.
     """
-    import uvicorn
+    from novalign.llm.server import run_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     augmenter = PromptAugmenter.from_config(cfg.pas_llm, cfg.augment, progress=False)
     key = cfg.upstream_api_key if cfg.upstream_api_key is not None else os.environ.get(cfg.upstream_api_key_env)
     app = create_proxy_app(augmenter, cfg.upstream, upstream_api_key=key, timeout_s=cfg.timeout_s)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level, access_log=False))
-
-    async def main() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.02)
-        if server.started:
-            port = server.servers[0].sockets[0].getsockname()[1]
-            print(f"novalign pas serve: http://{cfg.host}:{port}/v1 -> {cfg.upstream}", flush=True)
-        await task
-
     try:
-        asyncio.run(main())
+        run_app(app, cfg.host, cfg.port, lambda port: f"novalign pas serve: http://{cfg.host}:{port}/v1 -> {cfg.upstream}",
+                log_level=log_level)
     finally:
         augmenter.close()
