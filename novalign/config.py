@@ -92,6 +92,10 @@ class TrainConfig(Strict):
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="Under torchrun: 'ddp' (gradient all-reduce), 'fsdp' (FSDP2); 'auto' = fsdp on CUDA."
     )
+    sequence_parallel: int = Field(
+        1, ge=1, description="Ulysses sequence parallelism (SFT, packed, with ddp): this many ranks split every "
+        "row's tokens; must divide the number of processes and the attention heads.",
+    )
     loss_chunk_size: int = Field(
         4096, ge=0, description="Tokens per chunk of the vocabulary projection + cross-entropy (0: unchunked)."
     )

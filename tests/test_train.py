@@ -134,11 +134,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "sp"])
 def test_two_processes_match_one_process(tiny_model_dir, tmp_path, mode):
     """torchrun with 2 CPU processes (gloo), grad_accum 1 == 1 process with grad_accum 2: the same
     effective batch of 2 micro-batches per step, the same token-mean gradient -- with the explicit
-    gradient all-reduce ('ddp') and with FSDP2 sharding ('fsdp', which averages, hence world/N scaling)."""
+    gradient all-reduce ('ddp') and with FSDP2 sharding ('fsdp', which averages, hence world/N scaling).
+    'sp': Ulysses sequence parallelism, both processes on the same rows (grad_accum 2), each with half of
+    every row's tokens -- the all-to-alls, the pre-shifted labels and the summed gradients must give the
+    single-process result exactly (removing the label shift or the all-to-all makes this fail)."""
     common = {"train": {"max_steps": 6}, "optim": {"lr": 1e-3, "warmup_ratio": 0.0}}
     one = _write_config(tmp_path / "one.yaml", tiny_model_dir, tmp_path / "one", **common)
     _sft(one, "train.grad_accum=2")
@@ -146,7 +149,8 @@ def test_two_processes_match_one_process(tiny_model_dir, tmp_path, mode):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(_free_port()), "-m", "novalign.cli", "sft", "--config", str(two),
-        "--set", "train.grad_accum=1", "--set", f"train.distributed={mode}",
+        *(["--set", "train.grad_accum=2", "--set", "train.distributed=ddp", "--set", "train.sequence_parallel=2"]
+          if mode == "sp" else ["--set", "train.grad_accum=1", "--set", f"train.distributed={mode}"]),
         # under FSDP also group both layers into one checkpoint: the group must call its layers through
         # their hooks (FSDP2 all-gathers), and the result must not change
         "--set", f"model.gradient_checkpointing={2 if mode == 'fsdp' else 'off'}",

@@ -11,6 +11,10 @@ one attention implementation with transformers, ``"novalign_varlen"``, that read
   ``window_size=(-1, 0)`` where that argument exists and ``is_causal=True`` before it;
 - an exact CPU/GPU fallback: scaled-dot-product attention run per sample with a causal mask.
 
+Under sequence parallelism (:mod:`novalign.train.sequence_parallel`) a rank holds 1/P of each packed row; the
+call then trades token shards for head shards, runs the same kernel on whole rows, and trades back
+(:mod:`novalign.models.ulysses`).
+
 Without ``cu_seq_lens_q`` (generation, padded batches) the call is handed to transformers' own SDPA path
 with whatever mask transformers built, so the same model object serves training and generation.
 
@@ -27,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from novalign.models import ulysses
 
 ATTN_IMPLEMENTATION = "novalign_varlen"
 BACKENDS = ("auto", "varlen", "sdpa", "eager")
@@ -152,6 +158,20 @@ def _novalign_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     b, h, seq, d = query.shape
     scale = scaling if scaling is not None else d**-0.5
+    group, size = ulysses.active()
+    if size > 1 and int(cu[-1]) == b * seq * size:  # a sequence-parallel shard of packed rows: Ulysses
+        if key.shape[1] % size:  # grouped key/value heads that do not split over the ranks: repeat them
+            key = key.repeat_interleave(h // key.shape[1], dim=1)
+            value = value.repeat_interleave(h // value.shape[1], dim=1)
+        q, k, v = (ulysses.sequence_to_heads(t, group, size) for t in (query, key, value))
+        length = seq * size
+        out = varlen_attention(
+            q.transpose(1, 2).reshape(b * length, h // size, d), k.transpose(1, 2).reshape(b * length, k.shape[1], d),
+            v.transpose(1, 2).reshape(b * length, v.shape[1], d), cu.to(torch.int32),
+            int(kwargs.get("max_length_q") or length), scale,
+        )
+        out = ulysses.heads_to_sequence(out.reshape(b, length, h // size, d).transpose(1, 2), group, size)
+        return out.transpose(1, 2), None
     q = query.transpose(1, 2).reshape(b * seq, h, d)
     k = key.transpose(1, 2).reshape(b * seq, key.shape[1], d)
     v = value.transpose(1, 2).reshape(b * seq, value.shape[1], d)

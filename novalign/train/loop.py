@@ -128,21 +128,40 @@ def evaluate(module: nn.Module, objective: Objective, plan: DataPlan, info: D.Di
     return evaluate_metrics(module, objective, plan, info, device, autocast, pad)[0]
 
 
+def _sequence_parallel(train_cfg: TrainConfig, objective: Objective, info: D.DistInfo, fsdp: bool):
+    """The data-parallel view of the ranks and the per-batch transform under sequence parallelism (P ranks
+    share every row; see :mod:`novalign.train.sequence_parallel`): identity and ``info`` when P = 1."""
+    size = getattr(train_cfg, "sequence_parallel", 1)
+    if size == 1:
+        return info, lambda batch: batch
+    from novalign.train import sequence_parallel as SP
+
+    if not getattr(objective, "supports_sequence_parallel", False):
+        raise ValueError(f"train.sequence_parallel={size}: {type(objective).__name__} does not support it (SFT does)")
+    if fsdp:
+        raise ValueError("train.sequence_parallel > 1 works with train.distributed=ddp, not fsdp")
+    SP.set_group(info.world_size, info.rank, size)
+    data_info = D.DistInfo(rank=info.rank // size, world_size=info.world_size // size, local_rank=info.local_rank)
+    return data_info, lambda batch: SP.shard_batch(batch, info.rank % size, size)
+
+
 def evaluate_metrics(
-    module: nn.Module, objective: Objective, plan: DataPlan, info: D.DistInfo, device, autocast, pad: bool = False
+    module: nn.Module, objective: Objective, plan: DataPlan, info: D.DistInfo, device, autocast, pad: bool = False,
+    data_info: D.DistInfo | None = None, shard: Callable[[Batch], Batch] = lambda batch: batch,
 ) -> tuple[float | None, dict[str, float]]:
-    """:func:`evaluate`, plus the objective's extra metrics over the whole plan (see :func:`reduce_metrics`)."""
+    """:func:`evaluate`, plus the objective's extra metrics over the whole plan (see :func:`reduce_metrics`).
+    ``data_info`` and ``shard``: the data-parallel ranks and the batch transform of sequence parallelism."""
     specs = list(plan.micro_batches(0))
     if not specs:
         return None, {}
-    mine, num_dummy = _rank_share(specs, info, pad)
+    mine, num_dummy = _rank_share(specs, data_info or info, pad)
     was_training = module.training
     module.eval()
     total, tokens = 0.0, 0
     sums: dict[str, float] = {}
     with torch.no_grad():
         for i, spec in enumerate(mine + [specs[0]] * num_dummy):
-            batch = plan.collate(spec).to(device)
+            batch = shard(plan.collate(spec)).to(device)
             with autocast():
                 loss, more = module(batch)
             if i < len(mine):
@@ -220,7 +239,9 @@ def train(
     module in the result, for the caller to gather final weights from.
     """
     ckpt_root = output_dir / "checkpoints"
-    per_step = train_cfg.grad_accum * info.world_size
+    fsdp = uses_fsdp(train_cfg, info, device)
+    data_info, shard = _sequence_parallel(train_cfg, objective, info, fsdp)
+    per_step = train_cfg.grad_accum * data_info.world_size
     num_micro_epoch0 = len(plan.micro_batches(0))
     if num_micro_epoch0 == 0:
         raise ValueError("no training data: the data plan has no micro-batches")
@@ -228,7 +249,6 @@ def train(
     total_steps = train_cfg.max_steps or steps_per_epoch * train_cfg.epochs
     warmup = int(round(optim_cfg.warmup_ratio * total_steps))
     use_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
-    fsdp = uses_fsdp(train_cfg, info, device)
 
     module = D.ObjectiveModule(model, objective)
     if fsdp:
@@ -264,10 +284,12 @@ def train(
 
     def run_evals() -> None:
         nonlocal eval_loss, eval_metrics
-        eval_loss, metrics_now = evaluate_metrics(module, objective, eval_plan, info, device, autocast, pad=fsdp)
+        eval_loss, metrics_now = evaluate_metrics(module, objective, eval_plan, info, device, autocast, pad=fsdp,
+                                                  data_info=data_info, shard=shard)
         record = {"step": state.step, "eval_loss": eval_loss, **{f"eval_{k}": v for k, v in metrics_now.items()}}
         if train_eval_plan is not None:
-            train_loss, train_metrics = evaluate_metrics(module, objective, train_eval_plan, info, device, autocast, pad=fsdp)
+            train_loss, train_metrics = evaluate_metrics(module, objective, train_eval_plan, info, device, autocast,
+                                                         pad=fsdp, data_info=data_info, shard=shard)
             record["train_eval_loss"] = train_loss
             record.update({f"train_eval_{k}": v for k, v in train_metrics.items()})
             record.update({f"gap_{k}": train_metrics[k] - v for k, v in metrics_now.items() if k in train_metrics})
@@ -299,13 +321,13 @@ def train(
                 continue
             t0 = time.perf_counter()
             step_specs = specs[state.step_in_epoch * per_step : (state.step_in_epoch + 1) * per_step]
-            mine_specs, num_dummy = _rank_share(step_specs, info, pad=fsdp)
-            mine = [plan.collate(s) for s in mine_specs]
+            mine_specs, num_dummy = _rank_share(step_specs, data_info, pad=fsdp)
+            mine = [shard(plan.collate(s)) for s in mine_specs]
             local_tokens = sum(objective.num_loss_tokens(b) for b in mine)
             global_tokens = int(D.all_reduce_sum(local_tokens, info, device))
             if global_tokens == 0:
                 raise ValueError(f"step {state.step}: no loss tokens in the effective batch")
-            dummies = [plan.collate(step_specs[0])] * num_dummy
+            dummies = [shard(plan.collate(step_specs[0]))] * num_dummy
             loss_total, real_tokens, row_tokens, extra = accumulate_gradients(
                 module, mine, token_mean_scale(global_tokens, info.world_size if fsdp else 1), device, autocast, dummies=dummies
             )

@@ -19,18 +19,20 @@ from torch.utils.checkpoint import checkpoint
 from novalign.data.chat import IGNORE_INDEX
 
 
-def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, shifted: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy and the number of predicted tokens.
 
     Args:
         logits: ``[B, L, V]`` (any float dtype; computed in fp32).
         labels: ``[B, L]`` aligned with the inputs; ``-100`` marks positions that are not targets.
+        shifted: the labels are already shifted (``labels[:, t]`` is position t's target), as in a
+            sequence-parallel shard (:mod:`novalign.train.sequence_parallel`).
 
     Returns:
         ``(loss_sum, num_tokens)`` where position t's logits predict ``labels[:, t + 1]``.
     """
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
+    shift_logits = (logits if shifted else logits[:, :-1]).reshape(-1, logits.shape[-1]).float()
+    shift_labels = (labels if shifted else labels[:, 1:]).reshape(-1)
     loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss, int((shift_labels != IGNORE_INDEX).sum())
 
@@ -41,7 +43,8 @@ def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) 
 
 
 def chunked_causal_lm_loss_sum(
-    hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 4096,
+    shifted: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """Same value as :func:`causal_lm_loss_sum` on ``hidden @ W^T``, without materializing all logits.
 
@@ -53,10 +56,10 @@ def chunked_causal_lm_loss_sum(
     Args:
         hidden: ``[B, L, H]`` final hidden states (after the last norm).
         lm_head_weight: ``[V, H]``.
-        labels: ``[B, L]`` aligned labels.
+        labels: ``[B, L]`` aligned labels (already shifted when ``shifted``).
     """
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    y = labels[:, 1:].reshape(-1)
+    h = (hidden if shifted else hidden[:, :-1]).reshape(-1, hidden.shape[-1])
+    y = (labels if shifted else labels[:, 1:]).reshape(-1)
     keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()
     h, y = h.index_select(0, keep), y.index_select(0, keep)
     total = hidden.new_zeros((), dtype=torch.float32)

@@ -85,6 +85,7 @@ class Batch:
     num_samples: int = 0
     num_real_tokens: int = 0  # tokens belonging to samples (not padding)
     extras: dict = field(default_factory=dict)
+    labels_shifted: bool = False  # labels[t] is the target of position t (a sequence-parallel shard)
 
     @property
     def num_row_tokens(self) -> int:
@@ -92,8 +93,8 @@ class Batch:
 
     @property
     def num_loss_tokens(self) -> int:
-        """Tokens that carry a loss: label at position t+1 is not ignored."""
-        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+        """Tokens that carry a loss: label at position t+1 (t when ``labels_shifted``) is not ignored."""
+        return int(((self.labels if self.labels_shifted else self.labels[:, 1:]) != IGNORE_INDEX).sum())
 
     def to(self, device: torch.device | str) -> "Batch":
         def move(t):
@@ -109,6 +110,7 @@ class Batch:
             num_samples=self.num_samples,
             num_real_tokens=self.num_real_tokens,
             extras={k: move(v) for k, v in self.extras.items()},
+            labels_shifted=self.labels_shifted,
         )
 
 

@@ -37,6 +37,7 @@ class SFTObjective:
     """Cross-entropy summed over the batch's loss tokens."""
 
     chunk_size: int = 4096
+    supports_sequence_parallel = True  # reads Batch.labels_shifted (novalign.train.sequence_parallel)
 
     def num_loss_tokens(self, batch: Batch) -> int:
         return batch.num_loss_tokens
@@ -44,9 +45,10 @@ class SFTObjective:
     def loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         if self.chunk_size > 0:
             hidden = decoder_hidden_states(model, batch)
-            loss, _ = chunked_causal_lm_loss_sum(hidden, output_weight(model), batch.labels, self.chunk_size)
+            loss, _ = chunked_causal_lm_loss_sum(hidden, output_weight(model), batch.labels, self.chunk_size,
+                                                 shifted=batch.labels_shifted)
         else:
-            loss, _ = causal_lm_loss_sum(lm_logits(model, batch), batch.labels)
+            loss, _ = causal_lm_loss_sum(lm_logits(model, batch), batch.labels, shifted=batch.labels_shifted)
         return loss, {}
 
 
