@@ -516,6 +516,39 @@ def pas_compare_command(
         _fail(str(exc))
 
 
+@app.command("run")
+def run_command(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe YAML (e.g. recipes/demo.yaml); see --help-config."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must be finished)."),
+    from_: Optional[str] = typer.Option(None, "--from", help="Rerun this stage and every later one."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key, e.g. --set sft.optim.lr=1e-4 (repeatable)."),
+    help_config: bool = typer.Option(False, "--help-config", help="List every recipe option with default and help."),
+) -> None:
+    """The whole recipe in one command: world data, pretraining, SFT, preference data, reward model, GRPO,
+    merging, evaluation and a report, each stage under runs/<name>/<stage>/. Finished stages whose config and
+    inputs are unchanged are skipped; a killed run resumes where it stopped."""
+    from novalign.config import ConfigError, RecipeConfig, load_config
+
+    if help_config:
+        _print_config_help(RecipeConfig)
+        return
+    if recipe is None:
+        _fail("give a recipe file, e.g. novalign run recipes/demo.yaml")
+    try:
+        cfg = load_config(RecipeConfig, recipe, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from novalign.data.io import DataError
+    from novalign.recipe import run_recipe
+
+    try:
+        status = run_recipe(cfg, only=only, start=from_, console_print=typer.echo)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    ran = [s for s, v in status.items() if v == "ran"]
+    typer.echo(f"done: ran {', '.join(ran) or 'nothing'}; report: {Path(cfg.runs_dir) / cfg.name / 'report.md'}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

@@ -101,16 +101,24 @@ def prepare_model(cfg: SFTConfig, device: torch.device) -> nn.Module:
 def run_sft(cfg: SFTConfig, console_print=print) -> LoopResult:
     """``novalign sft``: train, then write ``<output_dir>/model`` and ``<output_dir>/summary.json``."""
     from novalign.data.chat import load_chat_dataset
+    from novalign.data.io import SkipReport
+    from novalign.data.text import load_text_dataset
     from novalign.models.load import load_model, load_tokenizer
 
-    if not cfg.data.train_files:
-        raise ValueError("data.train_files is empty: give at least one JSONL or Parquet chat file")
+    if not cfg.data.train_files and not cfg.data.text_files:
+        raise ValueError("data.train_files and data.text_files are empty: give at least one JSONL or Parquet file")
     session = start(cfg)
     device, info = session.device, session.info
     tokenizer = load_tokenizer(cfg.model.path)
     train_samples, skipped = load_chat_dataset(
         cfg.data.train_files, tokenizer, max_length=cfg.data.max_length, train_on=cfg.data.train_on, skip_invalid=cfg.data.skip_invalid
-    )
+    ) if cfg.data.train_files else ([], SkipReport())
+    if cfg.data.text_files:  # plain text (pretraining / replay): every token trained
+        text_samples, text_skipped = load_text_dataset(
+            cfg.data.text_files, tokenizer, max_length=cfg.data.max_length, skip_invalid=cfg.data.skip_invalid)
+        train_samples = train_samples + text_samples
+        skipped.counts.update(text_skipped.counts)
+        skipped.examples.extend(text_skipped.examples)
     if skipped.total and info.is_main:
         console_print(f"training data: {skipped.summary()}")
     if not train_samples:

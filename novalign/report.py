@@ -1,0 +1,169 @@
+"""The report of ``novalign run``: ``report.md``, ``summary.json`` and PNG charts in ``<runs_dir>/<name>/``.
+
+``summary.json`` holds ``{"stages": {model: {capability: pass rate, ..., "mean": ...}}, "wall_s": {stage:
+seconds}, "eval_format": {model: "plain few-shot" | "chat"}, "prefs": {...}}`` -- a Table-1-style view of
+how each stage changed each capability.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect", "deltas", "markdown_table", "write_report"]
+
+# trainers whose metrics.jsonl go into the training-curves chart: label -> folder relative to the run
+_CURVES = {"pretrain": "pretrain", "sft": "sft", "rm": "rm", "grpo": "grpo"}
+
+
+def collect(ctx) -> dict[str, Any]:
+    """Pass rates of every evaluated model, wall seconds of every finished stage, preference statistics."""
+    from novalign.recipe import read_done
+    from novalign.recipe_stages import stage_models
+
+    rates, formats = {}, {}
+    for label in stage_models(ctx):
+        path = ctx.dir("eval") / f"{label}.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            rates[label], formats[label] = data["rates"], data["format"]
+    wall = {}
+    for stage in ctx.cfg.stages:
+        done = read_done(ctx.dir(stage))
+        if done is not None:
+            wall[stage] = round(done["wall_s"], 1)
+    prefs = ctx.dir("prefs") / "stats.json"
+    return {"stages": rates, "wall_s": wall, "eval_format": formats,
+            "prefs": json.loads(prefs.read_text()) if prefs.is_file() else None}
+
+
+def deltas(rates: dict[str, dict[str, float]], against: str) -> dict[str, dict[str, float]]:
+    """Pass-rate differences of every other model against model ``against``, per capability.
+
+    >>> deltas({"base": {"math": 0.2}, "sft": {"math": 0.5}}, "base")
+    {'sft': {'math': 0.3}}
+    """
+    if against not in rates:
+        return {}
+    ref = rates[against]
+    return {m: {c: round(r[c] - ref[c], 6) for c in r if c in ref} for m, r in rates.items() if m != against}
+
+
+def markdown_table(rates: dict[str, dict[str, float]], fmt: str = "{:.0%}") -> str:
+    if not rates:
+        return "(no models evaluated)\n"
+    caps = list(next(iter(rates.values())))
+    lines = ["| model | " + " | ".join(caps) + " |", "|---" * (len(caps) + 1) + "|"]
+    for model, row in rates.items():
+        lines.append(f"| {model} | " + " | ".join(fmt.format(row.get(c, float("nan"))) for c in caps) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _bars(ax, rates: dict[str, dict[str, float]], title: str) -> None:
+    import numpy as np
+
+    caps = list(next(iter(rates.values())))
+    width = 0.8 / max(1, len(rates))
+    x = np.arange(len(caps))
+    for i, (model, row) in enumerate(rates.items()):
+        ax.bar(x + i * width, [row.get(c, 0.0) for c in caps], width, label=model)
+    ax.set_xticks(x + width * (len(rates) - 1) / 2, caps)
+    ax.set_title(title)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend(fontsize=7)
+
+
+def _curves(ax, run_dir: Path) -> None:
+    for label, folder in _CURVES.items():
+        path = run_dir / folder / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+        if label == "grpo":
+            pts = [(r["step"], r["reward_mean"]) for r in rows if "reward_mean" in r]
+            label = "grpo reward"
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label)
+    ax.set_xlabel("step")
+    ax.set_yscale("symlog")
+    ax.set_title("training curves (loss; GRPO: mean reward)")
+    ax.legend(fontsize=7)
+
+
+def _charts(run_dir: Path, summary: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates, made = summary["stages"], []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(run_dir / name, dpi=90)
+        plt.close(fig)
+        made.append(name)
+
+    if rates:
+        fig, ax = plt.subplots(figsize=(10, 4))
+        _bars(ax, rates, "pass rate per capability (held-out world prompts)")
+        save(fig, "pass_rates.png")
+        pairs = [(a, {m: r for m, r in deltas(rates, a).items() if a == "base" or not m.startswith("base")})
+                 for a in ("base", "sft") if a in rates]
+        pairs = [(a, d) for a, d in pairs if d]
+        if pairs:
+            fig, axes = plt.subplots(1, len(pairs), figsize=(7 * len(pairs), 4), squeeze=False)
+            for ax, (a, d) in zip(axes[0], pairs):
+                _bars(ax, d, f"pass-rate delta vs {a}")
+            save(fig, "deltas.png")
+        merged = {m: r for m, r in rates.items() if m == "sft" or m.startswith(("spec_", "merge_"))}
+        if len(merged) > 1:
+            fig, ax = plt.subplots(figsize=(10, 4))
+            _bars(ax, merged, "merge comparison: specialists and merges")
+            save(fig, "merge.png")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _curves(ax, run_dir)
+    save(fig, "training_curves.png")
+    if summary["wall_s"]:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.barh(list(summary["wall_s"]), list(summary["wall_s"].values()))
+        ax.set_xlabel("wall seconds")
+        ax.set_title(f"stage wall time (total {sum(summary['wall_s'].values()):.0f} s)")
+        save(fig, "wall_times.png")
+    return made
+
+
+def write_report(ctx) -> dict[str, Any]:
+    """Write ``summary.json``, the charts and ``report.md`` for the run; returns the summary."""
+    summary = collect(ctx)
+    run_dir = ctx.run_dir
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    charts = _charts(run_dir, summary)
+    rates = summary["stages"]
+    lines = [f"# novalign run: {ctx.cfg.name}", "",
+             "Pass rate per capability on held-out world prompts (greedy; every answer graded by the world's "
+             f"checkers; {ctx.cfg.world.eval_per_capability} prompts per capability). The base model is evaluated with plain-text few-shot prompts in its pretraining format "
+             f"({ctx.cfg.world.few_shot} solved examples per prompt); every other model with its chat template.", "",
+             markdown_table(rates)]
+    for against in ("base", "sft"):
+        d = deltas(rates, against)
+        if against == "sft":  # the models SFT came from are not compared against it
+            d = {m: r for m, r in d.items() if not m.startswith("base")}
+        if d:
+            lines += [f"## Delta against {against}", "", markdown_table(d, "{:+.0%}")]
+    if summary["prefs"]:
+        p = summary["prefs"]
+        lines += ["## Preference data", "", f"{p['groups']} groups from {p['prompts']} prompts x {p['samples'] // max(1, p['prompts'])} "
+                  f"samples; {p['dropped_near_duplicates']} near-duplicates (ROUGE-L) and {p.get('dropped_empty', 0)} empty "
+                  f"replies dropped; {p['groups_without_signal']} "
+                  "prompts had no score difference. SFT sample pass rate (the RL starting point): "
+                  + ", ".join(f"{c} {r:.0%}" for c, r in p["sample_pass_rate"].items()), ""]
+    lines += ["## Stage wall time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s} | {w:.1f} |" for s, w in summary["wall_s"].items()]
+    lines += [f"| total | {sum(summary['wall_s'].values()):.1f} |", ""]
+    lines += [f"![{c}]({c})" for c in charts]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    ctx.print(f"report written to {run_dir / 'report.md'}")
+    return summary

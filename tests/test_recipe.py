@@ -1,0 +1,133 @@
+"""``novalign run``: the reduced demo end to end, skip-on-rerun, --only / --from, keys, resume, the report,
+and the real-scale recipe validated by the loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from novalign.config import RECIPE_STAGES, ConfigError, RecipeConfig, load_config
+from novalign.recipe import STAGES, _prepare_dir, compute_keys, plan_stages, run_recipe, stage_key
+from novalign.report import deltas
+from novalign.recipe_stages import rouge_filter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_real_scale_and_demo_recipes_validate():
+    big = load_config(RecipeConfig, ROOT / "recipes" / "qwen2-7b.yaml")
+    assert big.base.path and "pretrain" not in big.stages
+    assert big.llm is not None and big.llm.base_url
+    assert big.sft.train.precision == "bf16"
+    demo = load_config(RecipeConfig, ROOT / "recipes" / "demo.yaml")
+    assert demo.stages == list(RECIPE_STAGES)
+    with pytest.raises(ConfigError, match="sft.optim.learning_rate: unknown key"):
+        load_config(RecipeConfig, ROOT / "recipes" / "demo.yaml", ["sft.optim.learning_rate=1"])
+
+
+def test_keys_change_downstream_only():
+    """Changing the SFT learning rate changes the keys of sft and of every stage that reads it, not before."""
+    cfg = RecipeConfig()
+    before = compute_keys(cfg)
+    cfg.sft.optim.lr = 3e-4
+    after = compute_keys(cfg)
+    changed = {s for s in before if before[s] != after[s]}
+    assert changed == {"sft", "prefs", "rm", "grpo", "merge", "eval", "report"}
+    cfg.sft.optim.lr = RecipeConfig().sft.optim.lr  # back to the default: back to the same keys
+    assert compute_keys(cfg) == before
+    assert stage_key({"a": 1}, {"x": "k"}) == stage_key({"a": 1}, {"x": "k"}) != stage_key({"a": 2}, {"x": "k"})
+
+
+def test_plan_only_and_from():
+    cfg = RecipeConfig(stages=["world", "pretrain", "sft", "eval", "report"])
+    assert plan_stages(cfg, only="sft") == [("sft", True)]
+    assert plan_stages(cfg, start="sft") == [("world", False), ("pretrain", False), ("sft", True), ("eval", True),
+                                             ("report", True)]
+    with pytest.raises(ValueError, match="--only grpo: not a stage of this recipe"):
+        plan_stages(cfg, only="grpo")
+    assert set(STAGES) == set(RECIPE_STAGES)
+
+
+def test_resume_keeps_a_started_folder_only_for_the_same_key(tmp_path):
+    """Killed stage, same key: the folder (with its checkpoints) stays for the trainer to resume; a new key
+    or a forced rerun clears it; DONE.json is removed either way until the stage finishes again."""
+    out = tmp_path / "sft"
+    _prepare_dir(out, "k1", forced=False, keep=False)
+    (out / "checkpoints").mkdir()
+    (out / "DONE.json").write_text("{}")
+    _prepare_dir(out, "k1", forced=False, keep=False)
+    assert (out / "checkpoints").is_dir() and not (out / "DONE.json").exists()
+    _prepare_dir(out, "k2", forced=False, keep=False)
+    assert not (out / "checkpoints").exists()
+    (out / "checkpoints").mkdir()
+    _prepare_dir(out, "k2", forced=True, keep=False)
+    assert not (out / "checkpoints").exists()
+
+
+def test_rouge_filter_by_hand():
+    """'the cat sat' vs 'the cat sat down': LCS 3, P = 3/4, R = 3/3, F1 = 2*0.75*1/1.75 = 0.857.
+    Threshold 0.8 drops the second (0.857 >= 0.8) and the exact repeat; 0.9 keeps the second."""
+    texts = ["the cat sat", "the cat sat down", "a dog ran", "the cat sat"]
+    assert rouge_filter(texts, 0.8) == ([0, 2], 2)
+    assert rouge_filter(texts, 0.9) == ([0, 1, 2], 1)
+
+
+def test_deltas_by_hand():
+    rates = {"base": {"math": 0.25, "if": 0.0}, "sft": {"math": 0.5, "if": 0.75}}
+    assert deltas(rates, "base") == {"sft": {"math": 0.25, "if": 0.75}}
+    assert deltas(rates, "grpo") == {}
+
+
+# ------------------------------------------------------------------------------ the reduced demo, end to end
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(RecipeConfig, ROOT / "recipes" / "demo_ci.yaml", [f"runs_dir={runs}", "threads=1"])
+    status = run_recipe(cfg, console_print=lambda *_: None)
+    return cfg, runs / cfg.name, status
+
+
+def test_ci_demo_completes_with_report(ci_run):
+    cfg, run_dir, status = ci_run
+    assert status == {s: "ran" for s in RECIPE_STAGES}
+    for stage in RECIPE_STAGES:
+        assert json.loads((run_dir / stage / "DONE.json").read_text())["key"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    models = {"base", "base_chat", "sft", "grpo", "spec_math", "spec_if", "merge_linear", "merge_task_arithmetic", "merge_model_stock"}
+    assert set(summary["stages"]) == models
+    for rates in summary["stages"].values():
+        assert set(rates) == {"math", "reason", "if", "role", "kqa", "code", "mean"}
+        assert all(0.0 <= r <= 1.0 for r in rates.values())
+    assert set(summary["wall_s"]) >= set(RECIPE_STAGES) - {"report"}
+    assert summary["eval_format"]["base"] == "plain few-shot" and summary["eval_format"]["sft"] == "chat"
+    assert summary["eval_format"]["base_chat"] == "chat"
+    report = (run_dir / "report.md").read_text()
+    assert "| sft |" in report and "Delta against base" in report
+    for chart in ("pass_rates.png", "deltas.png", "merge.png", "training_curves.png", "wall_times.png"):
+        assert (run_dir / chart).stat().st_size > 1000
+
+
+def test_ci_demo_sft_beats_the_honestly_evaluated_base(ci_run):
+    _, run_dir, _ = ci_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stages"]["sft"]["mean"] > summary["stages"]["base"]["mean"]
+
+
+def test_ci_demo_rerun_skips_and_only_reruns_one_stage(ci_run):
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+
+    cfg, run_dir, _ = ci_run
+    assert run_recipe(cfg, console_print=lambda *_: None) == {s: "skipped" for s in RECIPE_STAGES}
+    before = {s: (run_dir / s / "DONE.json").read_text() for s in RECIPE_STAGES}
+    result = CliRunner().invoke(app, ["run", str(ROOT / "recipes" / "demo_ci.yaml"), "--set",
+                                      f"runs_dir={cfg.runs_dir}", "--only", "report"])
+    assert result.exit_code == 0, result.output
+    assert "[report] running" in result.output and result.output.count("running") == 1
+    after = {s: (run_dir / s / "DONE.json").read_text() for s in RECIPE_STAGES}
+    assert {s for s in RECIPE_STAGES if before[s] != after[s]} == {"report"}
