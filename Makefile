@@ -1,6 +1,7 @@
 # novalign: two commands for a fresh machine.
-#   make demo   - the main job: a tiny model trained here, then SFT with packing on bundled data (CPU, minutes)
+#   make demo   - the main job: the whole recipe (novalign run recipes/demo.yaml) on a tiny model, CPU, <= 20 min
 #   make test   - the test suite
+#   make quickstart - a tiny model + SFT on bundled data in ~2 minutes (the starting point of the stage quick starts)
 # Both create .venv and install everything first. torch is pinned explicitly so that pip takes the CPU
 # wheel on this machine instead of resolving a multi-GB CUDA build; on a GPU box set TORCH='torch'.
 
@@ -9,7 +10,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean bench
+.PHONY: install demo quickstart test clean bench
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,6 +22,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
+	$(VENV)/bin/novalign run recipes/demo.yaml
+	@echo "report: runs/demo/report.md (summary.json and charts beside it)"
+
+quickstart: install
 	$(VENV)/bin/novalign init-model runs/demo-base --hidden-size 128 --num-layers 4 --intermediate-size 384
 	$(VENV)/bin/novalign sft --config recipes/tiny_sft.yaml
 	@echo "--- before SFT (random-init base) ---"
