@@ -40,6 +40,20 @@ def _print_config_help(schema) -> None:
     Console().print(table)
 
 
+def _stage_config(schema, config, set_, help_config):
+    """The command's typed config from YAML + ``--set`` overrides; None after printing ``--help-config``.
+    A bad config exits with code 2 and the loader's message (file, key, did-you-mean)."""
+    from novalign.config import ConfigError, load_config
+
+    if help_config:
+        _print_config_help(schema)
+        return None
+    try:
+        return load_config(schema, config, set_)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @app.command("sft")
 def sft_command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see --help-config)."),
@@ -139,15 +153,11 @@ def merge_command(
 ) -> None:
     """Merge fine-tuned checkpoints: Linear, Task Arithmetic, TIES, Model Stock (report section 2.4),
     streamed tensor by tensor into an atomically written model directory."""
-    from novalign.config import ConfigError, MergeConfig, load_config
+    from novalign.config import MergeConfig
 
-    if help_config:
-        _print_config_help(MergeConfig)
+    cfg = _stage_config(MergeConfig, config, set_, help_config)
+    if cfg is None:
         return
-    try:
-        cfg = load_config(MergeConfig, config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
     from novalign.merge import MergeError, merge_models
 
     def progress(done: int, total: int, name: str) -> None:
@@ -202,16 +212,11 @@ def _run_stage(schema, runner: str, config, set_, help_config) -> None:
     """Load a stage's config and run ``novalign.train.<module>.<function>``; bad input exits with code 2."""
     import importlib
 
-    from novalign.config import ConfigError, load_config
     from novalign.data.io import DataError
 
-    if help_config:
-        _print_config_help(schema)
+    cfg = _stage_config(schema, config, set_, help_config)
+    if cfg is None:
         return
-    try:
-        cfg = load_config(schema, config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
     module, function = runner.rsplit(".", 1)
     try:
         result = getattr(importlib.import_module(module), function)(cfg)
@@ -341,15 +346,11 @@ def eval_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OP
     """Evaluate models (local directories, OpenAI-compatible endpoints, or given responses files) on suites:
     ifeval, math, code, cfbench, sysbench, fbbench, ux, mtbench, pairwise (report section 5). Writes per-sample
     JSONL, summary.json and report.md with charts under output_dir; a rerun resumes where it stopped."""
-    from novalign.config import ConfigError, EvalConfig, load_config
+    from novalign.config import EvalConfig
 
-    if help_config:
-        _print_config_help(EvalConfig)
+    cfg = _stage_config(EvalConfig, config, set_, help_config)
+    if cfg is None:
         return
-    try:
-        cfg = load_config(EvalConfig, config, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
     from novalign.data.io import DataError
     from novalign.eval.runner import EvalError, run_eval
 
@@ -527,17 +528,13 @@ def run_command(
     """The whole recipe in one command: world data, pretraining, SFT, preference data, reward model, GRPO,
     merging, evaluation and a report, each stage under runs/<name>/<stage>/. Finished stages whose config and
     inputs are unchanged are skipped; a killed run resumes where it stopped."""
-    from novalign.config import ConfigError, RecipeConfig, load_config
+    from novalign.config import RecipeConfig
 
-    if help_config:
-        _print_config_help(RecipeConfig)
-        return
-    if recipe is None:
+    if recipe is None and not help_config:
         _fail("give a recipe file, e.g. novalign run recipes/demo.yaml")
-    try:
-        cfg = load_config(RecipeConfig, recipe, set_)
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = _stage_config(RecipeConfig, recipe, set_, help_config)
+    if cfg is None:
+        return
     from novalign.data.io import DataError
     from novalign.recipe import run_recipe
 
