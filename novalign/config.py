@@ -806,13 +806,27 @@ class RecipeConfig(Strict):
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a YAML tree; a numeric key indexes a list that already has that entry
+    (``suites.0.options.n=4``)."""
     keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        if not isinstance(node.get(key, {}), dict):
-            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
-        node = node.setdefault(key, {})
-    node[keys[-1]] = value
+    node: Any = tree
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {dotted}: '{where}' is not an entry of a list of {len(node)}")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: '{'.'.join(keys[:depth])}' is not a section")
+        if last:
+            node[key] = value
+        else:
+            node = node.setdefault(key, {})
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:

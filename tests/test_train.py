@@ -205,6 +205,24 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.train.epochs == 2 and cfg.data.train_files == ["x.jsonl"] and cfg.optim.lr == 1e-5
 
 
+def test_set_overrides_reach_into_lists(tmp_path):
+    """``--set suites.1.options.n=4`` edits the second entry of a list; an index past the end, a non-number
+    index, or a key below a plain value is an error that names the path."""
+    from novalign.config import ConfigError, EvalConfig, load_config
+
+    p = tmp_path / "eval.yaml"
+    p.write_text("models: [{name: m, responses: r.jsonl}]\n"
+                 "suites: [{type: ifeval, data: a.jsonl}, {type: code, data: b.jsonl, options: {n: 1}}]\n")
+    cfg = load_config(EvalConfig, p, ["suites.1.options.n=4", "suites.0.data=c.jsonl", "models.0.name=x"])
+    assert cfg.suites[1].options == {"n": 4} and cfg.suites[0].data == "c.jsonl" and cfg.models[0].name == "x"
+    with pytest.raises(ConfigError, match=r"'suites\.2' is not an entry of a list of 2"):
+        load_config(EvalConfig, p, ["suites.2.type=math"])
+    with pytest.raises(ConfigError, match=r"'suites\.first' is not an entry"):
+        load_config(EvalConfig, p, ["suites.first.type=math"])
+    with pytest.raises(ConfigError, match=r"'suites\.0\.data' is not a section"):
+        load_config(EvalConfig, p, ["suites.0.data.x=1"])
+
+
 def test_cli_help_lists_stages_and_config_options():
     env = _env()
     out = subprocess.run([sys.executable, "-m", "novalign.cli", "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
