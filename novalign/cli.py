@@ -285,7 +285,7 @@ def kto_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT
 @app.command("grpo")
 def grpo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
     """GRPO with the report's top-k KL kept in the token-level reward (report section 2.1, eq. 2).
-    Single process only for now (not under torchrun)."""
+    Works under torchrun (data parallel: each process rolls out its share of the prompts)."""
     from novalign.config import GRPOConfig
 
     _run_stage(GRPOConfig, "novalign.train.grpo.run_grpo", config, set_, help_config)
@@ -294,7 +294,7 @@ def grpo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OP
 @app.command("ppo")
 def ppo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
     """PPO with a value head, GAE and the report's top-k KL in the token-level reward (report section 2.1).
-    Single process only for now (not under torchrun)."""
+    Works under torchrun (data parallel: each process rolls out its share of the prompts)."""
     from novalign.config import PPOConfig
 
     _run_stage(PPOConfig, "novalign.train.ppo.run_ppo", config, set_, help_config)
