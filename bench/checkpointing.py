@@ -51,7 +51,6 @@ import gc
 import json
 import math
 import os
-import re
 import resource
 import statistics
 import subprocess
@@ -62,7 +61,7 @@ import weakref
 import numpy as np
 import torch
 
-from common import log  # bench/common.py (the script's folder is on sys.path)
+from common import log, reset_peak_rss, status_kib  # bench/common.py (the script's folder is on sys.path)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -136,23 +135,6 @@ class LiveTensorBytes(torch.utils._python_dispatch.TorchDispatchMode):
         self._seen.discard(key)
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        m = re.search(rf"^{field}:\s+(\d+) kB", open("/proc/self/status").read(), re.M)
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _ru_maxrss_kib() -> int:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r // 1024 if sys.platform == "darwin" else r  # bytes on macOS, KiB on Linux
@@ -204,16 +186,16 @@ def worker(args) -> None:
         peak = torch.cuda.max_memory_allocated(device) - base
         peak_rss = None
     else:
-        hwm_ok = _reset_hwm()
-        rss0 = _status_kib("VmRSS") if hwm_ok else None
+        hwm_ok = reset_peak_rss()
+        rss0 = status_kib("VmRSS") if hwm_ok else None
         maxrss0 = _ru_maxrss_kib()
         with LiveTensorBytes() as tracker:
             loss = fwd()
             saved = tracker.live
             loss.backward()
             peak = tracker.peak
-        if hwm_ok and rss0 is not None and _status_kib("VmHWM") is not None:
-            peak_rss = (_status_kib("VmHWM") - rss0) / 1024
+        if hwm_ok and rss0 is not None and status_kib("VmHWM") is not None:
+            peak_rss = (status_kib("VmHWM") - rss0) / 1024
         else:
             peak_rss = (_ru_maxrss_kib() - maxrss0) / 1024
             rss_note = "ru_maxrss growth (VmHWM reset unavailable): 0 if an earlier peak was higher"

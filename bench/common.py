@@ -1,8 +1,10 @@
-"""Shared by the bench scripts: stderr logging and the synthetic SFT set (one length distribution for all)."""
+"""Shared by the bench scripts: stderr logging, peak-memory probes (/proc) and the synthetic SFT set (one length
+distribution for all)."""
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import numpy as np
@@ -12,6 +14,25 @@ from novalign.train.packing import IGNORE_INDEX
 
 def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+def status_kib(field: str) -> int | None:
+    """A kB field of /proc/self/status (``VmRSS``, ``VmHWM``); None where /proc or the field is missing."""
+    try:
+        m = re.search(rf"^{field}:\s+(\d+) kB", open("/proc/self/status").read(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set (VmHWM) to the current RSS (Linux >= 4.0); False when not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def make_samples(

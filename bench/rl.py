@@ -63,7 +63,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import log  # bench/common.py (the script's folder is on sys.path)
+from common import log, reset_peak_rss, status_kib  # bench/common.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,21 +72,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    value = status_kib(field)
+    if value is None:
+        raise RuntimeError(f"{field} not in /proc/self/status")
+    return value
 
 
 def _mb(kb_or_bytes: float, unit: int = 1024) -> float:
@@ -217,7 +206,7 @@ def worker_kl(args) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     call(min(n, 64))  # warm-up (allocator, kernels)
     sync()
-    reset_ok = _reset_peak_rss()
+    reset_ok = reset_peak_rss()
     rss_before = _status_kb("VmRSS")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
