@@ -34,3 +34,17 @@ def rl_config(stage: str, model_dir: Path, out: Path, prompts: Path, **sections)
     for key, value in sections.items():
         cfg[key].update(value) if isinstance(cfg.get(key), dict) else cfg.__setitem__(key, value)
     return {"grpo": GRPOConfig, "ppo": PPOConfig}[stage].model_validate(cfg)
+
+
+def rerun_from_step_2(run, cfg, reward, full: Path, resumed: Path, outputs: tuple[str, ...] = ()):
+    """Copy the finished 4-step run ``full`` to ``resumed``, delete its final model, its ``outputs`` (files
+    beside the model, e.g. a value head) and its step-4 checkpoint, and run ``run`` there again: it must resume
+    from the step-2 checkpoint. Returns the second run's result."""
+    import shutil
+
+    shutil.copytree(full, resumed)
+    shutil.rmtree(resumed / "model")
+    for name in outputs:
+        (resumed / name).unlink()
+    shutil.rmtree(resumed / "checkpoints" / "step-00000004")
+    return run(cfg.model_copy(update={"output_dir": str(resumed)}), reward=reward, console_print=lambda *_: None)

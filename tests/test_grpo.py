@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT
-from rl_helpers import rl_config, share_of_e, write_prompts
+from rl_helpers import rerun_from_step_2, rl_config, share_of_e, write_prompts
 from safetensors.torch import load_file
 
 DEMO = ROOT / "novalign" / "assets" / "demo_sft.jsonl"
@@ -86,10 +85,7 @@ def test_resume_from_a_checkpoint_gives_identical_weights(tiny_model_dir, tmp_pa
     reward = verifier_reward(share_of_e)
     run_grpo(cfg, reward=reward, **quiet)
     resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "model")
-    shutil.rmtree(resumed / "checkpoints" / "step-00000004")
-    result = run_grpo(cfg.model_copy(update={"output_dir": str(resumed)}), reward=reward, **quiet)
+    result = rerun_from_step_2(run_grpo, cfg, reward, full, resumed)
     assert result.resumed_from is not None and result.resumed_from.name == "step-00000002"
     a, b = load_file(full / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
     assert a.keys() == b.keys()

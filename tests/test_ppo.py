@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 from conftest import ROOT
-from rl_helpers import rl_config, share_of_e, write_prompts
+from rl_helpers import rerun_from_step_2, rl_config, share_of_e, write_prompts
 from safetensors.torch import load_file
 
 
@@ -110,11 +109,7 @@ def test_resume_from_a_checkpoint_gives_identical_weights(tiny_model_dir, tmp_pa
     reward = verifier_reward(share_of_e)
     run_ppo(cfg, reward=reward, **quiet)
     resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "model")
-    (resumed / "value_head.safetensors").unlink()
-    shutil.rmtree(resumed / "checkpoints" / "step-00000004")
-    result = run_ppo(cfg.model_copy(update={"output_dir": str(resumed)}), reward=reward, **quiet)
+    result = rerun_from_step_2(run_ppo, cfg, reward, full, resumed, outputs=("value_head.safetensors",))
     assert result.resumed_from is not None and result.resumed_from.name == "step-00000002"
     for name in ("model/model.safetensors", "value_head.safetensors"):
         a, b = load_file(full / name), load_file(resumed / name)
