@@ -641,6 +641,8 @@ class PASAugmentConfig(Strict):
     scope_policy: Literal["trim", "flag"] = Field(
         "trim", description="RAG mode: remove complement sentences that stray outside the search scope, or only flag them."
     )
+    abstain: str | None = Field(None, description="A complement equal to this (case and end punctuation aside) means "
+                                "'nothing to add': the prompt goes through unchanged. For PAS models trained to abstain.")
 
 
 class PASTrainConfig(Strict):
@@ -701,6 +703,10 @@ class WorldConfig(Strict):
     corpus_fact_repeats: int = Field(20, ge=1, description="Times each country's facts appear in the corpus (reworded).")
     corpus_worked_examples: int = Field(1000, ge=0, description="Worked Math, Reason and Code examples (each) in the corpus.")
     few_shot: int = Field(2, ge=0, description="Solved examples before each plain-text prompt when evaluating the base.")
+    pas_prompts: int = Field(300, ge=0, description="Implicit-requirement prompts (with their explicit instruction) "
+                             "in PAS's training data.")
+    pas_abstain_per_capability: int = Field(40, ge=0, description="SFT prompts per capability in PAS's training data "
+                                            "with the abstain complement (nothing to add).")
 
 
 class RecipeBaseModel(Strict):
@@ -762,7 +768,23 @@ class RecipeEvalConfig(Strict):
     batch_size: int = Field(32, ge=1, description="Prompts per generate call.")
 
 
-RECIPE_STAGES = ("world", "pretrain", "sft", "prefs", "rm", "grpo", "merge", "eval", "report")
+class RecipePASConfig(Strict):
+    """PAS in the recipe (report section 4.6): a prompt-augmentation model trained on the world's PAS data
+    (implicit-requirement prompts -> the explicit instruction; other prompts -> the abstain complement), then
+    evaluated in front of the recipe's models, which are not retrained."""
+
+    init: Literal["sft", "base"] = Field("sft", description="Model the PAS model is fine-tuned from.")
+    train: PASTrainConfig = Field(default_factory=lambda: PASTrainConfig(max_length=512),
+                                  description="Training of the PAS model (paths are set by the recipe).")
+    join: str = Field("{prompt} {complement}", description="How the complement joins the prompt ({prompt}, {complement}).")
+    abstain: str | None = Field("None.", description="The complement that means 'nothing to add' (the world's PAS "
+                                "data teaches it); None: every complement is joined.")
+    max_tokens: int = Field(64, ge=1, description="Longest complement in tokens.")
+    in_front_of: list[str] = Field(["sft"], description="Models (eval labels: sft, grpo, merge_linear, ...) also "
+                                   "evaluated behind PAS, as '<label>+pas'.")
+
+
+RECIPE_STAGES = ("world", "pretrain", "sft", "pas", "prefs", "rm", "grpo", "merge", "eval", "report")
 
 
 class RecipeConfig(Strict):
@@ -782,6 +804,7 @@ class RecipeConfig(Strict):
         0.2, ge=0, le=1, description="Fraction of the corpus documents mixed into SFT as plain text (keeps what "
         "pretraining stored; cf. the PTX term of RL). 0: none."
     )
+    pas: RecipePASConfig = Field(default_factory=RecipePASConfig)
     prefs: PrefsConfig = Field(default_factory=PrefsConfig)
     rm: RMConfig = Field(default_factory=RMConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)

@@ -1,6 +1,6 @@
 """``novalign run RECIPE``: the whole recipe, stage after stage, each under ``<runs_dir>/<name>/<stage>/``.
 
-    world -> pretrain -> sft -> prefs -> rm -> grpo -> merge -> eval -> report
+    world -> pretrain -> sft -> pas -> prefs -> rm -> grpo -> merge -> eval -> report
 
 How reruns work:
 
@@ -17,8 +17,7 @@ How reruns work:
 
 Extension points: a new stage is a function ``run(ctx) -> None`` in :mod:`novalign.recipe_stages` plus an
 entry in :data:`STAGES` (its inputs and config section); ``eval`` picks up every model a stage registers in
-:func:`novalign.recipe_stages.stage_models`. PAS (a prompt-augmentation stage before SFT) and the
-benchmark runner of ``novalign eval`` plug in the same way.
+:func:`novalign.recipe_stages.stage_models` (PAS adds ``<label>+pas`` rows: a model behind the PAS model).
 """
 
 from __future__ import annotations
@@ -49,11 +48,12 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("world", (), ("world",)),
     StageSpec("pretrain", ("world",), ("base", "pretrain")),
     StageSpec("sft", ("world", "pretrain"), ("base", "sft", "sft_replay")),
+    StageSpec("pas", ("world", "pretrain", "sft"), ("pas",)),
     StageSpec("prefs", ("world", "sft"), ("prefs",)),
     StageSpec("rm", ("prefs", "sft"), ("rm",)),
     StageSpec("grpo", ("world", "sft", "prefs", "rm"), ("grpo", "rl_rewards", "rl_prompt_filter")),
     StageSpec("merge", ("world", "sft"), ("merge",)),
-    StageSpec("eval", ("world", "pretrain", "sft", "grpo", "merge"), ("base", "eval"), keep_on_change=True),
+    StageSpec("eval", ("world", "pretrain", "sft", "pas", "grpo", "merge"), ("base", "eval"), keep_on_change=True),
     StageSpec("report", ("eval",), ()),
 ]}
 assert tuple(STAGES) == RECIPE_STAGES

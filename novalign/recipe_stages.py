@@ -12,7 +12,7 @@ from pathlib import Path
 from novalign.recipe import RecipeContext
 
 __all__ = ["base_model_dir", "stage_models", "rouge_filter", "world_verifier"] + [
-    f"run_{s}" for s in ("world", "pretrain", "sft", "prefs", "rm", "grpo", "merge", "eval", "report")]
+    f"run_{s}" for s in ("world", "pretrain", "sft", "pas", "prefs", "rm", "grpo", "merge", "eval", "report")]
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -87,6 +87,48 @@ def _sft(ctx: RecipeContext, cfg, out: Path, model_path: str, train_files: list[
 
 def run_sft(ctx: RecipeContext) -> None:
     _sft(ctx, ctx.cfg.sft, ctx.out, base_model_dir(ctx), [_world_file(ctx, "sft")], ctx.cfg.sft_replay)
+
+
+# ------------------------------------------------------------------------------------------------- PAS
+
+
+def run_pas(ctx: RecipeContext) -> None:
+    """The PAS model (report section 4.6): fine-tuned from the SFT (or base) model on the world's PAS data --
+    implicit-requirement prompts -> the explicit instruction, other prompts -> the abstain complement -- with
+    the same entry point as ``novalign pas train`` (the section 4.6 template around each prompt)."""
+    from novalign.pas.train import run_pas_train
+
+    p = ctx.cfg.pas
+    cfg = p.train.model_copy(deep=True)
+    cfg.output_dir = str(ctx.out / "trainer")  # the model lands in pas/trainer/model
+    cfg.pas_files = [_world_file(ctx, "pas")]
+    cfg.model.path = str(ctx.dir("sft") / "model") if p.init == "sft" else base_model_dir(ctx)
+    run_pas_train(cfg, console_print=ctx.print)
+
+
+def pas_model_dir(ctx: RecipeContext) -> str:
+    return str(ctx.dir("pas") / "trainer" / "model")
+
+
+def augment_tasks(ctx: RecipeContext, tasks: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``tasks`` with each last user message rewritten by the PAS model (greedy, abstain -> unchanged);
+    returns (augmented tasks, one ``Augmentation.to_dict()`` per task)."""
+    from novalign.pas.augment import PromptAugmenter
+
+    p = ctx.cfg.pas
+    augmenter = PromptAugmenter.from_model(pas_model_dir(ctx), device="cpu", join_template=p.join,
+                                           max_tokens=p.max_tokens, abstain=p.abstain)
+    try:
+        results = augmenter.augment_many([{"prompt": t["messages"][-1]["content"]} for t in tasks])
+    finally:
+        augmenter.close()
+    out = []
+    for task, aug in zip(tasks, results):
+        if aug.error is not None:
+            raise RuntimeError(f"PAS failed on {aug.prompt!r}: {aug.error}")
+        messages = task["messages"][:-1] + [{"role": "user", "content": aug.augmented}]
+        out.append(task | {"messages": messages})
+    return out, [a.to_dict() for a in results]
 
 
 # ---------------------------------------------------------------------------------- preferences, RM, GRPO
@@ -240,7 +282,8 @@ def run_merge(ctx: RecipeContext) -> None:
 
 
 def stage_models(ctx: RecipeContext) -> dict[str, tuple[str, bool]]:
-    """Every model the recipe made, in report order: label -> (directory, evaluate as plain-text base)."""
+    """Every model the recipe made, in report order: label -> (directory, evaluate as plain-text base).
+    A label ending in ``+pas`` is that model behind the PAS model."""
     # the base twice: honestly (plain-text few-shot) and, for contrast, with a chat template it never saw
     models = {"base": (base_model_dir(ctx), True), "base_chat": (base_model_dir(ctx), False)}
     if ctx.enabled("sft"):
@@ -252,12 +295,20 @@ def stage_models(ctx: RecipeContext) -> dict[str, tuple[str, bool]]:
             models[f"spec_{spec.name}"] = (str(ctx.dir("merge") / f"spec_{spec.name}" / "model"), False)
         for method in ctx.cfg.merge.methods:
             models[f"merge_{method}"] = (str(ctx.dir("merge") / method), False)
+    if ctx.enabled("pas"):
+        for label in ctx.cfg.pas.in_front_of:
+            if label not in models or models[label][1]:
+                raise ValueError(f"pas.in_front_of: {label!r} is not a chat model of this recipe; "
+                                 f"choose from {', '.join(m for m, (_, plain) in models.items() if not plain)}")
+            models[f"{label}+pas"] = models[label]
     return models
 
 
 def _model_key(ctx: RecipeContext, label: str) -> str:
-    stage = {"base": "pretrain", "base_chat": "pretrain", "sft": "sft", "grpo": "grpo"}.get(label, "merge")
-    return ctx.keys.get(stage, ctx.cfg.base.path or "")
+    model, pas = label.removesuffix("+pas"), label.endswith("+pas")
+    stage = {"base": "pretrain", "base_chat": "pretrain", "sft": "sft", "grpo": "grpo"}.get(model, "merge")
+    key = ctx.keys.get(stage, ctx.cfg.base.path or "")
+    return key + "+" + ctx.keys["pas"] if pas else key
 
 
 def run_eval(ctx: RecipeContext) -> None:
@@ -279,7 +330,13 @@ def run_eval(ctx: RecipeContext) -> None:
         if out.is_file() and json.loads(out.read_text()).get("key") == key:
             continue
         t0 = time.time()
-        result = evaluate_model(path, tasks, plain=plain, shots=shots, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+        model_tasks, augmentations = tasks, None
+        if label.endswith("+pas"):
+            model_tasks, augmentations = augment_tasks(ctx, tasks)
+        result = evaluate_model(path, model_tasks, plain=plain, shots=shots, max_new_tokens=e.max_new_tokens,
+                                batch_size=e.batch_size)
+        if augmentations is not None:  # what PAS added, next to each reply
+            result.rows = [row | {"complement": a["complement"]} for row, a in zip(result.rows, augmentations)]
         _write_jsonl(ctx.out / f"{label}_replies.jsonl", result.rows)
         out.write_text(json.dumps({"key": key, "model": path, "format": "plain few-shot" if plain else "chat",
                                    "rates": result.rates, "wall_s": time.time() - t0}, indent=1))

@@ -1,8 +1,8 @@
 """The report of ``novalign run``: ``report.md``, ``summary.json`` and PNG charts in ``<runs_dir>/<name>/``.
 
 ``summary.json`` holds ``{"stages": {model: {capability: pass rate, ..., "mean": ...}}, "wall_s": {stage:
-seconds}, "eval_format": {model: "plain few-shot" | "chat"}, "prefs": {...}}`` -- a Table-1-style view of
-how each stage changed each capability.
+seconds}, "eval_format": {model: "plain few-shot" | "chat"}, "prefs": {...}, "pas": {"<model>+pas": {"complemented":
+{capability: share}}}}`` -- a Table-1-style view of how each stage changed each capability.
 """
 
 from __future__ import annotations
@@ -35,7 +35,23 @@ def collect(ctx) -> dict[str, Any]:
             wall[stage] = round(done["wall_s"], 1)
     prefs = ctx.dir("prefs") / "stats.json"
     return {"stages": rates, "wall_s": wall, "eval_format": formats,
-            "prefs": json.loads(prefs.read_text()) if prefs.is_file() else None}
+            "prefs": json.loads(prefs.read_text()) if prefs.is_file() else None, "pas": _pas_stats(ctx, rates)}
+
+
+def _pas_stats(ctx, rates: dict) -> dict[str, Any] | None:
+    """For each ``<model>+pas``: the share of prompts per capability that PAS complemented (the rest it left
+    unchanged), read from the eval replies."""
+    out = {}
+    for label in rates:
+        path = ctx.dir("eval") / f"{label}_replies.jsonl"
+        if not label.endswith("+pas") or not path.is_file():
+            continue
+        added: dict[str, list[bool]] = {}
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            added.setdefault(row["capability"], []).append(bool(row.get("complement")))
+        out[label] = {"complemented": {c: sum(v) / len(v) for c, v in added.items()}}
+    return out or None
 
 
 def deltas(rates: dict[str, dict[str, float]], against: str) -> dict[str, dict[str, float]]:
@@ -160,6 +176,15 @@ def write_report(ctx) -> dict[str, Any]:
                   f"replies dropped; {p['groups_without_signal']} "
                   "prompts had no score difference. SFT sample pass rate (the RL starting point): "
                   + ", ".join(f"{c} {r:.0%}" for c, r in p["sample_pass_rate"].items()), ""]
+    for label, stats in (summary.get("pas") or {}).items():
+        model = label.removesuffix("+pas")
+        share = stats["complemented"]
+        implicit = (f" On the implicit-requirement prompts the pass rate goes from {rates[model]['implicit']:.0%} "
+                    f"({model}) to {rates[label]['implicit']:.0%} ({label}).") if "implicit" in rates.get(model, {}) else ""
+        lines += [f"## PAS in front of {model}", "",
+                  f"`{label}` is `{model}` unchanged, with the PAS model rewriting each last user turn first (report "
+                  "section 4.6; abstain -> the prompt goes through unchanged). Share of prompts PAS complemented: "
+                  + ", ".join(f"{c} {r:.0%}" for c, r in share.items()) + "." + implicit, ""]
     lines += ["## Stage wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {w:.1f} |" for s, w in summary["wall_s"].items()]
     lines += [f"| total | {sum(summary['wall_s'].values()):.1f} |", ""]

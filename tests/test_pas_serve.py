@@ -18,6 +18,7 @@ from novalign.pas.augment import (
     constrain_to_scope,
     content_words,
     fill,
+    is_abstain,
     join_prompt,
     keyword_constraint,
     keywords_from_results,
@@ -66,6 +67,18 @@ def test_templates_fill_and_join():
     assert join_prompt("Q", "  ", "{prompt}\n{complement}") == "Q"
     with pytest.raises(ValueError, match="no {complement}"):
         fill("{prompt}", prompt="x", complement="y")
+
+
+def test_abstain_complement_leaves_the_prompt_unchanged():
+    """abstain "None.": the replies " none ", "NONE!" and "None." are the abstain answer (case, spaces and end
+    punctuation aside) -> complement "" -> the prompt unchanged; "None. Use JSON." is a real complement; without
+    ``abstain`` "None." is joined like any complement."""
+    assert is_abstain(" none ", "None.") and is_abstain("NONE!", "None.") and not is_abstain("None. Use JSON.", "None.")
+    aug = PromptAugmenter(client=None, join_template="{prompt} {complement}", abstain="None.")
+    assert aug.finish("Q?", "None.\n\nignored").augmented == "Q?"
+    assert aug.finish("Q?", "None. Use JSON.").augmented == "Q? None. Use JSON."
+    plain = PromptAugmenter(client=None, join_template="{prompt} {complement}")
+    assert plain.finish("Q?", "None.").augmented == "Q? None."
 
 
 def test_scope_check_by_hand():

@@ -34,7 +34,7 @@ def test_keys_change_downstream_only():
     cfg.sft.optim.lr = 3e-4
     after = compute_keys(cfg)
     changed = {s for s in before if before[s] != after[s]}
-    assert changed == {"sft", "prefs", "rm", "grpo", "merge", "eval", "report"}
+    assert changed == {"sft", "pas", "prefs", "rm", "grpo", "merge", "eval", "report"}
     cfg.sft.optim.lr = RecipeConfig().sft.optim.lr  # back to the default: back to the same keys
     assert compute_keys(cfg) == before
     assert stage_key({"a": 1}, {"x": "k"}) == stage_key({"a": 1}, {"x": "k"}) != stage_key({"a": 2}, {"x": "k"})
@@ -97,10 +97,11 @@ def test_ci_demo_completes_with_report(ci_run):
     for stage in RECIPE_STAGES:
         assert json.loads((run_dir / stage / "DONE.json").read_text())["key"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    models = {"base", "base_chat", "sft", "grpo", "spec_math", "spec_if", "merge_linear", "merge_task_arithmetic", "merge_model_stock"}
+    models = {"base", "base_chat", "sft", "sft+pas", "grpo", "spec_math", "spec_if", "merge_linear",
+              "merge_task_arithmetic", "merge_model_stock"}
     assert set(summary["stages"]) == models
     for rates in summary["stages"].values():
-        assert set(rates) == {"math", "reason", "if", "role", "kqa", "code", "mean"}
+        assert set(rates) == {"math", "reason", "if", "role", "kqa", "code", "implicit", "mean"}
         assert all(0.0 <= r <= 1.0 for r in rates.values())
     assert set(summary["wall_s"]) >= set(RECIPE_STAGES) - {"report"}
     assert summary["eval_format"]["base"] == "plain few-shot" and summary["eval_format"]["sft"] == "chat"
@@ -109,6 +110,24 @@ def test_ci_demo_completes_with_report(ci_run):
     assert "| sft |" in report and "Delta against base" in report
     for chart in ("pass_rates.png", "deltas.png", "merge.png", "training_curves.png", "wall_times.png"):
         assert (run_dir / chart).stat().st_size > 1000
+
+
+def test_ci_demo_pas_rewrites_the_prompts_the_sft_model_sees(ci_run):
+    """sft+pas answered the same held-out prompts, each last user turn possibly rewritten by the PAS model; every
+    complement it added is recorded next to the reply and really is in the prompt the SFT model answered."""
+    _, run_dir, _ = ci_run
+    plain = [json.loads(line) for line in open(run_dir / "eval" / "sft_replies.jsonl")]
+    behind = [json.loads(line) for line in open(run_dir / "eval" / "sft+pas_replies.jsonl")]
+    assert len(plain) == len(behind) and all("complement" in r for r in behind)
+    for a, b in zip(plain, behind):
+        assert b["prompt"] == (f"{a['prompt']} {b['complement']}" if b["complement"] else a["prompt"])
+    assert (run_dir / "pas" / "trainer" / "model" / "config.json").is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    share = summary["pas"]["sft+pas"]["complemented"]
+    assert set(share) == {"math", "reason", "if", "role", "kqa", "code", "implicit"}
+    assert share == {c: sum(bool(r["complement"]) for r in behind if r["capability"] == c) /
+                     sum(r["capability"] == c for r in behind) for c in share}
+    assert "## PAS in front of sft" in (run_dir / "report.md").read_text()
 
 
 def test_ci_demo_sft_beats_the_honestly_evaluated_base(ci_run):

@@ -32,8 +32,8 @@ def test_same_seed_same_world_other_seed_other_world(world):
 
 def test_sizes_and_every_gold_response_passes_its_checker(world):
     for split, size in (("sft", 30), ("rl", 5), ("eval", 10)):
-        assert set(world[split]) == set(CAPABILITIES)
-        for cap in CAPABILITIES:
+        assert set(world[split]) == set(CAPABILITIES) | ({"implicit"} if split == "eval" else set())
+        for cap in world[split]:
             tasks = world[split][cap]
             assert len(tasks) == size
             # code runs in the sandbox: check all eval code tasks, a few training ones
@@ -57,6 +57,32 @@ def test_eval_prompts_are_held_out(world):
     asked = lambda split: {n for n in names for t in world[split]["kqa"] if n in t["messages"][0]["content"]}  # noqa: E731
     assert asked("eval") and not asked("eval") & asked("sft")
     assert all(f"The capital of {n} is" in corpus for n in asked("eval"))
+
+
+def test_implicit_tasks_and_pas_data(world):
+    """PAS's world: implicit prompts (a seed + a cue sentence) are checked by the constraint the cue implies;
+    the PAS data pairs them with that constraint's explicit wording, and gives SFT prompts the abstain answer.
+    SMALL: pas_prompts 300 (default), pas_abstain_per_capability 40 > 30 SFT tasks -> 30 per capability."""
+    from novalign.world.implicit import ABSTAIN, CUES
+    from novalign.world.tasks import CONSTRAINTS
+
+    cues = {cue: name for name, sentences in CUES.items() for cue in sentences}
+    pas = world["pas"]
+    implicit = [r for r in pas if r["capability"] == "implicit"]
+    assert len(implicit) == 300 and len(pas) == 300 + 30 * len(CAPABILITIES)
+    for r in implicit:
+        (cue,) = [c for c in cues if r["prompt"].endswith(" " + c)]
+        assert r["complement"] == CONSTRAINTS[cues[cue]][0]  # the constraint's own instruction
+    assert all(r["complement"] == ABSTAIN for r in pas if r["capability"] != "implicit")
+    held_out = {t["messages"][-1]["content"] for t in world["eval"]["implicit"]}
+    assert len(held_out) == 10 and not held_out & {r["prompt"] for r in implicit}
+    for t in world["eval"]["implicit"]:
+        (cue,) = [c for c in cues if t["messages"][-1]["content"].endswith(" " + c)]
+        assert t["check"]["instruction_id_list"] == [CONSTRAINTS[cues[cue]][1]]
+        assert not passes(t["response"].swapcase() if cues[cue] in ("capital", "lower") else "plain words", t["check"])
+    # the aligned model is never taught a cue: no cue sentence in SFT, RL or the corpus
+    texts = [m["content"] for split in ("sft", "rl") for ts in world[split].values() for t in ts for m in t["messages"]]
+    assert not any(c in text for c in cues for text in texts + world["corpus"])
 
 
 def test_corpus_has_no_chat_markers(world):
@@ -120,6 +146,8 @@ def test_write_world_files(world, tmp_path):
     rl = [json.loads(line) for line in open(files["rl_prompts"])]
     assert rl[0]["messages"][-1]["role"] == "user" and "check" in rl[0] and "response" not in rl[0]
     assert all("text" in json.loads(line) for line in open(files["corpus"]))
+    pas = [json.loads(line) for line in open(files["pas"])]
+    assert pas == world["pas"] and set(pas[0]) == {"prompt", "complement", "capability"}
 
 
 # ------------------------------------------------------------------------------------ plain-text data

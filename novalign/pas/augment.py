@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 __all__ = [
-    "Augmentation", "PromptAugmenter", "clean_complement", "constrain_to_scope", "content_words", "fill",
+    "Augmentation", "PromptAugmenter", "clean_complement", "constrain_to_scope", "content_words", "fill", "is_abstain",
     "join_prompt", "keyword_constraint", "keywords_from_results", "load_text", "pas_input", "scope_strays",
 ]
 
@@ -97,6 +97,18 @@ def clean_complement(text: str) -> str:
     """The PAS model's reply as a complement: stripped, up to the first blank line, whitespace collapsed."""
     first = re.split(r"\n\s*\n", text.strip(), maxsplit=1)[0]
     return " ".join(first.split())
+
+
+def is_abstain(complement: str, abstain: str) -> bool:
+    """Whether a complement is the abstain answer ("nothing to add"), ignoring case, spaces and end punctuation.
+
+    >>> is_abstain(" none ", "None."), is_abstain("None. Use JSON.", "None.")
+    (True, False)
+    """
+    def norm(text: str) -> str:
+        return " ".join(text.split()).rstrip(".!").strip().lower()
+
+    return norm(complement) == norm(abstain)
 
 
 def _stem(word: str) -> str:
@@ -207,11 +219,12 @@ class PromptAugmenter:
         template, rag_template, join_template: Texts (not paths); ``None``: the bundled files.
         max_tokens, temperature: Generation of the complement (greedy by default).
         scope_policy: RAG mode: ``"trim"`` straying sentences or only ``"flag"`` them.
+        abstain: A complement meaning "nothing to add" (:func:`is_abstain`): the prompt then goes unchanged.
     """
 
     def __init__(self, client, *, template: str | None = None, rag_template: str | None = None,
                  join_template: str | None = None, max_tokens: int = 64, temperature: float = 0.0,
-                 scope_policy: ScopePolicy = "trim"):
+                 scope_policy: ScopePolicy = "trim", abstain: str | None = None):
         self.client = client
         self.template = template if template is not None else load_text(None, "template.txt")
         self.rag_template = rag_template if rag_template is not None else load_text(None, "template_rag.txt")
@@ -219,6 +232,7 @@ class PromptAugmenter:
         fill(self.template, prompt="")  # fail early on a template without its placeholders
         fill(self.join_template, prompt="", complement="")
         self.max_tokens, self.temperature, self.scope_policy = max_tokens, temperature, scope_policy
+        self.abstain = abstain
 
     @classmethod
     def from_model(cls, path: str | Path, *, device: str = "auto", **kwargs: Any) -> "PromptAugmenter":
@@ -238,7 +252,7 @@ class PromptAugmenter:
         return cls(client, template=load_text(aug_cfg.template, "template.txt"),
                    rag_template=load_text(aug_cfg.rag_template, "template_rag.txt"),
                    join_template=load_text(aug_cfg.join_template, "join.txt"), max_tokens=aug_cfg.max_tokens,
-                   temperature=aug_cfg.temperature, scope_policy=aug_cfg.scope_policy)
+                   temperature=aug_cfg.temperature, scope_policy=aug_cfg.scope_policy, abstain=aug_cfg.abstain)
 
     def request(self, prompt: str, keywords: Sequence[str] = (), tag: Any = None):
         from novalign.llm import ChatRequest
@@ -251,6 +265,8 @@ class PromptAugmenter:
                latency_s: float = 0.0) -> Augmentation:
         """Turn the PAS model's reply into an :class:`Augmentation` (RAG scope applied when keywords/results)."""
         complement, scope = clean_complement(raw), None
+        if self.abstain is not None and is_abstain(complement, self.abstain):
+            complement = ""
         if keywords or results:
             complement, scope = constrain_to_scope(complement, prompt, keywords, results, self.scope_policy)
         return Augmentation(prompt, complement, join_prompt(prompt, complement, self.join_template), raw, scope,

@@ -24,6 +24,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
+from novalign.world.implicit import ABSTAIN, make_implicit
 from novalign.world.kb import QUESTIONS, build_kb, fact_sentences
 from novalign.world.tasks import (
     CAPABILITIES,
@@ -137,9 +138,11 @@ def _corpus(cfg, kb, eval_keys: set[str], rng: random.Random) -> list[str]:
 def build_world(cfg) -> dict[str, Any]:
     """The whole world for ``cfg`` (a :class:`~novalign.config.WorldConfig`), deterministic in ``cfg.seed``.
 
-    Returns ``{"kb", "corpus", "sft", "rl", "eval", "shots"}``; ``sft``, ``rl``, ``eval`` and ``shots`` map each
-    capability to its tasks (``shots``: the solved few-shot examples for plain-text base evaluation, drawn
-    from the training tasks).
+    Returns ``{"kb", "corpus", "sft", "rl", "eval", "shots", "pas"}``; ``sft``, ``rl``, ``eval`` and ``shots`` map
+    each capability to its tasks (``shots``: the solved few-shot examples for plain-text base evaluation, drawn
+    from the training tasks). ``eval`` and ``shots`` also hold ``implicit`` (:mod:`novalign.world.implicit`);
+    ``pas`` is PAS's training data, ``{prompt, complement, capability}``: implicit prompts with the explicit
+    instruction, and prompts of every capability with the abstain complement.
     """
     kb = build_kb(cfg.num_countries, cfg.seed)
     cut = max(1, int(len(kb) * cfg.kqa_train_fraction))
@@ -155,8 +158,19 @@ def build_world(cfg) -> dict[str, Any]:
         splits["sft"][cap] = _draw(makers[cap][0], rng, cfg.sft_per_capability, used, f"sft {cap}")
         splits["rl"][cap] = _draw(makers[cap][0], rng, cfg.rl_per_capability, used, f"rl {cap}")
     shots = {cap: splits["sft"][cap][: cfg.few_shot] for cap in CAPABILITIES}
+    # implicit requirements (PAS): a stream of their own, so adding them left every other split as it was
+    irng = random.Random(f"world-{cfg.seed}-implicit")
+    splits["eval"]["implicit"] = _draw(make_implicit, irng, cfg.eval_per_capability, used, "eval implicit", unique=True)
+    implicit = _draw(make_implicit, irng, cfg.pas_prompts, used, "PAS implicit")
+    shots["implicit"] = implicit[: cfg.few_shot]
+    pas = [{"prompt": t["messages"][-1]["content"], "complement": t["complement"], "capability": "implicit"}
+           for t in implicit]
+    for cap in CAPABILITIES:  # explicit or requirement-free prompts: PAS learns to add nothing
+        pas += [{"prompt": t["messages"][-1]["content"], "complement": ABSTAIN, "capability": cap}
+                for t in splits["sft"][cap][: cfg.pas_abstain_per_capability]]
+    irng.shuffle(pas)
     corpus = _corpus(cfg, kb, used, rng)
-    return {"kb": kb, "corpus": corpus, **splits, "shots": shots}
+    return {"kb": kb, "corpus": corpus, **splits, "shots": shots, "pas": pas}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -168,7 +182,7 @@ def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
 
     ``corpus.jsonl`` ({text}); ``sft_<cap>.jsonl`` and ``sft.jsonl`` (chat records); ``rl_prompts.jsonl``
     ({messages, capability, check}); ``eval.jsonl`` ({messages, response, capability, check});
-    ``shots.jsonl``; ``kb.json``.
+    ``shots.jsonl``; ``pas.jsonl`` ({prompt, complement, capability}); ``kb.json``.
     """
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
@@ -183,8 +197,9 @@ def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
     put("sft.jsonl", [chat_record(t) for cap in CAPABILITIES for t in world["sft"][cap]])
     put("rl_prompts.jsonl", [{"messages": t["messages"], "capability": t["capability"], "check": t["check"]}
                              for cap in CAPABILITIES for t in world["rl"][cap]])
-    put("eval.jsonl", [t for cap in CAPABILITIES for t in world["eval"][cap]])
-    put("shots.jsonl", [t for cap in CAPABILITIES for t in world["shots"][cap]])
+    put("eval.jsonl", [t for cap in world["eval"] for t in world["eval"][cap]])
+    put("shots.jsonl", [t for cap in world["shots"] for t in world["shots"][cap]])
+    put("pas.jsonl", world.get("pas", []))
     (out / "kb.json").write_text(json.dumps([c.__dict__ for c in world["kb"]], indent=1))
     files["kb"] = str(out / "kb.json")
     return files
