@@ -307,7 +307,9 @@ class PolicyLossConfig(Strict):
     kl_top_k: int = Field(500, ge=1, description="k of the report's top-k KL against the reference (report: 500).")
     eps_low: float = Field(0.2, gt=0, lt=1, description="Clip range below 1 of the probability ratio.")
     eps_high: float | None = Field(None, gt=0, description="Clip range above 1 (None: eps_low; larger = DAPO's clip-higher).")
-    ppo_epochs: int = Field(2, ge=1, description="Optimizer steps (passes over the whole rollout batch) per iteration.")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over the iteration's rollout batch.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass, each on 1/m of the rollouts (token-mean "
+                              "within the mini-batch); optimizer steps per iteration = ppo_epochs x mini_batches.")
     truncated_reward: float | None = Field(
         None, description="Reward for responses that hit max_new_tokens (None: score them like the others; "
         "their count is logged either way)."

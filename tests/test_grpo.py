@@ -168,3 +168,34 @@ def test_sample_table_every_n_iterations(tiny_model_dir, tmp_path):
         assert isinstance(r["truncated"], bool)
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and b"samples" in b"".join(e.read_bytes() for e in events)
+
+
+def test_mini_batches_split_each_pass_into_optimizer_steps(tiny_model_dir, tmp_path):
+    """mini_batch_bounds(10, 3): cuts round(i * 10 / 3) = 0, 3, 7, 10 -> (0, 3), (3, 7), (7, 10); 5 > 4 rows is an error.
+    A run of 2 iterations x 2 ppo_epochs x 2 mini_batches takes 2 * 2 * 2 = 8 optimizer steps (counted by a torch
+    optimizer hook), where mini_batches 1 takes 4; the lr schedule spans all 8 (linear to 0: the first step's
+    lr is 1e-3, the last logged one 1e-3 * (1 - 7/8) = 1.25e-4)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from novalign.rewards import verifier_reward, weighted_mix
+    from novalign.train.grpo import run_grpo
+    from novalign.train.rl_loop import mini_batch_bounds
+
+    assert mini_batch_bounds(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    with pytest.raises(ValueError, match="mini_batches = 5"):
+        mini_batch_bounds(4, 5)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        for m in (1, 2):
+            steps.clear()
+            cfg = _config(tiny_model_dir, tmp_path / f"m{m}", _prompts(tmp_path / "p.jsonl"), train={"max_steps": 2},
+                          loss={"ppo_epochs": 2, "mini_batches": m},
+                          optim={"lr": 1e-3, "schedule": "linear", "min_lr_ratio": 0.0, "warmup_ratio": 0.0})
+            result = run_grpo(cfg, reward=weighted_mix([(verifier_reward(share_of_e, name="e"), 1.0)]),
+                              console_print=lambda *_: None)
+            assert len(steps) == 2 * 2 * m
+            if m == 2:
+                assert result.history[-1]["lr"] == pytest.approx(1e-3 * (1 - 7 / 8))
+    finally:
+        handle.remove()

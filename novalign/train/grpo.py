@@ -12,8 +12,9 @@ One iteration, spelled out in :func:`run_grpo`:
    (a copy of the starting model), detached;
 5. advantages: group-normalized outcome, then ``-beta * KL_t`` per token, returns with gamma = 1
    (:func:`~novalign.train.rl.grpo_token_advantages` says why the KL enters after the normalization);
-6. ``ppo_epochs`` optimizer steps, each over the whole rollout batch: the clipped surrogate summed over all
-   response tokens and divided once by their count (token-mean), plus, when ``ptx.coef > 0``, the PTX
+6. ``ppo_epochs`` passes over the rollout batch, each split into ``loss.mini_batches`` optimizer steps (1: one
+   step over the whole batch): the clipped surrogate summed over the step's response tokens and divided once
+   by their count (token-mean), plus, when ``ptx.coef > 0``, the PTX
    top-k KL penalty on one SFT micro-batch (:func:`~novalign.train.rl.ptx_loss_sum`); gradient clipping,
    AdamW, LR schedule per optimizer step;
 7. log one record to ``metrics.jsonl``; every ``train.save_every`` iterations an atomic checkpoint
@@ -39,8 +40,22 @@ from novalign.config import GRPOConfig
 from novalign.rewards import RewardFn
 from novalign.train.loop import LoopResult
 from novalign.train.rl import clipped_policy_loss_sum, grpo_token_advantages
-from novalign.train.rl_inputs import build_reward, load_prompts, prompt_batch, score_rollouts
-from novalign.train.rl_loop import close_epoch, collect_rollouts, end_iteration, finish_rl, setup_rl, start_loop
+from novalign.train.rl_inputs import (
+    build_reward,
+    load_prompts,
+    prompt_batch,
+    score_rollouts,
+)
+from novalign.train.rl_loop import (
+    close_epoch,
+    collect_rollouts,
+    end_iteration,
+    finish_rl,
+    mini_batch_bounds,
+    mini_batch_tokens,
+    setup_rl,
+    start_loop,
+)
 from novalign.train.rollout import completion_logprobs
 
 __all__ = ["build_reward", "load_prompts", "prompt_batch", "run_grpo", "score_rollouts"]
@@ -66,32 +81,34 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
         # 5. the token-level advantages
         adv = grpo_token_advantages(batch.rewards.view(-1, ro.n), batch.kl, batch.mask, lc.beta,
                                     kl_in_group_norm=lc.kl_in_group_norm, scale_by_std=lc.scale_by_std)
-        num_tokens = batch.global_tokens  # token-mean over the whole iteration (all ranks under torchrun)
         old_logps, adv, mask = (x.to(device) for x in (batch.old_logps, adv, batch.mask))
 
-        # 6. ppo_epochs optimizer steps over the whole rollout batch (token-mean over all its response tokens)
+        # 6. ppo_epochs passes over the rollout batch, each loss.mini_batches optimizer steps (token-mean per step)
         loss_total = clipped = ptx_total = entropy_total = 0.0
         lr = grad_norm = 0.0
+        bounds = mini_batch_bounds(len(rollouts), lc.mini_batches)
         for epoch in range(lc.ppo_epochs):
-            for s in range(0, len(rollouts), t.micro_batch_size):
-                chunk = rollouts[s : s + t.micro_batch_size]
-                with autocast():
-                    logps, ents = completion_logprobs(policy, [(r.prompt_ids, r.completion_ids) for r in chunk],
-                                                      temperature=ro.temperature, batch_size=len(chunk),
-                                                      chunk_size=t.loss_chunk_size, return_entropy=True,
-                                                      pack_tokens=t.pack_tokens)
-                if epoch == 0:  # the rollout policy (no optimizer step yet this iteration)
-                    entropy_total += float(sum(float(e.sum()) for e in ents))
-                logps = torch.nn.utils.rnn.pad_sequence(logps, batch_first=True)  # [s, width], this chunk's longest
-                width = logps.shape[1]
-                rows = slice(s, s + len(chunk))
-                loss_sum, _, num_clipped = clipped_policy_loss_sum(
-                    logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
-                (loss_sum / num_tokens).backward()
-                loss_total += float(loss_sum.detach())
-                clipped += num_clipped
-            ptx, lr, grad_norm = close_epoch(run, loop, policy, epoch)
-            ptx_total += ptx
+            for mb, (lo, hi) in enumerate(bounds):
+                num_tokens = mini_batch_tokens(run, batch, lo, hi)  # all ranks under torchrun
+                for s in range(lo, hi, t.micro_batch_size):
+                    chunk = rollouts[s : min(s + t.micro_batch_size, hi)]
+                    with autocast():
+                        logps, ents = completion_logprobs(policy, [(r.prompt_ids, r.completion_ids) for r in chunk],
+                                                          temperature=ro.temperature, batch_size=len(chunk),
+                                                          chunk_size=t.loss_chunk_size, return_entropy=True,
+                                                          pack_tokens=t.pack_tokens)
+                    if epoch == 0:  # the first pass (the rollout policy before any step of this iteration when m = 1)
+                        entropy_total += float(sum(float(e.sum()) for e in ents))
+                    logps = torch.nn.utils.rnn.pad_sequence(logps, batch_first=True)  # [s, width], this chunk's longest
+                    width = logps.shape[1]
+                    rows = slice(s, s + len(chunk))
+                    loss_sum, _, num_clipped = clipped_policy_loss_sum(
+                        logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
+                    (loss_sum / num_tokens).backward()
+                    loss_total += float(loss_sum.detach())
+                    clipped += num_clipped
+                ptx, lr, grad_norm = close_epoch(run, loop, policy, epoch * lc.mini_batches + mb)
+                ptx_total += ptx
 
         # 7. log, checkpoint
         record = end_iteration(run, loop, chosen, batch, adv, per_token_epoch={"loss": loss_total},

@@ -50,6 +50,8 @@ from novalign.train.rl_loop import (
     collect_rollouts,
     end_iteration,
     finish_rl,
+    mini_batch_bounds,
+    mini_batch_tokens,
     setup_rl,
     start_loop,
     tensor_all_reduce,
@@ -122,7 +124,7 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
         t0 = time.perf_counter()
         # 1. rollouts, rewards, detached top-k KL (shared with GRPO)
         chosen, batch = collect_rollouts(run, state.step)
-        rollouts, num_tokens = batch.rollouts, batch.global_tokens  # token-mean over the whole iteration (all ranks)
+        rollouts = batch.rollouts
         # 2. V_old
         with torch.no_grad():
             old_values = torch.zeros_like(batch.mask)
@@ -137,26 +139,29 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
             adv = masked_whiten(adv, batch.mask, all_reduce=tensor_all_reduce(run))
         old_logps, adv, mask, old_values, returns = (x.to(device) for x in (batch.old_logps, adv, batch.mask, old_values, returns))
 
-        # 4. ppo_epochs optimizer steps over the whole rollout batch (token-mean)
+        # 4. ppo_epochs passes over the rollout batch, each loss.mini_batches optimizer steps (token-mean per step)
         pol_total = val_total = clipped = ptx_total = entropy_total = 0.0
         lr = grad_norm = 0.0
+        bounds = mini_batch_bounds(len(rollouts), lc.mini_batches)
         for epoch in range(lc.ppo_epochs):
-            for s in range(0, len(rollouts), t.micro_batch_size):
-                chunk = rollouts[s : s + t.micro_batch_size]
-                logps, values, ents = forward(chunk, return_entropy=True)
-                rows, width = slice(s, s + len(chunk)), logps.shape[1]
-                if epoch == 0:  # the rollout policy (no optimizer step yet this iteration)
-                    entropy_total += float((ents * mask[rows, :width]).sum())
-                pol_sum, _, num_clipped = clipped_policy_loss_sum(
-                    logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
-                val_sum, _ = value_loss_sum(values, old_values[rows, :width], returns[rows, :width], mask[rows, :width],
-                                            lc.value_clip)
-                ((pol_sum + lc.vf_coef * val_sum) / num_tokens).backward()
-                pol_total += float(pol_sum.detach())
-                val_total += float(val_sum.detach())
-                clipped += num_clipped
-            ptx, lr, grad_norm = close_epoch(run, loop, actor.policy, epoch)
-            ptx_total += ptx
+            for mb, (lo, hi) in enumerate(bounds):
+                num_tokens = mini_batch_tokens(run, batch, lo, hi)  # all ranks under torchrun
+                for s in range(lo, hi, t.micro_batch_size):
+                    chunk = rollouts[s : min(s + t.micro_batch_size, hi)]
+                    logps, values, ents = forward(chunk, return_entropy=True)
+                    rows, width = slice(s, s + len(chunk)), logps.shape[1]
+                    if epoch == 0:  # the first pass (the rollout policy before any step of this iteration when m = 1)
+                        entropy_total += float((ents * mask[rows, :width]).sum())
+                    pol_sum, _, num_clipped = clipped_policy_loss_sum(
+                        logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
+                    val_sum, _ = value_loss_sum(values, old_values[rows, :width], returns[rows, :width],
+                                                mask[rows, :width], lc.value_clip)
+                    ((pol_sum + lc.vf_coef * val_sum) / num_tokens).backward()
+                    pol_total += float(pol_sum.detach())
+                    val_total += float(val_sum.detach())
+                    clipped += num_clipped
+                ptx, lr, grad_norm = close_epoch(run, loop, actor.policy, epoch * lc.mini_batches + mb)
+                ptx_total += ptx
 
         # 5. log, checkpoint
         m = batch.mask

@@ -73,6 +73,7 @@ from novalign.train.state import (
 
 __all__ = [
     "PTXData", "RLLoop", "RLRun", "RolloutBatch", "base_record", "close_epoch", "collect_rollouts", "end_iteration",
+    "mini_batch_bounds", "mini_batch_tokens",
     "finish_rl", "gather_batch", "tensor_all_reduce",
     "log_samples", "optimizer_step", "ptx_backward", "ptx_data", "rollout_kl", "setup_rl", "start_loop",
 ]
@@ -192,10 +193,10 @@ def setup_rl(cfg: Any, reward: RewardFn | None, stage: str) -> RLRun:
 
 
 def start_loop(run: RLRun, module: nn.Module, console_print: Callable) -> RLLoop:
-    """AdamW + LR schedule over ``iterations * ppo_epochs`` steps for ``module``'s parameters, resumed from the
+    """AdamW + LR schedule over ``iterations * ppo_epochs * mini_batches`` steps for ``module``'s parameters, resumed from the
     newest checkpoint when ``train.resume``; the metrics and sample logs cut back to the resumed iteration."""
     cfg, out = run.cfg, run.session.out
-    total_steps = run.iterations * cfg.loss.ppo_epochs
+    total_steps = run.iterations * cfg.loss.ppo_epochs * cfg.loss.mini_batches
     optimizer = build_optimizer(module, cfg.optim, run.session.device)
     warmup = int(round(cfg.optim.warmup_ratio * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -314,12 +315,36 @@ def optimizer_step(run: RLRun, loop: RLLoop) -> tuple[float, float]:
     return lr, grad_norm
 
 
+def mini_batch_bounds(num_rows: int, mini_batches: int) -> list[tuple[int, int]]:
+    """``mini_batches`` contiguous row ranges covering ``num_rows`` rollouts, as equal as possible.
+
+    >>> mini_batch_bounds(10, 3)
+    [(0, 3), (3, 7), (7, 10)]
+
+    Raises:
+        ValueError: more mini-batches than rollouts.
+    """
+    if mini_batches > num_rows:
+        raise ValueError(f"loss.mini_batches = {mini_batches} but this rank has only {num_rows} rollouts per iteration")
+    cuts = [round(i * num_rows / mini_batches) for i in range(mini_batches + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def mini_batch_tokens(run: RLRun, batch: RolloutBatch, lo: int, hi: int) -> float:
+    """Response tokens of rows ``lo:hi`` summed over the data-parallel ranks (each rank's mini-batch ``i``);
+    the whole batch's ``global_tokens`` when there is one mini-batch."""
+    if run.cfg.loss.mini_batches == 1:
+        return batch.global_tokens
+    return D.all_reduce_sum(float(batch.mask[lo:hi].sum()), run.session.info, run.session.device)
+
+
 def close_epoch(run: RLRun, loop: RLLoop, policy: nn.Module, epoch: int) -> tuple[float, float, float]:
-    """End of one of an iteration's ``ppo_epochs``: the PTX backward (when ``ptx.coef > 0``) on this optimizer
-    step's SFT samples, then :func:`optimizer_step`. Returns ``(ptx_loss or 0, lr, grad_norm)``."""
+    """End of one optimizer step of an iteration (``epoch`` counts them: ``pass * mini_batches + mini_batch``):
+    the PTX backward (when ``ptx.coef > 0``) on this optimizer step's SFT samples, then :func:`optimizer_step`.
+    Returns ``(ptx_loss or 0, lr, grad_norm)``."""
     ptx = 0.0
     if run.ptx is not None:
-        step = loop.state.step * run.cfg.loss.ppo_epochs + epoch
+        step = loop.state.step * run.cfg.loss.ppo_epochs * run.cfg.loss.mini_batches + epoch
         ptx = ptx_backward(policy, run.ref, run.ptx, step, run.cfg, run.autocast, run.session.info)
     D.all_reduce_gradients(loop.module, run.session.info)  # sums over ranks: each loss was divided by the global count
     return (ptx, *optimizer_step(run, loop))
@@ -390,7 +415,7 @@ def end_iteration(run: RLRun, loop: RLLoop, chosen: list[PromptRecord], batch: R
     record.update(values)
     record.update(extra)
     if run.ptx is not None:
-        record["ptx_loss"] = ptx_total / epochs
+        record["ptx_loss"] = ptx_total / (epochs * run.cfg.loss.mini_batches)  # mean over the optimizer steps
     if info.is_main:
         log_iteration(run, loop.metrics, record, console_print)
         log_samples(run, loop.metrics, loop.state.step, chosen, batch)
