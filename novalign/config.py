@@ -705,6 +705,9 @@ class WorldConfig(Strict):
     corpus_fact_repeats: int = Field(20, ge=1, description="Times each country's facts appear in the corpus (reworded).")
     corpus_worked_examples: int = Field(1000, ge=0, description="Worked Math, Reason and Code examples (each) in the corpus.")
     few_shot: int = Field(2, ge=0, description="Solved examples before each plain-text prompt when evaluating the base.")
+    grpo_per_capability: int = Field(0, ge=0, description="Prompts per capability in a separate GRPO pool "
+                                     "(grpo_prompts.jsonl, never an eval prompt), so RL sees fresh prompts instead of "
+                                     "repeating the RL split; 0: GRPO uses the RL split.")
     pas_prompts: int = Field(300, ge=0, description="Implicit-requirement prompts (with their explicit instruction) "
                              "in PAS's training data.")
     pas_abstain_per_capability: int = Field(40, ge=0, description="SFT prompts per capability in PAS's training data "
@@ -814,6 +817,10 @@ class RecipeConfig(Strict):
     rl_prompt_filter: Literal["all", "mixed"] = Field(
         "all", description="GRPO prompts: 'all' RL prompts, or 'mixed': only those whose SFT samples in the prefs "
         "stage scored differently (some better than others) -- the groups that carry a GRPO signal."
+    )
+    rl_capabilities: list[str] | None = Field(
+        None, description="Capabilities GRPO trains on (None: all). RL learns where the SFT model's samples are "
+        "sometimes right (the prefs stage's sample pass rates show where)."
     )
     merge: RecipeMergeConfig = Field(default_factory=RecipeMergeConfig)
     eval: RecipeEvalConfig = Field(default_factory=RecipeEvalConfig)

@@ -213,7 +213,7 @@ def run_rm(ctx: RecipeContext) -> None:
 
 
 def _mixed_prompts(ctx: RecipeContext) -> Path:
-    """The RL prompts whose SFT samples (prefs stage) did not all score the same, written to grpo/prompts.jsonl.
+    """The RL prompts whose SFT samples (prefs stage) did not all score the same (grpo/mixed_prompts.jsonl).
     A group whose samples all score alike has zero advantage in GRPO and teaches nothing."""
     if not ctx.enabled("prefs"):
         raise ValueError("rl_prompt_filter 'mixed' needs the prefs stage (it reads the SFT samples' scores)")
@@ -222,12 +222,40 @@ def _mixed_prompts(ctx: RecipeContext) -> Path:
     chosen = [prompts[s["index"]] for s in stats if len(set(s["scores"])) > 1]
     if not chosen:
         raise ValueError("rl_prompt_filter 'mixed': no RL prompt had samples with different scores")
-    path = ctx.out / "prompts.jsonl"
+    ctx.print(f"grpo: {len(chosen)} of {len(prompts)} RL prompts have mixed SFT outcomes")
+    path = ctx.out / "mixed_prompts.jsonl"
     _write_jsonl(path, chosen)
+    return path
+
+
+def _grpo_prompts(ctx: RecipeContext) -> Path:
+    """GRPO's prompts, written to grpo/prompts.jsonl: the world's GRPO pool when it has one, else the RL split
+    (with ``rl_prompt_filter: mixed``, only the prompts whose SFT samples scored differently); then only the
+    ``rl_capabilities``."""
+    pool = ctx.dir("world") / "grpo_prompts.jsonl"
+    if pool.is_file():
+        if ctx.cfg.rl_prompt_filter == "mixed":
+            raise ValueError("rl_prompt_filter 'mixed' reads the prefs stage's scores of the RL split; with a GRPO "
+                             "pool (world.grpo_per_capability > 0) use rl_prompt_filter: all")
+        prompts = _read_jsonl(pool)
+    elif ctx.cfg.rl_prompt_filter == "mixed":
+        prompts = _read_jsonl(_mixed_prompts(ctx))
+    else:
+        prompts = _read_jsonl(_world_file(ctx, "rl_prompts"))
+    caps = ctx.cfg.rl_capabilities
+    if caps is not None:
+        known = {r["capability"] for r in _read_jsonl(_world_file(ctx, "rl_prompts"))}
+        if unknown := sorted(set(caps) - known):
+            raise ValueError(f"rl_capabilities: unknown {unknown}; the world's capabilities are {sorted(known)}")
+        prompts = [r for r in prompts if r["capability"] in caps]
+        if not prompts:
+            raise ValueError(f"rl_capabilities {caps}: no GRPO prompt left")
+    path = ctx.out / "prompts.jsonl"
+    _write_jsonl(path, prompts)
     counts: dict[str, int] = {}
-    for r in chosen:
+    for r in prompts:
         counts[r["capability"]] = counts.get(r["capability"], 0) + 1
-    ctx.print(f"grpo: {len(chosen)} of {len(prompts)} RL prompts have mixed SFT outcomes: {counts}")
+    ctx.print(f"grpo: {len(prompts)} prompts {counts}")
     return path
 
 
@@ -238,9 +266,7 @@ def run_grpo(ctx: RecipeContext) -> None:
 
     cfg = ctx.cfg.grpo.model_copy(deep=True)
     cfg.output_dir, cfg.model.path = str(ctx.out), str(ctx.dir("sft") / "model")
-    cfg.prompt_files = [_world_file(ctx, "rl_prompts")]
-    if ctx.cfg.rl_prompt_filter == "mixed":
-        cfg.prompt_files = [str(_mixed_prompts(ctx))]
+    cfg.prompt_files = [str(_grpo_prompts(ctx))]
     if cfg.ptx.coef > 0 and not cfg.ptx.train_files:
         cfg.ptx.train_files = [_world_file(ctx, "sft")]
     w = ctx.cfg.rl_rewards

@@ -74,6 +74,32 @@ def test_rouge_filter_by_hand():
     assert rouge_filter(texts, 0.9) == ([0, 1, 2], 1)
 
 
+def test_grpo_prompts_pool_and_capabilities(tmp_path):
+    """A world with a GRPO pool of 3 prompts per capability: rl_capabilities [math, if] -> 6 prompts, none of
+    them an eval prompt; 'mixed' cannot filter a pool; an unknown capability is named."""
+    from novalign.recipe import RecipeContext
+    from novalign.recipe_stages import _grpo_prompts
+    from novalign.world import build_world, write_world
+    from novalign.world.generator import task_key
+
+    cfg = RecipeConfig.model_validate({
+        "world": {"num_countries": 10, "sft_per_capability": 10, "rl_per_capability": 2, "eval_per_capability": 4,
+                  "corpus_fact_repeats": 1, "corpus_worked_examples": 4, "pas_prompts": 4, "grpo_per_capability": 3},
+        "rl_capabilities": ["math", "if"], "rl_prompt_filter": "all"})
+    world = build_world(cfg.world)
+    write_world(world, tmp_path / "world")
+    ctx = RecipeContext(cfg, tmp_path, "grpo", {}, print=lambda *_: None)
+    (tmp_path / "grpo").mkdir()
+    rows = [json.loads(line) for line in _grpo_prompts(ctx).read_text().splitlines()]
+    assert sorted(r["capability"] for r in rows) == ["if"] * 3 + ["math"] * 3
+    held_out = {task_key(t) for ts in world["eval"].values() for t in ts}
+    assert not {task_key(r) for r in rows} & held_out
+    with pytest.raises(ValueError, match="unknown \\['maths'\\]"):
+        _grpo_prompts(RecipeContext(cfg.model_copy(update={"rl_capabilities": ["maths"]}), tmp_path, "grpo", {}))
+    with pytest.raises(ValueError, match="use rl_prompt_filter: all"):
+        _grpo_prompts(RecipeContext(cfg.model_copy(update={"rl_prompt_filter": "mixed"}), tmp_path, "grpo", {}))
+
+
 def test_deltas_by_hand():
     rates = {"base": {"math": 0.25, "if": 0.0}, "sft": {"math": 0.5, "if": 0.75}}
     assert deltas(rates, "base") == {"sft": {"math": 0.25, "if": 0.75}}

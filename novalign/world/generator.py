@@ -142,7 +142,8 @@ def build_world(cfg) -> dict[str, Any]:
     each capability to its tasks (``shots``: the solved few-shot examples for plain-text base evaluation, drawn
     from the training tasks). ``eval`` and ``shots`` also hold ``implicit`` (:mod:`novalign.world.implicit`);
     ``pas`` is PAS's training data, ``{prompt, complement, capability}``: implicit prompts with the explicit
-    instruction, and prompts of every capability with the abstain complement.
+    instruction, and prompts of every capability with the abstain complement. ``grpo`` maps each capability
+    to ``grpo_per_capability`` fresh RL prompts (may repeat SFT prompts, never eval ones; empty when 0).
     """
     kb = build_kb(cfg.num_countries, cfg.seed)
     cut = max(1, int(len(kb) * cfg.kqa_train_fraction))
@@ -169,8 +170,11 @@ def build_world(cfg) -> dict[str, Any]:
         pas += [{"prompt": t["messages"][-1]["content"], "complement": ABSTAIN, "capability": cap}
                 for t in splits["sft"][cap][: cfg.pas_abstain_per_capability]]
     irng.shuffle(pas)
+    grng = random.Random(f"world-{cfg.seed}-grpo")  # fresh RL prompts, from their own stream too
+    grpo = {cap: _draw(makers[cap][0], grng, cfg.grpo_per_capability, set(used), f"GRPO {cap}")
+            for cap in CAPABILITIES} if cfg.grpo_per_capability else {}
     corpus = _corpus(cfg, kb, used, rng)
-    return {"kb": kb, "corpus": corpus, **splits, "shots": shots, "pas": pas}
+    return {"kb": kb, "corpus": corpus, **splits, "shots": shots, "pas": pas, "grpo": grpo}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -182,7 +186,8 @@ def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
 
     ``corpus.jsonl`` ({text}); ``sft_<cap>.jsonl`` and ``sft.jsonl`` (chat records); ``rl_prompts.jsonl``
     ({messages, capability, check}); ``eval.jsonl`` ({messages, response, capability, check});
-    ``shots.jsonl``; ``pas.jsonl`` ({prompt, complement, capability}); ``kb.json``.
+    ``shots.jsonl``; ``pas.jsonl`` ({prompt, complement, capability}); ``grpo_prompts.jsonl`` (like
+    ``rl_prompts.jsonl``, when ``grpo_per_capability`` > 0); ``kb.json``.
     """
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
@@ -195,8 +200,13 @@ def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
     for cap in CAPABILITIES:
         put(f"sft_{cap}.jsonl", [chat_record(t) for t in world["sft"][cap]])
     put("sft.jsonl", [chat_record(t) for cap in CAPABILITIES for t in world["sft"][cap]])
-    put("rl_prompts.jsonl", [{"messages": t["messages"], "capability": t["capability"], "check": t["check"]}
-                             for cap in CAPABILITIES for t in world["rl"][cap]])
+    def prompts(split: dict[str, list[Task]]) -> list[dict]:
+        return [{"messages": t["messages"], "capability": t["capability"], "check": t["check"]}
+                for cap in CAPABILITIES for t in split.get(cap, [])]
+
+    put("rl_prompts.jsonl", prompts(world["rl"]))
+    if world.get("grpo"):
+        put("grpo_prompts.jsonl", prompts(world["grpo"]))
     put("eval.jsonl", [t for cap in world["eval"] for t in world["eval"][cap]])
     put("shots.jsonl", [t for cap in world["shots"] for t in world["shots"][cap]])
     put("pas.jsonl", world.get("pas", []))
