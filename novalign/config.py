@@ -873,16 +873,23 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid keys at ``loc`` in ``model`` (for did-you-mean suggestions)."""
+    """Valid keys at ``loc`` in ``model`` (for did-you-mean suggestions); a list index or a mapping key in
+    ``loc`` (``merge.specialists.0.focus``) steps into the entry's section."""
     current: Any = model
+    entry = False  # the next part of loc is a list index or a mapping key
     for part in loc:
+        if entry:
+            entry = False
+            continue
         field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
         if field is None:
             return []
-        ann = field.annotation
-        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        current = inner[0] if inner else ann
-    if isinstance(current, type) and issubclass(current, BaseModel):
+        nested = _nested_models(field.annotation)
+        if nested is None:
+            return []
+        kind, current = nested
+        entry = kind in ("list", "dict")
+    if isinstance(current, type) and issubclass(current, BaseModel) and not entry:
         return list(current.model_fields)
     return []
 

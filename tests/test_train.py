@@ -205,6 +205,18 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.train.epochs == 2 and cfg.data.train_files == ["x.jsonl"] and cfg.optim.lr == 1e-5
 
 
+def test_did_you_mean_reaches_into_lists_and_mappings():
+    """merge.specialists is a list of sections: an unknown key in its entry 0 is matched against that section's
+    keys; the same for a mapping of sections (LLMConfig.prices: model name -> PriceConfig)."""
+    from novalign.config import ConfigError, LLMConfig, RecipeConfig, load_config
+
+    with pytest.raises(ConfigError, match=r"merge\.specialists\.0\.fokus: unknown key \(did you mean "
+                                          r"'merge\.specialists\.0\.focus'\?\)"):
+        load_config(RecipeConfig, None, ["merge.specialists=[{name: a, fokus: [math]}]"])
+    with pytest.raises(ConfigError, match=r"did you mean 'prices\.m\.prompt_per_million'"):
+        load_config(LLMConfig, None, ["prices={m: {prompt_per_milion: 1.0}}"])
+
+
 def test_set_overrides_reach_into_lists(tmp_path):
     """``--set suites.1.options.n=4`` edits the second entry of a list; an index past the end, a non-number
     index, or a key below a plain value is an error that names the path."""
