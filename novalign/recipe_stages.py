@@ -350,6 +350,7 @@ def run_eval(ctx: RecipeContext) -> None:
     for t in _read_jsonl(_world_file(ctx, "shots")):
         shots.setdefault(t["capability"], []).append(t)
     e = ctx.cfg.eval
+    behind_pas: tuple[list[dict], list[dict]] | None = None  # the PAS rewrite of the prompts, made once
     for label, (path, plain) in stage_models(ctx).items():
         key = stage_key({"eval": e.model_dump(), "plain": plain}, {label: _model_key(ctx, label), "world": ctx.keys["world"]})
         out = ctx.out / f"{label}.json"
@@ -358,7 +359,8 @@ def run_eval(ctx: RecipeContext) -> None:
         t0 = time.time()
         model_tasks, augmentations = tasks, None
         if label.endswith("+pas"):
-            model_tasks, augmentations = augment_tasks(ctx, tasks)
+            behind_pas = behind_pas or augment_tasks(ctx, tasks)
+            model_tasks, augmentations = behind_pas
         result = evaluate_model(path, model_tasks, plain=plain, shots=shots, max_new_tokens=e.max_new_tokens,
                                 batch_size=e.batch_size)
         if augmentations is not None:  # what PAS added, next to each reply
