@@ -125,7 +125,10 @@ def gather_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, *, 
 
     Works the same on a plain module, so checkpoints look alike with and without FSDP.
     """
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     opts = _options(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
     model_sd = get_model_state_dict(module, options=opts)
@@ -135,7 +138,10 @@ def gather_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, *, 
 
 def load_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict | None, optim_sd: dict | None) -> None:
     """Inverse of :func:`gather_state`: every rank passes the full dicts; FSDP re-shards them."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     if model_sd is not None:
         set_model_state_dict(module, model_sd, options=_options(full_state_dict=True, strict=False))

@@ -47,12 +47,11 @@ from novalign.train.rl_inputs import (
     score_rollouts,
 )
 from novalign.train.rl_loop import (
-    close_epoch,
+    close_step,
     collect_rollouts,
     end_iteration,
     finish_rl,
-    mini_batch_bounds,
-    mini_batch_tokens,
+    optimizer_steps,
     setup_rl,
     start_loop,
 )
@@ -86,29 +85,26 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
         # 6. ppo_epochs passes over the rollout batch, each loss.mini_batches optimizer steps (token-mean per step)
         loss_total = clipped = ptx_total = entropy_total = 0.0
         lr = grad_norm = 0.0
-        bounds = mini_batch_bounds(len(rollouts), lc.mini_batches)
-        for epoch in range(lc.ppo_epochs):
-            for mb, (lo, hi) in enumerate(bounds):
-                num_tokens = mini_batch_tokens(run, batch, lo, hi)  # all ranks under torchrun
-                for s in range(lo, hi, t.micro_batch_size):
-                    chunk = rollouts[s : min(s + t.micro_batch_size, hi)]
-                    with autocast():
-                        logps, ents = completion_logprobs(policy, [(r.prompt_ids, r.completion_ids) for r in chunk],
-                                                          temperature=ro.temperature, batch_size=len(chunk),
-                                                          chunk_size=t.loss_chunk_size, return_entropy=True,
-                                                          pack_tokens=t.pack_tokens)
-                    if epoch == 0:  # the first pass (the rollout policy before any step of this iteration when m = 1)
-                        entropy_total += float(sum(float(e.sum()) for e in ents))
-                    logps = torch.nn.utils.rnn.pad_sequence(logps, batch_first=True)  # [s, width], this chunk's longest
-                    width = logps.shape[1]
-                    rows = slice(s, s + len(chunk))
-                    loss_sum, _, num_clipped = clipped_policy_loss_sum(
-                        logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
-                    (loss_sum / num_tokens).backward()
-                    loss_total += float(loss_sum.detach())
-                    clipped += num_clipped
-                ptx, lr, grad_norm = close_epoch(run, loop, policy, epoch * lc.mini_batches + mb)
-                ptx_total += ptx
+        for step, (epoch, lo, hi, num_tokens) in enumerate(optimizer_steps(run, batch)):
+            for s in range(lo, hi, t.micro_batch_size):
+                chunk = rollouts[s : min(s + t.micro_batch_size, hi)]
+                with autocast():
+                    logps, ents = completion_logprobs(policy, [(r.prompt_ids, r.completion_ids) for r in chunk],
+                                                      temperature=ro.temperature, batch_size=len(chunk),
+                                                      chunk_size=t.loss_chunk_size, return_entropy=True,
+                                                      pack_tokens=t.pack_tokens)
+                if epoch == 0:  # the first pass (the rollout policy before any step of this iteration when m = 1)
+                    entropy_total += float(sum(float(e.sum()) for e in ents))
+                logps = torch.nn.utils.rnn.pad_sequence(logps, batch_first=True)  # [s, width], this chunk's longest
+                width = logps.shape[1]
+                rows = slice(s, s + len(chunk))
+                loss_sum, _, num_clipped = clipped_policy_loss_sum(
+                    logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
+                (loss_sum / num_tokens).backward()  # token-mean over this step's tokens (all ranks under torchrun)
+                loss_total += float(loss_sum.detach())
+                clipped += num_clipped
+            ptx, lr, grad_norm = close_step(run, loop, policy, step)
+            ptx_total += ptx
 
         # 7. log, checkpoint
         record = end_iteration(run, loop, chosen, batch, adv, per_token_epoch={"loss": loss_total},

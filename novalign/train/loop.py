@@ -32,7 +32,13 @@ from novalign.train.losses import token_mean_scale
 from novalign.train.metrics_log import MetricsLog, plot_loss_curve
 from novalign.train.packing import Batch
 from novalign.train.schedule import lr_factor
-from novalign.train.state import TrainState, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from novalign.train.state import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 
 
 class Objective(Protocol):
@@ -101,7 +107,13 @@ def _steps_per_epoch(num_micro: int, per_step: int) -> int:
 def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),

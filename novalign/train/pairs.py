@@ -37,7 +37,13 @@ from novalign.data.preference import split_by_prompt
 from novalign.train import dist as D
 from novalign.train.forward import decoder_hidden_states, output_weight
 from novalign.train.loop import DataPlan
-from novalign.train.packing import Batch, collate_packed, collate_padded, plan_packed_rows, plan_padded_batches
+from novalign.train.packing import (
+    Batch,
+    collate_packed,
+    collate_padded,
+    plan_packed_rows,
+    plan_padded_batches,
+)
 
 Seq = tuple[list[int], list[int]]  # (input_ids, labels)
 

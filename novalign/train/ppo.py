@@ -4,7 +4,7 @@ Everything but the advantage estimate and the critic is GRPO's (prompts, rollout
 the reward mix, the detached top-k KL to the frozen reference, PTX, checkpoints, logs): both trainers call
 the same functions of :mod:`novalign.train.rl_loop` -- :func:`~novalign.train.rl_loop.setup_rl`,
 :func:`~novalign.train.rl_loop.start_loop`, :func:`~novalign.train.rl_loop.collect_rollouts`,
-:func:`~novalign.train.rl_loop.close_epoch`, :func:`~novalign.train.rl_loop.end_iteration` and
+:func:`~novalign.train.rl_loop.close_step`, :func:`~novalign.train.rl_loop.end_iteration` and
 :func:`~novalign.train.rl_loop.finish_rl`.
 
 **The critic** is a scalar linear head on the policy's final hidden states (:class:`ActorCritic`): one shared
@@ -46,12 +46,11 @@ from novalign.train.rl import (
     value_loss_sum,
 )
 from novalign.train.rl_loop import (
-    close_epoch,
+    close_step,
     collect_rollouts,
     end_iteration,
     finish_rl,
-    mini_batch_bounds,
-    mini_batch_tokens,
+    optimizer_steps,
     setup_rl,
     start_loop,
     tensor_all_reduce,
@@ -142,26 +141,24 @@ def run_ppo(cfg: PPOConfig, reward: RewardFn | None = None, console_print=print)
         # 4. ppo_epochs passes over the rollout batch, each loss.mini_batches optimizer steps (token-mean per step)
         pol_total = val_total = clipped = ptx_total = entropy_total = 0.0
         lr = grad_norm = 0.0
-        bounds = mini_batch_bounds(len(rollouts), lc.mini_batches)
-        for epoch in range(lc.ppo_epochs):
-            for mb, (lo, hi) in enumerate(bounds):
-                num_tokens = mini_batch_tokens(run, batch, lo, hi)  # all ranks under torchrun
-                for s in range(lo, hi, t.micro_batch_size):
-                    chunk = rollouts[s : min(s + t.micro_batch_size, hi)]
-                    logps, values, ents = forward(chunk, return_entropy=True)
-                    rows, width = slice(s, s + len(chunk)), logps.shape[1]
-                    if epoch == 0:  # the first pass (the rollout policy before any step of this iteration when m = 1)
-                        entropy_total += float((ents * mask[rows, :width]).sum())
-                    pol_sum, _, num_clipped = clipped_policy_loss_sum(
-                        logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
-                    val_sum, _ = value_loss_sum(values, old_values[rows, :width], returns[rows, :width],
-                                                mask[rows, :width], lc.value_clip)
-                    ((pol_sum + lc.vf_coef * val_sum) / num_tokens).backward()
-                    pol_total += float(pol_sum.detach())
-                    val_total += float(val_sum.detach())
-                    clipped += num_clipped
-                ptx, lr, grad_norm = close_epoch(run, loop, actor.policy, epoch * lc.mini_batches + mb)
-                ptx_total += ptx
+        for step, (epoch, lo, hi, num_tokens) in enumerate(optimizer_steps(run, batch)):
+            for s in range(lo, hi, t.micro_batch_size):
+                chunk = rollouts[s : min(s + t.micro_batch_size, hi)]
+                logps, values, ents = forward(chunk, return_entropy=True)
+                rows, width = slice(s, s + len(chunk)), logps.shape[1]
+                if epoch == 0:  # the first pass (the rollout policy before any step of this iteration when m = 1)
+                    entropy_total += float((ents * mask[rows, :width]).sum())
+                pol_sum, _, num_clipped = clipped_policy_loss_sum(
+                    logps, old_logps[rows, :width], adv[rows, :width], mask[rows, :width], lc.eps_low, lc.eps_high)
+                val_sum, _ = value_loss_sum(values, old_values[rows, :width], returns[rows, :width],
+                                            mask[rows, :width], lc.value_clip)
+                # token-mean over this step's tokens (all ranks under torchrun)
+                ((pol_sum + lc.vf_coef * val_sum) / num_tokens).backward()
+                pol_total += float(pol_sum.detach())
+                val_total += float(val_sum.detach())
+                clipped += num_clipped
+            ptx, lr, grad_norm = close_step(run, loop, actor.policy, step)
+            ptx_total += ptx
 
         # 5. log, checkpoint
         m = batch.mask

@@ -25,15 +25,19 @@ import torch
 from torch import nn
 
 from novalign.config import DPOConfig, KTOConfig
-from novalign.data.preference import UnpairedSample, load_preference_dataset, load_unpaired_dataset, tokenize_response
+from novalign.data.preference import (
+    UnpairedSample,
+    load_preference_dataset,
+    load_unpaired_dataset,
+    tokenize_response,
+)
 from novalign.train import dist as D
 from novalign.train.loop import LoopResult, train
 from novalign.train.losses import dpo_loss, kto_loss
 from novalign.train.packing import Batch
 from novalign.train.pairs import UnitSet, read_splits, reference_logprobs, unit_logprobs
 from novalign.train.rm import pad_token_id, pair_units, unit_plans
-from novalign.train.session import Session, finish, start
-from novalign.train.session import adapt_model
+from novalign.train.session import Session, adapt_model, finish, start
 
 
 @dataclass

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +72,8 @@ from novalign.train.state import (
 )
 
 __all__ = [
-    "PTXData", "RLLoop", "RLRun", "RolloutBatch", "base_record", "close_epoch", "collect_rollouts", "end_iteration",
-    "mini_batch_bounds", "mini_batch_tokens",
+    "PTXData", "RLLoop", "RLRun", "RolloutBatch", "base_record", "close_step", "collect_rollouts", "end_iteration",
+    "mini_batch_bounds", "mini_batch_tokens", "optimizer_steps",
     "finish_rl", "gather_batch", "tensor_all_reduce",
     "log_samples", "optimizer_step", "ptx_backward", "ptx_data", "rollout_kl", "setup_rl", "start_loop",
 ]
@@ -330,6 +330,16 @@ def mini_batch_bounds(num_rows: int, mini_batches: int) -> list[tuple[int, int]]
     return list(zip(cuts[:-1], cuts[1:]))
 
 
+def optimizer_steps(run: RLRun, batch: RolloutBatch) -> Iterator[tuple[int, int, int, float]]:
+    """``(epoch, lo, hi, num_tokens)`` of each optimizer step of an iteration, in order: ``ppo_epochs`` passes
+    over the rollout rows, each split by :func:`mini_batch_bounds`; ``num_tokens`` (:func:`mini_batch_tokens`)
+    divides that step's summed loss. The step's index within the iteration is its position in this sequence."""
+    bounds = mini_batch_bounds(len(batch.rollouts), run.cfg.loss.mini_batches)
+    for epoch in range(run.cfg.loss.ppo_epochs):
+        for lo, hi in bounds:
+            yield epoch, lo, hi, mini_batch_tokens(run, batch, lo, hi)
+
+
 def mini_batch_tokens(run: RLRun, batch: RolloutBatch, lo: int, hi: int) -> float:
     """Response tokens of rows ``lo:hi`` summed over the data-parallel ranks (each rank's mini-batch ``i``);
     the whole batch's ``global_tokens`` when there is one mini-batch."""
@@ -338,13 +348,13 @@ def mini_batch_tokens(run: RLRun, batch: RolloutBatch, lo: int, hi: int) -> floa
     return D.all_reduce_sum(float(batch.mask[lo:hi].sum()), run.session.info, run.session.device)
 
 
-def close_epoch(run: RLRun, loop: RLLoop, policy: nn.Module, epoch: int) -> tuple[float, float, float]:
-    """End of one optimizer step of an iteration (``epoch`` counts them: ``pass * mini_batches + mini_batch``):
-    the PTX backward (when ``ptx.coef > 0``) on this optimizer step's SFT samples, then :func:`optimizer_step`.
+def close_step(run: RLRun, loop: RLLoop, policy: nn.Module, index: int) -> tuple[float, float, float]:
+    """End of the iteration's optimizer step number ``index`` (its position in :func:`optimizer_steps`): the PTX
+    backward (when ``ptx.coef > 0``) on this optimizer step's SFT samples, then :func:`optimizer_step`.
     Returns ``(ptx_loss or 0, lr, grad_norm)``."""
     ptx = 0.0
     if run.ptx is not None:
-        step = loop.state.step * run.cfg.loss.ppo_epochs * run.cfg.loss.mini_batches + epoch
+        step = loop.state.step * run.cfg.loss.ppo_epochs * run.cfg.loss.mini_batches + index
         ptx = ptx_backward(policy, run.ref, run.ptx, step, run.cfg, run.autocast, run.session.info)
     D.all_reduce_gradients(loop.module, run.session.info)  # sums over ranks: each loss was divided by the global count
     return (ptx, *optimizer_step(run, loop))

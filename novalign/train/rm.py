@@ -31,8 +31,7 @@ from novalign.train.loop import LoopResult, train
 from novalign.train.losses import bt_mse_loss
 from novalign.train.packing import Batch
 from novalign.train.pairs import UnitSet, make_unit_plan, read_splits, sample_units
-from novalign.train.session import finish, start
-from novalign.train.session import adapt_model
+from novalign.train.session import adapt_model, finish, start
 
 
 @dataclass

@@ -37,9 +37,9 @@ from novalign.data.chat import IGNORE_INDEX
 from novalign.llm.types import sample_seeds
 from novalign.models.generate import (
     GenerationRequest,
-    stop_token_ids,
     encode_chat,
     generate_batch,
+    stop_token_ids,
 )
 from novalign.train.forward import decoder_hidden_states, output_weight
 from novalign.train.packing import best_fit_decreasing, collate_packed, collate_padded

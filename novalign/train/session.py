@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from novalign.config import dump_config
+from novalign.config import ModelConfig, dump_config
+from novalign.models.checkpointing import (
+    decoder_layers,
+    enable_multi_layer_checkpointing,
+)
 from novalign.train import dist as D
 from novalign.train.loop import LoopResult, uses_fsdp
-from novalign.config import ModelConfig
-from novalign.models.checkpointing import decoder_layers, enable_multi_layer_checkpointing
 
 
 def seed_everything(seed: int) -> None:
@@ -61,7 +63,10 @@ def adapt_model(model: nn.Module, model_cfg: ModelConfig, device: torch.device, 
 
 def auto_group_size(model: nn.Module, tokens: int = 512) -> int:
     """The report's k = sqrt(num_layers / n), with n measured on one decoder layer of this model."""
-    from novalign.models.checkpointing import measure_activations_per_layer, optimal_group_size
+    from novalign.models.checkpointing import (
+        measure_activations_per_layer,
+        optimal_group_size,
+    )
 
     layers = decoder_layers(model)
     cfg = model.config

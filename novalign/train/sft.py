@@ -20,7 +20,6 @@ from novalign.config import SFTConfig
 from novalign.models import attention
 from novalign.train.forward import decoder_hidden_states, lm_logits, output_weight
 from novalign.train.loop import DataPlan, LoopResult, train
-from novalign.train.session import adapt_model, finish, start
 from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from novalign.train.packing import (
     Batch,
@@ -30,6 +29,7 @@ from novalign.train.packing import (
     plan_padded_batches,
     utilization,
 )
+from novalign.train.session import adapt_model, finish, start
 
 
 @dataclass
