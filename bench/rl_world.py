@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from novalign.config import RecipeConfig  # noqa: E402
 from novalign.recipe_stages import world_verifier  # noqa: E402
 from novalign.rewards import reward_model_reward, verifier_reward, weighted_mix  # noqa: E402
-from novalign.world.generator import _draw, _makers, build_world, task_key  # noqa: E402
+from novalign.world.generator import build_world, prompt_pool  # noqa: E402
 from novalign.world.tasks import CAPABILITIES  # noqa: E402
 
 
@@ -59,13 +59,8 @@ def main() -> None:
         raise SystemExit(f"--capabilities: unknown {sorted(unknown)}")
 
     world = build_world(rc.world)  # the same seed: the same eval split as the run
-    kb = world["kb"]
-    cut = max(1, int(len(kb) * rc.world.kqa_train_fraction))
-    makers = _makers(kb[:cut], kb[cut:], kb)
-    held_out = {task_key(t) for ts in world["eval"].values() for t in ts}
-    rng = random.Random(f"bench-rl-{a.seed}")
-    prompts = [{"messages": t["messages"], "capability": cap, "check": t["check"]}
-               for cap in caps for t in _draw(makers[cap][0], rng, a.per_capability, set(held_out), cap)]
+    pool = prompt_pool(rc.world, world, a.per_capability, random.Random(f"bench-rl-{a.seed}"), caps)
+    prompts = [{"messages": t["messages"], "capability": cap, "check": t["check"]} for cap in caps for t in pool[cap]]
     out = Path(a.out or run / f"bench_rl_seed{a.seed}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))

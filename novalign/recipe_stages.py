@@ -244,9 +244,10 @@ def _grpo_prompts(ctx: RecipeContext) -> Path:
         prompts = _read_jsonl(_world_file(ctx, "rl_prompts"))
     caps = ctx.cfg.rl_capabilities
     if caps is not None:
-        known = {r["capability"] for r in _read_jsonl(_world_file(ctx, "rl_prompts"))}
-        if unknown := sorted(set(caps) - known):
-            raise ValueError(f"rl_capabilities: unknown {unknown}; the world's capabilities are {sorted(known)}")
+        from novalign.world.tasks import CAPABILITIES
+
+        if unknown := sorted(set(caps) - set(CAPABILITIES)):
+            raise ValueError(f"rl_capabilities: unknown {unknown}; the world's capabilities are {sorted(CAPABILITIES)}")
         prompts = [r for r in prompts if r["capability"] in caps]
         if not prompts:
             raise ValueError(f"rl_capabilities {caps}: no GRPO prompt left")

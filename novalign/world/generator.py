@@ -42,7 +42,7 @@ from novalign.world.tasks import (
     code_example,
 )
 
-__all__ = ["build_world", "write_world", "task_key", "render_plain", "few_shot_prompt", "STOP_STRINGS", "chat_record"]
+__all__ = ["build_world", "prompt_pool", "write_world", "task_key", "render_plain", "few_shot_prompt", "STOP_STRINGS", "chat_record"]
 
 STOP_STRINGS = ("\n\n", "\nQuestion:", "\nSystem:")
 """Where a base model's plain-text answer ends."""
@@ -146,10 +146,7 @@ def build_world(cfg) -> dict[str, Any]:
     to ``grpo_per_capability`` fresh RL prompts (may repeat SFT prompts, never eval ones; empty when 0).
     """
     kb = build_kb(cfg.num_countries, cfg.seed)
-    cut = max(1, int(len(kb) * cfg.kqa_train_fraction))
-    if cut >= len(kb):
-        raise ValueError("world.kqa_train_fraction leaves no country for KQA evaluation")
-    makers = _makers(kb[:cut], kb[cut:], kb)
+    makers = _kb_makers(cfg, kb)
     rng = random.Random(f"world-{cfg.seed}")
     used: set[str] = set()
     splits: dict[str, dict[str, list[Task]]] = {"eval": {}, "sft": {}, "rl": {}}
@@ -170,11 +167,29 @@ def build_world(cfg) -> dict[str, Any]:
         pas += [{"prompt": t["messages"][-1]["content"], "complement": ABSTAIN, "capability": cap}
                 for t in splits["sft"][cap][: cfg.pas_abstain_per_capability]]
     irng.shuffle(pas)
-    grng = random.Random(f"world-{cfg.seed}-grpo")  # fresh RL prompts, from their own stream too
-    grpo = {cap: _draw(makers[cap][0], grng, cfg.grpo_per_capability, set(used), f"GRPO {cap}")
-            for cap in CAPABILITIES} if cfg.grpo_per_capability else {}
     corpus = _corpus(cfg, kb, used, rng)
-    return {"kb": kb, "corpus": corpus, **splits, "shots": shots, "pas": pas, "grpo": grpo}
+    world = {"kb": kb, "corpus": corpus, **splits, "shots": shots, "pas": pas, "grpo": {}}
+    if cfg.grpo_per_capability:  # fresh RL prompts, from their own stream too
+        world["grpo"] = prompt_pool(cfg, world, cfg.grpo_per_capability, random.Random(f"world-{cfg.seed}-grpo"))
+    return world
+
+
+def _kb_makers(cfg, kb) -> dict[str, tuple[Callable, Callable]]:
+    """The task makers of :func:`_makers`, KQA's countries split by ``cfg.kqa_train_fraction``."""
+    cut = max(1, int(len(kb) * cfg.kqa_train_fraction))
+    if cut >= len(kb):
+        raise ValueError("world.kqa_train_fraction leaves no country for KQA evaluation")
+    return _makers(kb[:cut], kb[cut:], kb)
+
+
+def prompt_pool(cfg, world: dict[str, Any], per_capability: int, rng: random.Random,
+                capabilities=CAPABILITIES) -> dict[str, list[Task]]:
+    """``per_capability`` prompts of each capability drawn from its training distribution with ``rng`` (they may
+    repeat SFT prompts), none of them an eval prompt of ``world``: the world's GRPO pool, and the seeded pools
+    of ``bench/rl_world.py``."""
+    makers = _kb_makers(cfg, world["kb"])
+    held_out = {task_key(t) for tasks in world["eval"].values() for t in tasks}
+    return {cap: _draw(makers[cap][0], rng, per_capability, set(held_out), f"pool {cap}") for cap in capabilities}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -200,6 +215,7 @@ def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
     for cap in CAPABILITIES:
         put(f"sft_{cap}.jsonl", [chat_record(t) for t in world["sft"][cap]])
     put("sft.jsonl", [chat_record(t) for cap in CAPABILITIES for t in world["sft"][cap]])
+
     def prompts(split: dict[str, list[Task]]) -> list[dict]:
         return [{"messages": t["messages"], "capability": t["capability"], "check": t["check"]}
                 for cap in CAPABILITIES for t in split.get(cap, [])]
