@@ -89,7 +89,7 @@ def build_model(args, device: torch.device):
 
 def packed_row(args):
     """The fullest BFD row of ``row_len`` tokens from log-normal samples (labels on the last 60 %)."""
-    from novalign.train.packing import IGNORE_INDEX, best_fit_decreasing, collate_packed
+    from novalign.models.packing import IGNORE_INDEX, best_fit_decreasing, collate_packed
 
     rng = np.random.default_rng(args.seed)
     lengths = np.clip(np.round(rng.lognormal(math.log(400), 1.0, 400)), 16, args.row_len).astype(int).tolist()

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from novalign.train.packing import IGNORE_INDEX
+from novalign.models.packing import IGNORE_INDEX
 
 
 def log(*args) -> None:

@@ -62,7 +62,7 @@ import torch
 
 from novalign.models.attention import resolve_backend, varlen_kernel_name
 from novalign.models.checkpointing import decoder_layers, enable_multi_layer_checkpointing
-from novalign.train.packing import (
+from novalign.models.packing import (
     collate_packed,
     collate_padded,
     plan_packed_rows,

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from novalign.models.attention import resolve_backend, varlen_kernel_name
-from novalign.train.packing import (
+from novalign.models.packing import (
     collate_packed,
     collate_padded,
     plan_packed_rows,
@@ -152,7 +152,7 @@ def hidden_state_check(model_packed, model_padded, samples, row, row_len, pad_id
     attend across boundaries); it shows the check would catch a leak. (At random init the *loss* is
     ~ln(vocab) whatever the attention does, so comparing losses would prove nothing.)
     """
-    from novalign.train.forward import decoder_hidden_states
+    from novalign.models.forward import decoder_hidden_states
 
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         packed = collate_packed(samples, [row], row_len, pad_id).to(device)

@@ -92,7 +92,7 @@ def share_of_e(response: str) -> float:
 
 def worker_rl(args) -> dict:
     from novalign.config import GRPOConfig, PPOConfig
-    from novalign.rewards import verifier_reward, weighted_mix
+    from novalign.train.rl.rewards import verifier_reward, weighted_mix
     from novalign.train.grpo import run_grpo
     from novalign.train.ppo import run_ppo
 

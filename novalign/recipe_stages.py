@@ -262,7 +262,7 @@ def _grpo_prompts(ctx: RecipeContext) -> Path:
 
 def run_grpo(ctx: RecipeContext) -> None:
     """GRPO from the SFT model on the RL prompts; reward = verifiers (+ the reward model of the rm stage)."""
-    from novalign.rewards import reward_model_reward, verifier_reward, weighted_mix
+    from novalign.train.rl.rewards import reward_model_reward, verifier_reward, weighted_mix
     from novalign.train.grpo import run_grpo as train_grpo
 
     cfg = ctx.cfg.grpo.model_copy(deep=True)

@@ -12,7 +12,7 @@ from novalign.models.checkpointing import (
     measure_activations_per_layer,
     optimal_group_size,
 )
-from novalign.train.packing import collate_packed
+from novalign.models.packing import collate_packed
 from novalign.train.session import auto_group_size
 from novalign.train.sft import SFTObjective
 

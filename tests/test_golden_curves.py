@@ -73,7 +73,7 @@ def _dpo(model_dir: Path, out: Path) -> list[float]:
 
 
 def _grpo(model_dir: Path, out: Path) -> list[float]:
-    from novalign.rewards import verifier_reward, weighted_mix
+    from novalign.train.rl.rewards import verifier_reward, weighted_mix
     from novalign.train.grpo import run_grpo
 
     prompts = write_prompts(out.parent / "grpo_prompts.jsonl")

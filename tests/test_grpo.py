@@ -27,7 +27,7 @@ def _config(model_dir: Path, out: Path, prompts: Path, **sections):
 def test_grpo_raises_the_reward_and_the_kl_grows_from_zero(tiny_model_dir, tmp_path):
     """20 iterations of 4 prompts x 4 responses of 8 tokens (~2 s): mean reward of the last two iterations
     well above the first two (0.07 -> 0.67 on this seed); KL 0 at the start (policy = reference), then > 0."""
-    from novalign.rewards import verifier_reward, weighted_mix
+    from novalign.train.rl.rewards import verifier_reward, weighted_mix
     from novalign.train.grpo import run_grpo
 
     cfg = _config(tiny_model_dir, tmp_path / "run", _prompts(tmp_path / "p.jsonl"), train={"max_steps": 20})
@@ -80,7 +80,7 @@ def test_resume_from_a_checkpoint_gives_identical_weights(tiny_model_dir, tmp_pa
     cfg = _config(tiny_model_dir, full, prompts, train={"max_steps": 4, "save_every": 2},
                   rewards=[{"type": "exact_answer", "mode": "contains"}], rollout={"prompts_per_iteration": 2})
     quiet = {"console_print": lambda *_: None}
-    from novalign.rewards import verifier_reward
+    from novalign.train.rl.rewards import verifier_reward
 
     reward = verifier_reward(share_of_e)
     run_grpo(cfg, reward=reward, **quiet)
@@ -98,7 +98,7 @@ def test_resume_from_a_checkpoint_gives_identical_weights(tiny_model_dir, tmp_pa
 def test_truncated_responses_get_the_configured_reward(tiny_model_dir, tmp_path):
     """One new token: every response that did not stop at once is truncated and scored -1 instead of its
     reward (share_of_e of a one-token text, or 0 for an empty one), so the mean reward is -truncated_fraction."""
-    from novalign.rewards import verifier_reward
+    from novalign.train.rl.rewards import verifier_reward
     from novalign.train.grpo import run_grpo
 
     cfg = _config(tiny_model_dir, tmp_path / "run", _prompts(tmp_path / "p.jsonl"), train={"max_steps": 1},
@@ -152,7 +152,7 @@ def test_help_config_lists_the_grpo_options():
 def test_sample_table_every_n_iterations(tiny_model_dir, tmp_path):
     """train.sample_every = 2 over 3 iterations: iteration 2's 16 rollouts in samples.jsonl (prompt, completion,
     reward), and a TensorBoard text table."""
-    from novalign.rewards import verifier_reward
+    from novalign.train.rl.rewards import verifier_reward
     from novalign.train.grpo import run_grpo
 
     out = tmp_path / "run"
@@ -177,9 +177,9 @@ def test_mini_batches_split_each_pass_into_optimizer_steps(tiny_model_dir, tmp_p
     lr is 1e-3, the last logged one 1e-3 * (1 - 7/8) = 1.25e-4)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from novalign.rewards import verifier_reward, weighted_mix
+    from novalign.train.rl.rewards import verifier_reward, weighted_mix
     from novalign.train.grpo import run_grpo
-    from novalign.train.rl_loop import mini_batch_bounds
+    from novalign.train.rl.loop import mini_batch_bounds
 
     assert mini_batch_bounds(10, 3) == [(0, 3), (3, 7), (7, 10)]
     with pytest.raises(ValueError, match="mini_batches = 5"):

@@ -10,7 +10,7 @@ from conftest import tiny_llama
 from novalign.train.dist import ObjectiveModule
 from novalign.train.loop import accumulate_gradients
 from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum, token_mean_scale
-from novalign.train.packing import Batch, collate_packed
+from novalign.models.packing import Batch, collate_packed
 from novalign.train.schedule import lr_factor
 from novalign.train.sft import SFTObjective
 

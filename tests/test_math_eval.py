@@ -13,7 +13,7 @@ from novalign.eval.math import (
     gold_answer,
     math_accuracy,
 )
-from novalign.rewards import compute_rewards, math_answer_reward
+from novalign.train.rl.rewards import compute_rewards, math_answer_reward
 
 P = [{"role": "user", "content": "q"}]
 

@@ -7,9 +7,9 @@ import torch
 
 from conftest import tiny_llama
 from novalign.models.attention import cu_seqlens_from_position_ids, register, varlen_attention
-from novalign.train import forward as forward_mod
+from novalign.models import forward as forward_mod
 from novalign.train.losses import IGNORE_INDEX
-from novalign.train.packing import (
+from novalign.models.packing import (
     best_fit_decreasing,
     collate_packed,
     collate_padded,

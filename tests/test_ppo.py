@@ -25,7 +25,7 @@ def test_ppo_raises_the_reward(tiny_model_dir, tmp_path):
     """30 iterations of 16 responses of 8 tokens (~4 s): the mean reward of the last two iterations well above the
     first two (0.08 -> 0.66 on this seed). lam = 1 (Monte-Carlo advantages minus the baseline): with lam = 0.95
     the zero-initialized critic's bootstrapped values slow learning on this short budget (0.08 -> 0.27)."""
-    from novalign.rewards import verifier_reward, weighted_mix
+    from novalign.train.rl.rewards import verifier_reward, weighted_mix
     from novalign.train.ppo import run_ppo
 
     cfg = _config(tiny_model_dir, tmp_path / "run", _prompts(tmp_path / "p.jsonl"), train={"max_steps": 30},
@@ -47,7 +47,7 @@ def test_value_loss_decreases_on_a_fixed_batch(tiny_model_dir):
     """The critic alone, fitted to fixed returns on fixed sequences: its clipped value loss goes down."""
     from novalign.models.load import load_model
     from novalign.train.ppo import ActorCritic, logps_and_values
-    from novalign.train.rl import value_loss_sum
+    from novalign.train.rl.algorithms import value_loss_sum
 
     torch.manual_seed(0)
     model = ActorCritic(load_model(str(tiny_model_dir)))
@@ -99,7 +99,7 @@ def test_cli_run_writes_a_loadable_model_and_metrics(tiny_model_dir, tmp_path):
 
 def test_resume_from_a_checkpoint_gives_identical_weights(tiny_model_dir, tmp_path):
     """4 iterations with a checkpoint at 2; rerun from that checkpoint alone: the same policy and value head."""
-    from novalign.rewards import verifier_reward
+    from novalign.train.rl.rewards import verifier_reward
     from novalign.train.ppo import run_ppo
 
     full = tmp_path / "full"

@@ -1,4 +1,4 @@
-"""Reward functions (novalign.rewards): adapters, weighted mixes, judges and failure policies."""
+"""Reward functions (novalign.train.rl.rewards): adapters, weighted mixes, judges and failure policies."""
 
 import logging
 import math
@@ -9,7 +9,7 @@ from novalign.eval.ifeval import INSTRUCTIONS, ifeval_reward
 from novalign.llm.client import LLMClient
 from novalign.llm.limits import RetryPolicy
 from novalign.llm.types import BackendError, BackendResponse
-from novalign.rewards import (
+from novalign.train.rl.rewards import (
     RewardError,
     compute_rewards,
     exact_answer_reward,
@@ -198,12 +198,12 @@ def test_llm_judge_failures_raise_by_default(judge_client):
 def test_llm_judge_failure_value_is_counted_and_logged(judge_client, caplog):
     client, _ = judge_client
     judge = llm_judge_reward(client, TEMPLATE, on_failure=-1.0, name="judge")
-    with caplog.at_level(logging.WARNING, logger="novalign.rewards"):
+    with caplog.at_level(logging.WARNING, logger="novalign.train.rl.rewards"):
         out = judge([P] * 3, ["FAIL", "7", "GARBLE"], answer=["7"] * 3)
         judge([P], ["GARBLE"], answer=["7"])
     assert out == [-1.0, 8.0, -1.0]
     assert (judge.num_failures, judge.num_judgments) == (3, 4)
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "novalign.rewards"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "novalign.train.rl.rewards"]
     assert len(warnings) == 2 and "2 of 3 judgments failed and were scored -1.0" in warnings[0]
     assert "unparsable reply" in warnings[1]
     with pytest.raises(ValueError, match="on_failure"):

@@ -78,7 +78,7 @@ def test_a_rank_share_draws_the_samples_of_the_whole_batch(tiny_model_dir):
     prompt's group per generate call, so the two calls run the same shapes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from novalign.train.rollout import HFRollout
+    from novalign.train.rl.rollout import HFRollout
 
     engine = HFRollout(AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir),
                        batch_size=2)

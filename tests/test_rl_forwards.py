@@ -39,8 +39,8 @@ def _attention(models, backend):
 def test_rollout_kl_packed_equals_padded(models, backend):
     """Per-token top-k KL of 9 rollouts of different lengths: packed rows (budgets 1, 40, 4096) give the padded
     forward's [S, T] KL to 1e-5; it is > 0 on response tokens (policy != reference) and 0 on padding."""
-    from novalign.train.rl_loop import rollout_kl
-    from novalign.train.rollout import HFRollout, completion_tensors
+    from novalign.train.rl.loop import rollout_kl
+    from novalign.train.rl.rollout import HFRollout, completion_tensors
 
     policy, ref, tokenizer = models
     _attention(models, backend)
@@ -69,7 +69,7 @@ def _sft_samples(tokenizer, count: int = 5):
 
 def test_label_hidden_packed_equals_padded(models):
     """The hidden states predicting every labelled SFT token, and the labels: the same rows in the same order."""
-    from novalign.train.rollout import label_hidden
+    from novalign.train.rl.rollout import label_hidden
 
     policy, _, tokenizer = models
     _attention(models, "varlen")
@@ -88,7 +88,7 @@ def test_ptx_packed_equals_padded_value_and_gradient(models, tmp_path, backend):
     loss (> 0, policy != reference) and the same gradient on every policy parameter, to 1e-5."""
     from rl_helpers import rl_config, write_prompts
 
-    from novalign.train.rl_loop import PTXData, ptx_backward
+    from novalign.train.rl.loop import PTXData, ptx_backward
 
     policy, ref, tokenizer = models
     _attention(models, backend)
@@ -111,7 +111,7 @@ def test_ptx_packed_equals_padded_value_and_gradient(models, tmp_path, backend):
 def test_ptx_step_samples_cover_each_epoch_once():
     """5 samples, 2 per step: 3 steps per epoch (2 + 2 + 1); steps 0-2 use every sample exactly once, steps 3-5
     again (another shuffle), and the same step always gives the same samples."""
-    from novalign.train.rl_loop import PTXData
+    from novalign.train.rl.loop import PTXData
 
     samples = [([i, i], [IGNORE_INDEX, i]) for i in range(5)]
     ptx = PTXData(samples, micro_batch_size=2, seed=7)

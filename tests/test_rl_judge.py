@@ -19,7 +19,7 @@ TEMPLATE = "Rate the answer from 0 to 1000.\nQuestion: {prompt}\nAnswer: {respon
 def test_bracket_score_and_scale_by_hand():
     """"[[3]] ... Rating: [[7.5]]" -> the last bracket, 7.5; on scale 1..10 that is (7.5 - 1) / 9 = 0.7222...;
     1 -> 0, 10 -> 1; 11 and an unbracketed reply are failures (ValueError), not clamped."""
-    from novalign.rewards import bracket_score, last_number, scaled_score
+    from novalign.train.rl.rewards import bracket_score, last_number, scaled_score
 
     assert bracket_score("first [[3]], then Rating: [[ 7.5 ]]") == 7.5
     scaled = scaled_score(bracket_score, 1, 10)
@@ -41,7 +41,7 @@ def test_judge_component_config_is_validated(tmp_path):
         RewardComponentConfig,
         load_config,
     )
-    from novalign.train.rl_inputs import judge_template
+    from novalign.train.rl.inputs import judge_template
 
     llm = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
     path = tmp_path / "c.yaml"
@@ -94,7 +94,7 @@ def test_grpo_with_a_served_judge_logs_it_per_source_and_counts_failures(tiny_mo
     from novalign.config import RewardComponentConfig
     from novalign.llm import ChatRequest
     from novalign.train.grpo import run_grpo
-    from novalign.train.rl_inputs import judge_from_config
+    from novalign.train.rl.inputs import judge_from_config
 
     out, cache = tmp_path / "run", tmp_path / "judge-cache.sqlite"
     component = _judge(judge_server, cache, on_failure=-1.0)
@@ -130,7 +130,7 @@ def test_unreachable_judge_is_counted_or_stops_the_run(tiny_model_dir, tmp_path)
     """A judge nobody listens on: with on_failure = 0 every judgment fails and is counted (4 per iteration), the
     judge's mean is exactly 0 and the rule reward is still logged; with on_failure unset the run stops with a
     RewardError naming the judge."""
-    from novalign.rewards import RewardError
+    from novalign.train.rl.rewards import RewardError
     from novalign.train.grpo import run_grpo
 
     with socket.socket() as s:  # a port that was free a moment ago: connections are refused

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from novalign.train.kl import chunked_topk_kl, kl_k1, kl_k3, topk_kl
-from novalign.train.rl import (
+from novalign.train.rl.algorithms import (
     clipped_policy_loss_sum,
     gae,
     group_normalized_advantages,

@@ -1,7 +1,7 @@
 """The vLLM rollout switch as far as it runs without a GPU: config, the missing-vLLM error, the weight stream.
 
 vLLM itself (generation, ``load_weights`` into a live engine) is not installed here and is not faked: those
-paths of :class:`~novalign.train.rollout.VLLMRollout` are untested in this suite.
+paths of :class:`~novalign.train.rl.rollout.VLLMRollout` are untested in this suite.
 """
 
 import importlib.util
@@ -29,7 +29,7 @@ def test_hf_engine_refuses_vllm_args(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from novalign.config import GRPORolloutConfig
-    from novalign.train.rollout import HFRollout, make_rollout_engine
+    from novalign.train.rl.rollout import HFRollout, make_rollout_engine
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
     engine = make_rollout_engine(GRPORolloutConfig(batch_size=5), model, tok, str(tiny_model_dir), pack_tokens=64)
@@ -67,7 +67,7 @@ def test_policy_weight_stream_is_the_policy_state(tiny_model_dir):
     when iterated, so a stream taken after an optimizer step carries the new weights."""
     from transformers import AutoModelForCausalLM
 
-    from novalign.train.rollout import policy_weight_stream
+    from novalign.train.rl.rollout import policy_weight_stream
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     state = {k: v.clone() for k, v in model.state_dict().items()}

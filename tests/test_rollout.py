@@ -1,4 +1,4 @@
-"""Rollouts (novalign.train.rollout) on the tiny model: layout, truncation, log-probs, seeding."""
+"""Rollouts (novalign.train.rl.rollout) on the tiny model: layout, truncation, log-probs, seeding."""
 
 import dataclasses
 import importlib.util
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from novalign.models.generate import encode_chat
-from novalign.train.rollout import (
+from novalign.train.rl.rollout import (
     HFRollout,
     Rollout,
     VLLMRollout,
@@ -143,7 +143,7 @@ def test_entropy_of_a_uniform_distribution_is_log_v():
     """Equal logits over V tokens: H = -sum (1/V) ln(1/V) = ln V, whatever the (shared) logit value."""
     import math
 
-    from novalign.train.rollout import token_entropy
+    from novalign.train.rl.rollout import token_entropy
 
     for v in (2, 7, 1000):
         h = token_entropy(torch.full((3, v), 4.2))
@@ -155,7 +155,7 @@ def test_entropy_of_a_uniform_distribution_is_log_v():
 
 def test_completion_entropy_comes_from_the_same_forward(policy):
     """Entropy alongside the log-probs: one value per completion token, equal to a plain forward's, chunking aside."""
-    from novalign.train.rollout import completion_logprobs
+    from novalign.train.rl.rollout import completion_logprobs
 
     model, tokenizer = policy
     rollouts = HFRollout(model, tokenizer, batch_size=4).generate(PROMPTS, n=2, temperature=0.7, max_new_tokens=6, seed=3)
@@ -178,7 +178,7 @@ def test_packed_logprobs_equal_padded(policy, backend):
     """The training forward on packed rows (positions restart, cu_seqlens) gives the padded forward's log-probs
     and entropies, in input order, whatever the row budget -- on the varlen backend and on transformers' sdpa."""
     from novalign.models.attention import register
-    from novalign.train.rollout import completion_logprobs
+    from novalign.train.rl.rollout import completion_logprobs
 
     model, tokenizer = policy
     rollouts = HFRollout(model, tokenizer, batch_size=6).generate(PROMPTS, n=3, temperature=0.8, max_new_tokens=7, seed=5)

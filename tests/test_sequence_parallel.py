@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from novalign.data.chat import IGNORE_INDEX as X
-from novalign.train.packing import collate_packed
+from novalign.models.packing import collate_packed
 from novalign.train.sequence_parallel import shard_batch, sp_groups
 
 
@@ -50,7 +50,7 @@ def test_shard_pads_rows_to_a_multiple_of_the_group():
 
 
 def test_shard_needs_packed_rows():
-    from novalign.train.packing import collate_padded
+    from novalign.models.packing import collate_padded
 
     with pytest.raises(ValueError, match="packed rows"):
         shard_batch(collate_padded([([1, 2], [1, 2])], pad_id=0), 0, 2)

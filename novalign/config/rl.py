@@ -12,7 +12,7 @@ from novalign.config.train import ModelConfig, OptimConfig, TrainConfig
 
 
 class RewardComponentConfig(Strict):
-    """One term of the weighted reward mix (novalign.rewards)."""
+    """One term of the weighted reward mix (novalign.train.rl.rewards)."""
 
     type: Literal["exact_answer", "ifeval", "reward_model", "llm_judge"] = Field(
         ..., description="'exact_answer': the record's `answer` field; 'ifeval': IFEval's verifiers on the record's "

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from novalign.train.forward import model_inputs
-from novalign.train.packing import Batch, collate_padded
+from novalign.models.forward import model_inputs
+from novalign.models.packing import Batch, collate_padded
 
 __all__ = ["load_reward_model", "reward_head", "rewards_at", "score_conversations"]
 

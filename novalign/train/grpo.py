@@ -4,10 +4,10 @@ One iteration, spelled out in :func:`run_grpo`:
 
 1. take the next ``prompts_per_iteration`` prompts (order: a pure function of seed and iteration);
 2. sample ``n`` responses per prompt with the current policy (``rollout.engine``: Hugging Face generation,
-   :class:`~novalign.train.rollout.HFRollout`, or vLLM with the policy's weights pushed in first,
-   :class:`~novalign.train.rollout.VLLMRollout`; seeded per iteration), keeping their log-probabilities as pi_old;
-3. score them with the configured weighted reward mix (:mod:`novalign.rewards`, built by
-   :func:`~novalign.train.rl_inputs.build_reward`: verifiers, a reward model, an LLM judge);
+   :class:`~novalign.train.rl.rollout.HFRollout`, or vLLM with the policy's weights pushed in first,
+   :class:`~novalign.train.rl.rollout.VLLMRollout`; seeded per iteration), keeping their log-probabilities as pi_old;
+3. score them with the configured weighted reward mix (:mod:`novalign.train.rl.rewards`, built by
+   :func:`~novalign.train.rl.inputs.build_reward`: verifiers, a reward model, an LLM judge);
 4. per response token, the report's top-k KL (k = 500) of the rollout policy against the frozen reference
    (a copy of the starting model), detached;
 5. advantages: group-normalized outcome, then ``-beta * KL_t`` per token, returns with gamma = 1
@@ -21,7 +21,7 @@ One iteration, spelled out in :func:`run_grpo`:
    (:mod:`novalign.train.state`) from which a resumed run continues bit for bit.
 
 Every training forward (loss, reference KL, PTX) runs on rows packed to ``train.pack_tokens`` (0: padded).
-The plumbing PPO shares lives in :mod:`novalign.train.rl_loop` and :mod:`novalign.train.rl_inputs`.
+The plumbing PPO shares lives in :mod:`novalign.train.rl.loop` and :mod:`novalign.train.rl.inputs`.
 
 Under torchrun (data parallel) each rank rolls out an equal block of the iteration's prompts (with the seeds
 one process would use for them), the loss is divided by the token count of the whole iteration, and the
@@ -37,16 +37,16 @@ import time
 import torch
 
 from novalign.config import GRPOConfig
-from novalign.rewards import RewardFn
+from novalign.train.rl.rewards import RewardFn
 from novalign.train.loop import LoopResult
-from novalign.train.rl import clipped_policy_loss_sum, grpo_token_advantages
-from novalign.train.rl_inputs import (
+from novalign.train.rl.algorithms import clipped_policy_loss_sum, grpo_token_advantages
+from novalign.train.rl.inputs import (
     build_reward,
     load_prompts,
     prompt_batch,
     score_rollouts,
 )
-from novalign.train.rl_loop import (
+from novalign.train.rl.loop import (
     close_step,
     collect_rollouts,
     end_iteration,
@@ -55,7 +55,7 @@ from novalign.train.rl_loop import (
     setup_rl,
     start_loop,
 )
-from novalign.train.rollout import completion_logprobs
+from novalign.train.rl.rollout import completion_logprobs
 
 __all__ = ["build_reward", "load_prompts", "prompt_batch", "run_grpo", "score_rollouts"]
 
@@ -65,7 +65,7 @@ def run_grpo(cfg: GRPOConfig, reward: RewardFn | None = None, console_print=prin
 
     Args:
         reward: a reward function to use instead of ``cfg.rewards`` (e.g. a custom verifier or an LLM judge).
-            A :class:`~novalign.rewards.WeightedMix` also has its components logged.
+            A :class:`~novalign.train.rl.rewards.WeightedMix` also has its components logged.
     """
     run = setup_rl(cfg, reward, "grpo")
     device, t, ro, lc = run.session.device, cfg.train, cfg.rollout, cfg.loss

@@ -30,7 +30,7 @@ from novalign.config import OptimConfig, TrainConfig
 from novalign.train import dist as D
 from novalign.train.losses import token_mean_scale
 from novalign.train.metrics_log import MetricsLog, plot_loss_curve
-from novalign.train.packing import Batch
+from novalign.models.packing import Batch
 from novalign.train.schedule import lr_factor
 from novalign.train.state import (
     TrainState,

@@ -8,7 +8,7 @@ data plan of :mod:`novalign.train.loop` works on units:
   with its own positions and its own ``cu_seqlens`` segment, so no sequence attends to another;
 * padded -- every sequence is its own right-padded row, a unit's sequences adjacent.
 
-Either way the collated :class:`~novalign.train.packing.Batch` carries in ``extras``:
+Either way the collated :class:`~novalign.models.packing.Batch` carries in ``extras``:
 
 * ``last``  ``[U, k]`` -- where each member sequence's last real token sits in the flattened
   ``rows * row_len`` stream (a reward model reads its score there);
@@ -35,9 +35,9 @@ from novalign.data.chat import IGNORE_INDEX
 from novalign.data.io import SkipReport
 from novalign.data.preference import split_by_prompt
 from novalign.train import dist as D
-from novalign.train.forward import decoder_hidden_states, output_weight
+from novalign.models.forward import decoder_hidden_states, output_weight
 from novalign.train.loop import DataPlan
-from novalign.train.packing import (
+from novalign.models.packing import (
     Batch,
     collate_packed,
     collate_padded,

@@ -2,10 +2,10 @@
 
 Everything but the advantage estimate and the critic is GRPO's (prompts, rollouts through ``rollout.engine``,
 the reward mix, the detached top-k KL to the frozen reference, PTX, checkpoints, logs): both trainers call
-the same functions of :mod:`novalign.train.rl_loop` -- :func:`~novalign.train.rl_loop.setup_rl`,
-:func:`~novalign.train.rl_loop.start_loop`, :func:`~novalign.train.rl_loop.collect_rollouts`,
-:func:`~novalign.train.rl_loop.close_step`, :func:`~novalign.train.rl_loop.end_iteration` and
-:func:`~novalign.train.rl_loop.finish_rl`.
+the same functions of :mod:`novalign.train.rl.loop` -- :func:`~novalign.train.rl.loop.setup_rl`,
+:func:`~novalign.train.rl.loop.start_loop`, :func:`~novalign.train.rl.loop.collect_rollouts`,
+:func:`~novalign.train.rl.loop.close_step`, :func:`~novalign.train.rl.loop.end_iteration` and
+:func:`~novalign.train.rl.loop.finish_rl`.
 
 **The critic** is a scalar linear head on the policy's final hidden states (:class:`ActorCritic`): one shared
 trunk, one forward gives the log-probabilities and the values, and no second model is held in memory. The
@@ -35,17 +35,17 @@ import torch
 from torch import nn
 
 from novalign.config import PPOConfig
-from novalign.rewards import RewardFn
-from novalign.train.forward import output_weight
+from novalign.train.rl.rewards import RewardFn
+from novalign.models.forward import output_weight
 from novalign.train.loop import LoopResult
-from novalign.train.rl import (
+from novalign.train.rl.algorithms import (
     clipped_policy_loss_sum,
     gae,
     masked_whiten,
     token_level_rewards,
     value_loss_sum,
 )
-from novalign.train.rl_loop import (
+from novalign.train.rl.loop import (
     close_step,
     collect_rollouts,
     end_iteration,
@@ -55,7 +55,7 @@ from novalign.train.rl_loop import (
     start_loop,
     tensor_all_reduce,
 )
-from novalign.train.rollout import chunked_logps_entropy, completion_hidden
+from novalign.train.rl.rollout import chunked_logps_entropy, completion_hidden
 
 __all__ = ["ActorCritic", "logps_and_values", "run_ppo"]
 
@@ -79,7 +79,7 @@ def logps_and_values(model: ActorCritic, sequences: Sequence[tuple[Sequence[int]
     With ``return_entropy``, a third right-padded ``[S, T]`` tensor: the detached per-token entropy of the
     temperature-scaled policy, from the same vocabulary projection.
     ``pack_tokens > 0``: the forward runs on packed rows of that token budget instead of a padded batch
-    (:func:`~novalign.train.rollout.completion_hidden`).
+    (:func:`~novalign.train.rl.rollout.completion_hidden`).
 
     Runs under the caller's grad mode. Only completion positions are projected onto the vocabulary,
     ``chunk_size`` at a time.

@@ -34,7 +34,7 @@ from novalign.data.preference import (
 from novalign.train import dist as D
 from novalign.train.loop import LoopResult, train
 from novalign.train.losses import dpo_loss, kto_loss
-from novalign.train.packing import Batch
+from novalign.models.packing import Batch
 from novalign.train.pairs import UnitSet, read_splits, reference_logprobs, unit_logprobs
 from novalign.train.rm import pad_token_id, pair_units, unit_plans
 from novalign.train.session import Session, adapt_model, finish, start

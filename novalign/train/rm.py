@@ -29,7 +29,7 @@ from novalign.data.preference import PreferencePair, load_preference_dataset
 from novalign.models.reward import load_reward_model, rewards_at
 from novalign.train.loop import LoopResult, train
 from novalign.train.losses import bt_mse_loss
-from novalign.train.packing import Batch
+from novalign.models.packing import Batch
 from novalign.train.pairs import UnitSet, make_unit_plan, read_splits, sample_units
 from novalign.train.session import adapt_model, finish, start
 

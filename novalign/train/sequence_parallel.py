@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from novalign.data.chat import IGNORE_INDEX
 from novalign.models import ulysses
 from novalign.models.attention import cu_seqlens_from_position_ids
-from novalign.train.packing import Batch
+from novalign.models.packing import Batch
 
 __all__ = ["set_group", "shard_batch", "sp_groups"]
 

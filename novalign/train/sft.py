@@ -18,10 +18,10 @@ from torch import nn
 
 from novalign.config import SFTConfig
 from novalign.models import attention
-from novalign.train.forward import decoder_hidden_states, lm_logits, output_weight
+from novalign.models.forward import decoder_hidden_states, lm_logits, output_weight
 from novalign.train.loop import DataPlan, LoopResult, train
 from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
-from novalign.train.packing import (
+from novalign.models.packing import (
     Batch,
     collate_packed,
     collate_padded,

@@ -4,17 +4,17 @@ Both trainers (:mod:`novalign.train.grpo`, :mod:`novalign.train.ppo`) run the sa
 in the advantage estimate and the critic:
 
 * :func:`setup_rl` -- prompts, session, tokenizer, reward mix, policy + frozen reference (a copy of the
-  starting model), the rollout engine ``rollout.engine`` names (:func:`~novalign.train.rollout.make_rollout_engine`),
+  starting model), the rollout engine ``rollout.engine`` names (:func:`~novalign.train.rl.rollout.make_rollout_engine`),
   the PTX data;
 * :func:`start_loop` -- optimizer, LR schedule, resume, metrics log, the trainable parameters;
 * :func:`collect_rollouts` -- one iteration's prompts, rollouts (pi_old), rewards (per source, with the LLM
   judge's failures counted) and the detached per-token top-k KL to the reference (:func:`rollout_kl`);
 * :func:`ptx_backward` -- the PTX penalty of eq. (2) on one SFT micro-batch;
-* :func:`end_iteration`, :func:`finish_rl` -- logs (:mod:`novalign.train.rl_logs`; under torchrun gathered
+* :func:`end_iteration`, :func:`finish_rl` -- logs (:mod:`novalign.train.rl.logs`; under torchrun gathered
   from every rank), checkpoints, the final model.
 
 Every training forward here -- reference KL, PTX on policy and reference -- runs on the same packed rows as
-the policy's loss forward (``train.pack_tokens``, :func:`~novalign.train.rollout.label_hidden`), or on
+the policy's loss forward (``train.pack_tokens``, :func:`~novalign.train.rl.rollout.label_hidden`), or on
 right-padded batches when it is 0.
 """
 
@@ -31,15 +31,15 @@ import torch
 from torch import nn
 
 from novalign.data.chat import IGNORE_INDEX
-from novalign.rewards import RewardFn
+from novalign.train.rl.rewards import RewardFn
 from novalign.train import dist as D
-from novalign.train.forward import output_weight
+from novalign.models.forward import output_weight
 from novalign.train.kl import chunked_topk_kl
 from novalign.train.loop import LoopResult, build_optimizer
 from novalign.train.metrics_log import MetricsLog
-from novalign.train.packing import plan_padded_batches
-from novalign.train.rl import ptx_loss_sum
-from novalign.train.rl_inputs import (
+from novalign.models.packing import plan_padded_batches
+from novalign.train.rl.algorithms import ptx_loss_sum
+from novalign.train.rl.inputs import (
     PromptRecord,
     build_reward,
     close_reward,
@@ -47,13 +47,13 @@ from novalign.train.rl_inputs import (
     prompt_batch,
     score_rollouts,
 )
-from novalign.train.rl_logs import (
+from novalign.train.rl.logs import (
     base_record,
     log_iteration,
     log_samples,
     truncate_samples_after,
 )
-from novalign.train.rollout import (
+from novalign.train.rl.rollout import (
     Rollout,
     completion_hidden,
     completion_tensors,

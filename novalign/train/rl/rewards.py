@@ -55,7 +55,7 @@ __all__ = [
     "weighted_mix",
 ]
 
-log = logging.getLogger("novalign.rewards")
+log = logging.getLogger("novalign.train.rl.rewards")
 
 Messages = list[dict]
 

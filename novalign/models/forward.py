@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from novalign.train.packing import Batch
+from novalign.models.packing import Batch
 
 
 def model_inputs(batch: Batch) -> dict:

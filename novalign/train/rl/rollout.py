@@ -41,8 +41,8 @@ from novalign.models.generate import (
     generate_batch,
     stop_token_ids,
 )
-from novalign.train.forward import decoder_hidden_states, output_weight
-from novalign.train.packing import best_fit_decreasing, collate_packed, collate_padded
+from novalign.models.forward import decoder_hidden_states, output_weight
+from novalign.models.packing import best_fit_decreasing, collate_packed, collate_padded
 
 __all__ = [
     "HFRollout",

@@ -2,7 +2,7 @@
 
 * :func:`load_prompts` / :func:`prompt_batch` -- the prompt set and each iteration's slice of it;
 * :func:`build_reward` -- the weighted mix of the ``rewards`` config list (report section 2.1: rule-based
-  verifiers, a reward model, an LLM judge), each component a :class:`~novalign.rewards.RewardFn`;
+  verifiers, a reward model, an LLM judge), each component a :class:`~novalign.train.rl.rewards.RewardFn`;
 * :func:`score_rollouts` -- every rollout's total reward, each component's rewards, and how many LLM
   judgments of this batch failed (per component), so a failed judgment is counted and logged, never a
   silent zero.
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from novalign.config import RewardComponentConfig
-from novalign.rewards import (
+from novalign.train.rl.rewards import (
     LLMJudgeReward,
     RewardFn,
     WeightedMix,
@@ -101,7 +101,7 @@ def judge_template(c: RewardComponentConfig) -> str:
 
 
 def judge_from_config(c: RewardComponentConfig, client: Any = None) -> LLMJudgeReward:
-    """An :class:`~novalign.rewards.LLMJudgeReward` from an ``llm_judge`` component: the reply is parsed
+    """An :class:`~novalign.train.rl.rewards.LLMJudgeReward` from an ``llm_judge`` component: the reply is parsed
     (``[[N]]`` or the last number) and mapped from ``scale`` onto [0, 1]; a failed request or an
     unparsable / out-of-scale reply raises, or scores ``on_failure`` and is counted (``num_failures``).
 
@@ -140,7 +140,7 @@ def _component(c: RewardComponentConfig, device: str) -> RewardFn:
 
 
 def build_reward(components: list[RewardComponentConfig], device: str = "cpu") -> WeightedMix:
-    """The configured weighted mix; its :meth:`~novalign.rewards.WeightedMix.evaluate` gives each component too."""
+    """The configured weighted mix; its :meth:`~novalign.train.rl.rewards.WeightedMix.evaluate` gives each component too."""
     if not components:
         raise ValueError("rewards is empty: configure at least one reward component")
     return weighted_mix([(_component(c, device), c.weight) for c in components])
@@ -168,7 +168,7 @@ def score_rollouts(mix: RewardFn, chosen: list[PromptRecord], rollouts: list) ->
     number of this batch's judgments that failed, per LLM-judge component (scored ``on_failure`` instead).
 
     Each rollout's prompt record fields (``answer``, ...) go to the rewards, ``None`` where a record lacks one.
-    Raises :class:`~novalign.rewards.RewardError` for a reward that fails or returns a non-number.
+    Raises :class:`~novalign.train.rl.rewards.RewardError` for a reward that fails or returns a non-number.
     """
     owners = [chosen[r.prompt_index] for r in rollouts]
     keys = sorted({k for _, fields in chosen for k in fields})
