@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from novalign.config import RecipeConfig  # noqa: E402
-from novalign.recipe_stages import world_verifier  # noqa: E402
+from novalign.recipe.stages import world_verifier  # noqa: E402
 from novalign.train.rl.rewards import reward_model_reward, verifier_reward, weighted_mix  # noqa: E402
 from novalign.world.generator import build_world, prompt_pool  # noqa: E402
 from novalign.world.tasks import CAPABILITIES  # noqa: E402

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from novalign.config import RECIPE_STAGES, ConfigError, RecipeConfig, load_config
-from novalign.recipe import STAGES, _prepare_dir, compute_keys, plan_stages, run_recipe, stage_key
-from novalign.report import deltas
-from novalign.recipe_stages import rouge_filter
+from novalign.config import ConfigError, RecipeConfig, load_config
+from novalign.flywheel.prefs import rouge_filter
+from novalign.recipe import STAGES, compute_keys, plan_stages, run_recipe, stage_key
+from novalign.recipe.report import deltas
+from novalign.recipe.runner import _prepare_dir
+
+RECIPE_STAGES = tuple(STAGES)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,7 +25,7 @@ def test_real_scale_and_demo_recipes_validate():
     assert big.llm is not None and big.llm.base_url
     assert big.sft.train.precision == "bf16"
     demo = load_config(RecipeConfig, ROOT / "recipes" / "demo.yaml")
-    assert demo.stages == list(RECIPE_STAGES)
+    assert demo.stages is None  # every stage
     with pytest.raises(ConfigError, match="sft.optim.learning_rate: unknown key"):
         load_config(RecipeConfig, ROOT / "recipes" / "demo.yaml", ["sft.optim.learning_rate=1"])
 
@@ -47,7 +50,6 @@ def test_plan_only_and_from():
                                              ("report", True)]
     with pytest.raises(ValueError, match="--only grpo: not a stage of this recipe"):
         plan_stages(cfg, only="grpo")
-    assert set(STAGES) == set(RECIPE_STAGES)
 
 
 def test_resume_keeps_a_started_folder_only_for_the_same_key(tmp_path):
@@ -78,7 +80,7 @@ def test_grpo_prompts_pool_and_capabilities(tmp_path):
     """A world with a GRPO pool of 3 prompts per capability: rl_capabilities [math, if] -> 6 prompts, none of
     them an eval prompt; 'mixed' cannot filter a pool; an unknown capability is named."""
     from novalign.recipe import RecipeContext
-    from novalign.recipe_stages import _grpo_prompts
+    from novalign.recipe.stages import _grpo_prompts
     from novalign.world import build_world, write_world
     from novalign.world.generator import task_key
 

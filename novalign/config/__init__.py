@@ -54,7 +54,7 @@ from novalign.config.preference import (  # noqa: F401
     ScoreDimension,
 )
 from novalign.config.recipe import (  # noqa: F401
-    RECIPE_STAGES,
+    RecipeDataConfig,
     PrefsConfig,
     RecipeBaseModel,
     RecipeConfig,
@@ -142,7 +142,7 @@ __all__ = [
     "RecipeEvalConfig",
     "RecipePASConfig",
     "RecipeConfig",
-    "RECIPE_STAGES",
+    "RecipeDataConfig",
     "parse_overrides",
     "format_validation_error",
     "load_config",

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from novalign.config.base import Strict
+from novalign.config.eval import EvalSuiteConfig
 from novalign.config.llm import LLMConfig
 from novalign.config.pas import PASTrainConfig
 from novalign.config.preference import RMConfig
@@ -110,7 +111,41 @@ class RecipePASConfig(Strict):
                                    "evaluated behind PAS, as '<label>+pas'.")
 
 
-RECIPE_STAGES = ("world", "pretrain", "sft", "pas", "prefs", "rm", "grpo", "merge", "eval", "report")
+class RecipeDataConfig(Strict):
+    """Where the recipe's data comes from. A field left unset reads the world stage's file; a recipe on its own
+    data sets the fields its stages need (and leaves `world` out of `stages`)."""
+
+    text_files: list[str] | None = Field(
+        None, description="pretrain: plain-text JSONL ({text}) the base is pretrained on (and its tokenizer trained "
+        "on). Unset: the world's corpus."
+    )
+    sft_files: list[str] | None = Field(
+        None, description="sft (and merge, ptx): chat JSONL/Parquet in any format `novalign sft` reads (OpenAI "
+        "messages, ShareGPT, prompt/response). merge reads each record's `capability` field to build specialists. "
+        "Unset: the world's SFT tasks."
+    )
+    pas_files: list[str] | None = Field(
+        None, description="pas: PAS training pairs ({prompt, complement}, as `novalign pas train` reads). Unset: the "
+        "world's PAS data."
+    )
+    prompt_files: list[str] | None = Field(
+        None, description="prefs: prompts ({messages} or {prompt}, plus the fields the rewards read, e.g. `answer`) "
+        "sampled from the SFT model and scored by the `grpo.rewards` mix. Unset: the world's RL prompts, scored by "
+        "the world's checkers."
+    )
+    preference_files: list[str] | None = Field(
+        None, description="rm: preference data in any format `novalign rm` reads (pairs, rankings, scored groups); "
+        "then the prefs stage is not needed. Unset: the prefs stage's groups."
+    )
+    rl_prompt_files: list[str] | None = Field(
+        None, description="grpo: prompt JSONL ({messages} or {prompt}, plus reward fields), rewarded by the "
+        "`grpo.rewards` mix (+ the reward model). Unset: the world's GRPO pool (or RL split), rewarded by the "
+        "world's checkers."
+    )
+    eval_suites: list[EvalSuiteConfig] | None = Field(
+        None, description="eval: `novalign eval` suites ({type, data, options}) run on every model of the recipe; "
+        "judged suites use the recipe's `llm` as the judge. Unset: the world's held-out prompts."
+    )
 
 
 class RecipeConfig(Strict):
@@ -121,7 +156,10 @@ class RecipeConfig(Strict):
 
     name: str = Field("demo", description="Run name: outputs go to <runs_dir>/<name>/.")
     runs_dir: str = Field("runs", description="Folder of all runs.")
-    stages: list[Literal[RECIPE_STAGES]] = Field(list(RECIPE_STAGES), description="Stages to run, in pipeline order.")
+    stages: list[str] | None = Field(
+        None, description="Stages to run (None: every stage). They run in pipeline order whatever the order here; "
+        "`novalign run --help-config` lists them under `novalign.recipe.stages.STAGES`."
+    )
     world: WorldConfig = Field(default_factory=WorldConfig)
     base: RecipeBaseModel = Field(default_factory=RecipeBaseModel)
     pretrain: SFTConfig = Field(default_factory=SFTConfig, description="Pretraining on the corpus (data.text_files set by the recipe).")
@@ -143,11 +181,12 @@ class RecipeConfig(Strict):
         None, description="Capabilities GRPO trains on (None: all). RL learns where the SFT model's samples are "
         "sometimes right (the prefs stage's sample pass rates show where)."
     )
+    data: RecipeDataConfig = Field(default_factory=RecipeDataConfig, description="The data sources (unset: the world's).")
     merge: RecipeMergeConfig = Field(default_factory=RecipeMergeConfig)
     eval: RecipeEvalConfig = Field(default_factory=RecipeEvalConfig)
     llm: LLMConfig | None = Field(
-        None, description="OpenAI-compatible endpoint for synthesis and judging. Not read by the current stages: "
-        "it is where PAS and LLM-judge stages will take their client from."
+        None, description="The LLM endpoint (OpenAI-compatible, or any LLM-layer backend) of the recipe: the judge of "
+        "judged eval suites (data.eval_suites) and of `llm_judge` reward components that name no `llm` of their own."
     )
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads (None: torch's default). 1 is much faster when other processes "

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bar_chart", "category_table", "metrics_table", "nested_table", "write_report"]
+__all__ = ["bar_chart", "category_table", "metrics_table", "nested_table", "table", "write_report"]
 
 
 def _fmt(value: Any) -> str:
@@ -35,7 +35,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
@@ -59,7 +59,7 @@ def metrics_table(per_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
     rows = [[m] + [_fmt(per_model[model].get("metrics", {}).get(m)) for model in models] for m in metrics]
     for key, label in (("num_samples", "samples"), ("num_failed", "failed (not judged)")):
         rows.append([label] + [_fmt(per_model[model].get(key)) for model in models])
-    return _table(["metric", *models], rows)
+    return table(["metric", *models], rows)
 
 
 def category_table(per_model: Mapping[str, Mapping[str, Any]], metric: str) -> list[str]:
@@ -68,7 +68,7 @@ def category_table(per_model: Mapping[str, Mapping[str, Any]], metric: str) -> l
     categories = _union(s.get("by_category", {}) for s in per_model.values())
     rows = [[c] + [_fmt(per_model[m].get("by_category", {}).get(c, {}).get(metric)) for m in models]
             for c in categories]
-    return _table(["category", *models], rows)
+    return table(["category", *models], rows)
 
 
 def nested_table(per_model: Mapping[str, Mapping[str, Any]], key: str) -> list[str]:
@@ -86,7 +86,7 @@ def nested_table(per_model: Mapping[str, Mapping[str, Any]], key: str) -> list[s
             cells = [(per_model[m].get(key) or {}).get(group, {}).get(metric) for m in models]
             if all(c is None or _number(c) is not None for c in cells):
                 rows.append([f"{group} {metric}"] + [_fmt(c) for c in cells])
-    return _table([key, *models], rows) if rows else []
+    return table([key, *models], rows) if rows else []
 
 
 def bar_chart(path: Path, title: str, groups: list[str], series: Mapping[str, list[float | None]],
@@ -160,8 +160,8 @@ def _suite_section(suite: str, per_model: Mapping[str, Mapping[str, Any]], out_d
                   {x: [_number(per_model[x].get("metrics", {}).get(m)) for m in metrics] for x in models}, "score")
         lines += [f"![{suite} overall]({chart.as_posix()})", ""]
     for key in _union(s for s in per_model.values()):
-        if key not in ("metrics", "by_category", "resume") and (table := nested_table(per_model, key)):
-            lines += [f"### {suite}: {key}", "", *table, ""]
+        if key not in ("metrics", "by_category", "resume") and (rows := nested_table(per_model, key)):
+            lines += [f"### {suite}: {key}", "", *rows, ""]
     categories = _union(s.get("by_category", {}) for s in per_model.values())
     cat_metrics = _union(v for s in per_model.values() for v in s.get("by_category", {}).values())
     for metric in cat_metrics:

@@ -25,7 +25,7 @@ from typing import Callable, Literal, Sequence
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-__all__ = ["GenerationRequest", "GenerationOutput", "encode_chat", "generate_batch", "generate_chat"]
+__all__ = ["GenerationRequest", "GenerationOutput", "encode_chat", "generate_batch", "generate_chat", "generate_texts"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -206,4 +206,24 @@ def generate_chat(
             for c in conversations[start : start + batch_size]
         ]
         replies.extend(o.text.strip() for o in generate_batch(model, tokenizer, rows))
+    return replies
+
+
+def generate_texts(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
+                   stop: Sequence[str] = (), batch_size: int = 32, seed: int | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Generate one reply per prompt, batching prompts of similar length; replies in input order.
+
+    With ``temperature > 0`` row ``i`` draws with seed ``seed + i`` (reproducible whatever the batching).
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    replies: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        rows = [GenerationRequest(list(prompts[i]), max_new_tokens=max_new_tokens, temperature=temperature,
+                                  seed=None if seed is None else seed + i, stop=tuple(stop)) for i in idx]
+        for i, out in zip(idx, generate_batch(model, tokenizer, rows)):
+            replies[i] = out.text.strip()
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order))
     return replies

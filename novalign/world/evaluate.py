@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from novalign.models.generate import generate_texts  # noqa: F401 - re-exported: the world's callers use it
 from novalign.world.checkers import passes
 from novalign.world.generator import STOP_STRINGS, few_shot_prompt
 
@@ -31,28 +32,6 @@ def prompt_ids(tokenizer, task: dict, *, plain: bool, shots: Sequence[dict] = ()
     if plain:
         return tokenizer(few_shot_prompt(task, list(shots)), add_special_tokens=False)["input_ids"]
     return encode_chat(tokenizer, task["messages"])
-
-
-def generate_texts(model, tokenizer, prompts: Sequence[list[int]], *, max_new_tokens: int, temperature: float = 0.0,
-                   stop: Sequence[str] = (), batch_size: int = 32, seed: int | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Generate one reply per prompt, batching prompts of similar length; replies in input order.
-
-    With ``temperature > 0`` row ``i`` draws with seed ``seed + i`` (reproducible whatever the batching).
-    """
-    from novalign.models.generate import GenerationRequest, generate_batch
-
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    replies: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        rows = [GenerationRequest(list(prompts[i]), max_new_tokens=max_new_tokens, temperature=temperature,
-                                  seed=None if seed is None else seed + i, stop=tuple(stop)) for i in idx]
-        for i, out in zip(idx, generate_batch(model, tokenizer, rows)):
-            replies[i] = out.text.strip()
-        if progress is not None:
-            progress(min(start + batch_size, len(order)), len(order))
-    return replies
 
 
 def pass_rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from novalign.eval.report import bar_chart, table
+from novalign.recipe.context import read_done, stage_models
+
 __all__ = ["collect", "deltas", "markdown_table", "write_report"]
 
 # trainers whose metrics.jsonl go into the training-curves chart: label -> folder relative to the run
@@ -19,9 +22,6 @@ _CURVES = {"pretrain": "pretrain", "sft": "sft", "rm": "rm", "grpo": "grpo"}
 
 def collect(ctx) -> dict[str, Any]:
     """Pass rates of every evaluated model, wall seconds of every finished stage, preference statistics."""
-    from novalign.recipe import read_done
-    from novalign.recipe_stages import stage_models
-
     rates, formats = {}, {}
     for label in stage_models(ctx):
         path = ctx.dir("eval") / f"{label}.json"
@@ -70,24 +70,13 @@ def markdown_table(rates: dict[str, dict[str, float]], fmt: str = "{:.0%}") -> s
     if not rates:
         return "(no models evaluated)\n"
     caps = list(next(iter(rates.values())))
-    lines = ["| model | " + " | ".join(caps) + " |", "|---" * (len(caps) + 1) + "|"]
-    for model, row in rates.items():
-        lines.append(f"| {model} | " + " | ".join(fmt.format(row.get(c, float("nan"))) for c in caps) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[model, *(fmt.format(row.get(c, float("nan"))) for c in caps)] for model, row in rates.items()]
+    return "\n".join(table(["model", *caps], rows)) + "\n"
 
 
-def _bars(ax, rates: dict[str, dict[str, float]], title: str) -> None:
-    import numpy as np
-
+def _bars(path: Path, rates: dict[str, dict[str, float]], title: str, ylabel: str) -> None:
     caps = list(next(iter(rates.values())))
-    width = 0.8 / max(1, len(rates))
-    x = np.arange(len(caps))
-    for i, (model, row) in enumerate(rates.items()):
-        ax.bar(x + i * width, [row.get(c, 0.0) for c in caps], width, label=model)
-    ax.set_xticks(x + width * (len(rates) - 1) / 2, caps)
-    ax.set_title(title)
-    ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=7)
+    bar_chart(path, title, caps, {model: [row.get(c) for c in caps] for model, row in rates.items()}, ylabel)
 
 
 def _curves(ax, run_dir: Path) -> None:
@@ -122,23 +111,19 @@ def _charts(run_dir: Path, summary: dict[str, Any]) -> list[str]:
         plt.close(fig)
         made.append(name)
 
+    def bars(name: str, data: dict, title: str, ylabel: str) -> None:
+        _bars(run_dir / name, data, title, ylabel)
+        made.append(name)
+
     if rates:
-        fig, ax = plt.subplots(figsize=(10, 4))
-        _bars(ax, rates, "pass rate per capability (held-out world prompts)")
-        save(fig, "pass_rates.png")
-        pairs = [(a, {m: r for m, r in deltas(rates, a).items() if a == "base" or not m.startswith("base")})
-                 for a in ("base", "sft") if a in rates]
-        pairs = [(a, d) for a, d in pairs if d]
-        if pairs:
-            fig, axes = plt.subplots(1, len(pairs), figsize=(7 * len(pairs), 4), squeeze=False)
-            for ax, (a, d) in zip(axes[0], pairs):
-                _bars(ax, d, f"pass-rate delta vs {a}")
-            save(fig, "deltas.png")
+        bars("pass_rates.png", rates, "pass rate per capability (held-out prompts)", "pass rate")
+        for against, name in (("base", "deltas.png"), ("sft", "deltas_vs_sft.png")):
+            d = {m: r for m, r in deltas(rates, against).items() if against == "base" or not m.startswith("base")}
+            if d:
+                bars(name, d, f"pass-rate delta vs {against}", "delta")
         merged = {m: r for m, r in rates.items() if m == "sft" or m.startswith(("spec_", "merge_"))}
         if len(merged) > 1:
-            fig, ax = plt.subplots(figsize=(10, 4))
-            _bars(ax, merged, "merge comparison: specialists and merges")
-            save(fig, "merge.png")
+            bars("merge.png", merged, "merge comparison: specialists and merges", "pass rate")
     fig, ax = plt.subplots(figsize=(7, 4))
     _curves(ax, run_dir)
     save(fig, "training_curves.png")
@@ -158,11 +143,15 @@ def write_report(ctx) -> dict[str, Any]:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     charts = _charts(run_dir, summary)
     rates = summary["stages"]
-    lines = [f"# novalign run: {ctx.cfg.name}", "",
-             "Pass rate per capability on held-out world prompts (greedy; every answer graded by the world's "
-             f"checkers; {ctx.cfg.world.eval_per_capability} prompts per capability). The base model is evaluated with plain-text few-shot prompts in its pretraining format "
-             f"({ctx.cfg.world.few_shot} solved examples per prompt); every other model with its chat template.", "",
-             markdown_table(rates)]
+    if ctx.cfg.data.eval_suites is None:
+        intro = ("Pass rate per capability on held-out world prompts (greedy; every answer graded by the world's "
+                 f"checkers; {ctx.cfg.world.eval_per_capability} prompts per capability). The base model is evaluated "
+                 f"with plain-text few-shot prompts in its pretraining format ({ctx.cfg.world.few_shot} solved examples "
+                 "per prompt); every other model with its chat template.")
+    else:
+        intro = ("Every model on the recipe's eval suites (`novalign eval`; columns are `<suite>.<metric>`, per-sample "
+                 "records under `eval/suites/`).")
+    lines = [f"# novalign run: {ctx.cfg.name}", "", intro, "", markdown_table(rates)]
     for against in ("base", "sft"):
         d = deltas(rates, against)
         if against == "sft":  # the models SFT came from are not compared against it
