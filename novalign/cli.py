@@ -546,6 +546,32 @@ def run_command(
     typer.echo(f"done: ran {', '.join(ran) or 'nothing'}; report: {Path(cfg.runs_dir) / cfg.name / 'report.md'}")
 
 
+data_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                       help="The data flywheel (report sections 3-4): data steps on your own files.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prefs")
+def data_prefs_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
+                       help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Preference groups from prompts (report 3.3): n samples per prompt from a local model, or the responses
+    already in the records; scored by a reward mix; ROUGE-L near-duplicates and prompts without a score
+    difference dropped (counted). Writes prefs.jsonl (the `novalign rm` group format), prompt_scores.jsonl and
+    stats.json to output_dir."""
+    from novalign.config import PrefsDataConfig
+
+    cfg = _stage_config(PrefsDataConfig, config, set_, help_config)
+    if cfg is None:
+        return
+    from novalign.data.io import DataError
+    from novalign.flywheel.prefs import run_prefs
+
+    try:
+        run_prefs(cfg, console_print=typer.echo)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from novalign.config import ConfigError, RecipeConfig, load_config
-from novalign.flywheel.prefs import rouge_filter
 from novalign.recipe import STAGES, compute_keys, plan_stages, run_recipe, stage_key
 from novalign.recipe.report import deltas
 from novalign.recipe.runner import _prepare_dir
@@ -68,12 +67,6 @@ def test_resume_keeps_a_started_folder_only_for_the_same_key(tmp_path):
     assert not (out / "checkpoints").exists()
 
 
-def test_rouge_filter_by_hand():
-    """'the cat sat' vs 'the cat sat down': LCS 3, P = 3/4, R = 3/3, F1 = 2*0.75*1/1.75 = 0.857.
-    Threshold 0.8 drops the second (0.857 >= 0.8) and the exact repeat; 0.9 keeps the second."""
-    texts = ["the cat sat", "the cat sat down", "a dog ran", "the cat sat"]
-    assert rouge_filter(texts, 0.8) == ([0, 2], 2)
-    assert rouge_filter(texts, 0.9) == ([0, 1, 2], 1)
 
 
 def test_grpo_prompts_pool_and_capabilities(tmp_path):

@@ -53,6 +53,7 @@ from novalign.config.preference import (  # noqa: F401
     ScoreConfig,
     ScoreDimension,
 )
+from novalign.config.flywheel import PrefsDataConfig  # noqa: F401
 from novalign.config.recipe import (  # noqa: F401
     RecipeDataConfig,
     PrefsConfig,
@@ -143,6 +144,7 @@ __all__ = [
     "RecipePASConfig",
     "RecipeConfig",
     "RecipeDataConfig",
+    "PrefsDataConfig",
     "parse_overrides",
     "format_validation_error",
     "load_config",

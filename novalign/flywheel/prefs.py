@@ -11,11 +11,13 @@ prompt, the input of the reward model's Bradley-Terry + MSE objective (equation 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["rouge_filter", "PrefsStats", "build_groups", "sample", "score"]
+__all__ = ["rouge_filter", "PrefsStats", "build_groups", "read_prompts", "sample", "score", "run_prefs"]
 
 # a batch reward in novalign's RewardFn shape: (prompts, completions, **per-sample fields) -> one score each
 Scorer = Callable[..., list[float]]
@@ -122,3 +124,84 @@ def score(prompts: Sequence[dict], samples: Sequence[Sequence[str]], scorer: Sco
         out.append([float(v) for v in values[start : start + len(texts)]])
         start += len(texts)
     return out
+
+
+def read_prompts(files: Sequence[str | Path]) -> list[dict]:
+    """Prompt records with ``messages``: a ``prompt`` string becomes one user turn, and a trailing assistant
+    turn (the answer) is dropped, as GRPO reads prompts. Other fields are kept for the scorer. A record with
+    neither is a :class:`~novalign.data.io.DataError` naming file and line; ``responses``, when present, must
+    be a list of strings."""
+    from novalign.data.io import DataError, iter_records
+
+    out = []
+    for f in files:
+        for line, r in iter_records(Path(f)):
+            if isinstance(r.get("messages"), list) and r["messages"]:
+                messages = r["messages"][:-1] if r["messages"][-1].get("role") == "assistant" else r["messages"]
+            elif isinstance(r.get("prompt"), str):
+                messages = [{"role": "user", "content": r["prompt"]}]
+            else:
+                raise DataError(f, line, "messages", "a prompt record needs a `messages` list or a `prompt` string",
+                                reason="no prompt")
+            if "responses" in r and not (isinstance(r["responses"], list)
+                                         and all(isinstance(t, str) for t in r["responses"])):
+                raise DataError(f, line, "responses", "must be a list of strings", reason="bad responses")
+            out.append({k: v for k, v in r.items() if k not in ("messages", "prompt")} | {"messages": messages})
+    return out
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def run_prefs(cfg, *, prompts: Sequence[dict] | None = None, scorer: Scorer | None = None,
+              console_print: Callable[[str], None] = print) -> PrefsStats:
+    """``novalign data prefs``: sample (unless the records carry ``responses``), score, filter, group, and write
+    ``prefs.jsonl`` (the ``novalign rm`` group format), ``prompt_scores.jsonl`` and ``stats.json`` to
+    ``cfg.output_dir`` (a :class:`~novalign.config.PrefsDataConfig`).
+
+    ``prompts`` and ``scorer`` replace ``cfg.prompt_files`` and ``cfg.rewards`` (the recipe passes the world's
+    prompts and checkers).
+
+    Raises:
+        ValueError: no model for prompts without responses, or no group with a score difference.
+    """
+    prompts = list(prompts) if prompts is not None else read_prompts(cfg.prompt_files)
+    given = [r for r in prompts if "responses" in r]
+    if given and len(given) != len(prompts):
+        raise ValueError("prefs: either every prompt record carries `responses` or none does")
+    if given:
+        samples = [list(r["responses"]) for r in prompts]
+        prompts = [{k: v for k, v in r.items() if k != "responses"} for r in prompts]
+    elif cfg.model is None:
+        raise ValueError("prefs: the prompts carry no `responses`; set `model` (a local model directory) to sample")
+    else:
+        samples = sample(cfg.model, prompts, n=cfg.n, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed)
+    close = None
+    if scorer is None:
+        from novalign.train.rl.inputs import build_reward, close_reward
+
+        components = [c if c.type != "llm_judge" or c.llm is not None or cfg.llm is None
+                      else c.model_copy(update={"llm": cfg.llm}) for c in cfg.rewards]
+        scorer = build_reward(components, device=cfg.device)
+        close = close_reward
+    try:
+        scores = score(prompts, samples, scorer)
+    finally:
+        if close is not None:
+            close(scorer)
+    groups, stats = build_groups(prompts, samples, scores, rouge_threshold=cfg.rouge_threshold,
+                                 group_key=cfg.group_key)
+    if not groups:
+        raise ValueError("prefs: no prompt had samples with different scores; raise n or temperature")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "prefs.jsonl", groups)
+    _write_jsonl(out / "prompt_scores.jsonl", [{"index": g, cfg.group_key: r.get(cfg.group_key, "all"), "scores": s}
+                                               for g, (r, s) in enumerate(zip(prompts, scores))])
+    (out / "stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
+    console_print(f"prefs: {stats.groups} groups from {stats.prompts} prompts; dropped {stats.dropped_empty} empty, "
+                  f"{stats.dropped_near_duplicates} near-duplicates, {stats.groups_without_signal} prompts without "
+                  f"a score difference; sample pass rate {stats.sample_pass_rate}")
+    return stats

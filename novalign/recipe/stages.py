@@ -152,44 +152,20 @@ def recipe_reward(ctx: RecipeContext, user_prompts: bool):
     return build_reward(components, device=ctx.cfg.grpo.train.device)
 
 
-def _prompt_records(ctx: RecipeContext, files: list[str]) -> list[dict]:
-    """Prompt records with ``messages`` (a ``prompt`` string becomes one user turn; a trailing assistant turn,
-    the answer, is dropped -- as GRPO reads prompts)."""
-    from novalign.data.io import DataError, iter_records
-
-    out = []
-    for f in files:
-        for line, r in iter_records(Path(f)):
-            if isinstance(r.get("messages"), list) and r["messages"]:
-                messages = r["messages"][:-1] if r["messages"][-1].get("role") == "assistant" else r["messages"]
-            elif isinstance(r.get("prompt"), str):
-                messages = [{"role": "user", "content": r["prompt"]}]
-            else:
-                raise DataError(f, line, "messages", "a prompt record needs a `messages` list or a `prompt` string",
-                                reason="no prompt")
-            out.append({k: v for k, v in r.items() if k not in ("messages", "prompt")} | {"messages": messages})
-    return out
-
-
 def run_prefs(ctx: RecipeContext) -> None:
     """n samples per prompt from the SFT model, scored (the world's checkers -- the golden-answer AutoRator --
-    or the user's reward mix), filtered and grouped by :mod:`novalign.flywheel.prefs` into
-    ``{prompt, responses: [{content, score}]}`` records for the reward model."""
-    from novalign.flywheel import prefs as F
+    or the user's ``grpo.rewards`` mix), filtered and grouped by ``novalign data prefs``
+    (:func:`novalign.flywheel.prefs.run_prefs`) into ``{prompt, responses: [{content, score}]}`` records."""
+    from novalign.config import PrefsDataConfig
+    from novalign.flywheel.prefs import run_prefs as build_prefs
 
-    p, given = ctx.cfg.prefs, ctx.cfg.data.prompt_files
-    prompts = _prompt_records(ctx, given) if given is not None else ctx.read(ctx.world_file("rl_prompts"))
-    samples = F.sample(str(ctx.dir("sft") / "model"), prompts, n=p.n, max_new_tokens=p.max_new_tokens,
-                       temperature=p.temperature, batch_size=p.batch_size, seed=p.seed)
-    scores = F.score(prompts, samples, recipe_reward(ctx, user_prompts=given is not None))
-    groups, stats = F.build_groups(prompts, samples, scores, rouge_threshold=p.rouge_threshold)
-    if not groups:
-        raise ValueError("prefs: no prompt had samples with different scores; raise prefs.n or prefs.temperature")
-    _write_jsonl(ctx.out / "prefs.jsonl", groups)
-    _write_jsonl(ctx.out / "prompt_scores.jsonl", [{"index": g, "capability": r.get("capability", "all"),
-                                                    "scores": s} for g, (r, s) in enumerate(zip(prompts, scores))])
-    (ctx.out / "stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
-    ctx.print(f"prefs: {stats.groups} groups; SFT sample pass rate {stats.sample_pass_rate}")
+    given = ctx.cfg.data.prompt_files
+    cfg = PrefsDataConfig(**ctx.cfg.prefs.model_dump(), prompt_files=given or [], model=str(ctx.dir("sft") / "model"),
+                          rewards=ctx.cfg.grpo.rewards, llm=ctx.cfg.llm, device=ctx.cfg.grpo.train.device,
+                          output_dir=str(ctx.out))
+    world = given is None
+    build_prefs(cfg, prompts=ctx.read(ctx.world_file("rl_prompts")) if world else None,
+                scorer=recipe_reward(ctx, user_prompts=False) if world else None, console_print=ctx.print)
 
 
 def run_rm(ctx: RecipeContext) -> None:
@@ -223,9 +199,11 @@ def _grpo_prompts(ctx: RecipeContext) -> Path:
     """GRPO's prompts, written to grpo/prompts.jsonl: the user's ``data.rl_prompt_files``, else the world's GRPO
     pool when it has one, else its RL split (with ``rl_prompt_filter: mixed``, only the prompts whose SFT
     samples scored differently); then only the ``rl_capabilities``."""
+    from novalign.flywheel.prefs import read_prompts
+
     pool = ctx.dir("world") / "grpo_prompts.jsonl"
     if ctx.cfg.data.rl_prompt_files is not None:
-        prompts = _prompt_records(ctx, ctx.cfg.data.rl_prompt_files)
+        prompts = read_prompts(ctx.cfg.data.rl_prompt_files)
     elif pool.is_file():
         if ctx.cfg.rl_prompt_filter == "mixed":
             raise ValueError("rl_prompt_filter 'mixed' reads the prefs stage's scores of the RL split; with a GRPO "
