@@ -23,6 +23,11 @@ def test_real_scale_and_demo_recipes_validate():
     assert big.base.path and "pretrain" not in big.stages
     assert big.llm is not None and big.llm.base_url
     assert big.sft.train.precision == "bf16"
+    # the user's data and the endpoint, not the world: every stage reads a data source, the judge is `llm`
+    assert "world" not in big.stages and big.data.sft_files and big.data.rl_prompt_files and big.data.eval_suites
+    judge = next(c for c in big.grpo.rewards if c.type == "llm_judge")
+    assert judge.llm == big.llm
+    assert set(compute_keys(big)) == set(big.stages)
     demo = load_config(RecipeConfig, ROOT / "recipes" / "demo.yaml")
     assert demo.stages is None  # every stage
     with pytest.raises(ConfigError, match="sft.optim.learning_rate: unknown key"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, model_validator
 
 from novalign.config.llm import LLMConfig
 from novalign.config.recipe import PrefsConfig
-from novalign.config.rl import RewardComponentConfig
+from novalign.config.rl import RewardComponentConfig, inherit_judge_llm
 
 
 class PrefsDataConfig(PrefsConfig):
@@ -24,7 +26,14 @@ class PrefsDataConfig(PrefsConfig):
         description="The scorer, a weighted reward mix as in `novalign grpo` (exact_answer, ifeval, reward_model, "
         "llm_judge); scores should lie in [0, 1] for the reward model's MSE term."
     )
-    llm: LLMConfig | None = Field(None, description="Default judge of llm_judge components that name no llm.")
+    llm: LLMConfig | None = Field(None, description="The judge of llm_judge reward components that name no llm.")
     group_key: str = Field("capability", description="Record field the sample pass rates are reported by.")
     device: str = Field("cpu", description="Device of the sampling model and of reward-model scoring.")
     output_dir: str = Field("runs/prefs", description="Writes prefs.jsonl, prompt_scores.jsonl and stats.json here.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judges_use_llm(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "rewards" in data:
+            data = dict(data, rewards=inherit_judge_llm(data["rewards"], data.get("llm")))
+        return data

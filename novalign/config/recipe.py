@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from novalign.config.base import Strict
 from novalign.config.eval import EvalSuiteConfig
 from novalign.config.llm import LLMConfig
 from novalign.config.pas import PASTrainConfig
 from novalign.config.preference import RMConfig
-from novalign.config.rl import GRPOConfig
+from novalign.config.rl import GRPOConfig, inherit_judge_llm
 from novalign.config.train import SFTConfig
 
 
@@ -188,6 +188,14 @@ class RecipeConfig(Strict):
         None, description="The LLM endpoint (OpenAI-compatible, or any LLM-layer backend) of the recipe: the judge of "
         "judged eval suites (data.eval_suites) and of `llm_judge` reward components that name no `llm` of their own."
     )
+    @model_validator(mode="before")
+    @classmethod
+    def _judges_use_the_recipe_llm(cls, data: Any) -> Any:
+        """``llm_judge`` reward components that name no ``llm`` are judged by the recipe's ``llm``."""
+        if isinstance(data, dict) and isinstance(data.get("grpo"), dict) and "rewards" in data["grpo"]:
+            data = dict(data, grpo=dict(data["grpo"], rewards=inherit_judge_llm(data["grpo"]["rewards"], data.get("llm"))))
+        return data
+
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads (None: torch's default). 1 is much faster when other processes "
         "share the cores. Not part of any stage key."

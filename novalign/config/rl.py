@@ -11,6 +11,15 @@ from novalign.config.llm import LLMConfig
 from novalign.config.train import ModelConfig, OptimConfig, TrainConfig
 
 
+def inherit_judge_llm(rewards: Any, llm: Any) -> Any:
+    """Raw (unvalidated) reward components with ``llm`` filled in from ``llm`` for every ``llm_judge`` that names
+    none: a config with one endpoint of its own (a recipe's or a data command's ``llm``) lends it to its judges."""
+    if llm is None or not isinstance(rewards, list):
+        return rewards
+    return [dict(c, llm=llm) if isinstance(c, dict) and c.get("type") == "llm_judge" and c.get("llm") is None else c
+            for c in rewards]
+
+
 class RewardComponentConfig(Strict):
     """One term of the weighted reward mix (novalign.train.rl.rewards)."""
 

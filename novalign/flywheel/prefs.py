@@ -182,9 +182,7 @@ def run_prefs(cfg, *, prompts: Sequence[dict] | None = None, scorer: Scorer | No
     if scorer is None:
         from novalign.train.rl.inputs import build_reward, close_reward
 
-        components = [c if c.type != "llm_judge" or c.llm is not None or cfg.llm is None
-                      else c.model_copy(update={"llm": cfg.llm}) for c in cfg.rewards]
-        scorer = build_reward(components, device=cfg.device)
+        scorer = build_reward(cfg.rewards, device=cfg.device)
         close = close_reward
     try:
         scores = score(prompts, samples, scorer)

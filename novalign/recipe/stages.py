@@ -141,15 +141,14 @@ def world_verifier(response: str, check: dict) -> float:
 
 def recipe_reward(ctx: RecipeContext, user_prompts: bool):
     """The verifier part of the recipe's reward: the world's checkers for world prompts; for the user's own
-    prompts the ``grpo.rewards`` mix, whose ``llm_judge`` components default to the recipe's ``llm``."""
+    prompts the ``grpo.rewards`` mix (its ``llm_judge`` components judged by the recipe's ``llm`` unless they
+    name their own)."""
     from novalign.train.rl.inputs import build_reward
     from novalign.train.rl.rewards import verifier_reward
 
     if not user_prompts:
         return verifier_reward(world_verifier, name="verifier")
-    components = [c if c.type != "llm_judge" or c.llm is not None or ctx.cfg.llm is None
-                  else c.model_copy(update={"llm": ctx.cfg.llm}) for c in ctx.cfg.grpo.rewards]
-    return build_reward(components, device=ctx.cfg.grpo.train.device)
+    return build_reward(ctx.cfg.grpo.rewards, device=ctx.cfg.grpo.train.device)
 
 
 def run_prefs(ctx: RecipeContext) -> None:
@@ -161,8 +160,7 @@ def run_prefs(ctx: RecipeContext) -> None:
 
     given = ctx.cfg.data.prompt_files
     cfg = PrefsDataConfig(**ctx.cfg.prefs.model_dump(), prompt_files=given or [], model=str(ctx.dir("sft") / "model"),
-                          rewards=ctx.cfg.grpo.rewards, llm=ctx.cfg.llm, device=ctx.cfg.grpo.train.device,
-                          output_dir=str(ctx.out))
+                          rewards=ctx.cfg.grpo.rewards, device=ctx.cfg.grpo.train.device, output_dir=str(ctx.out))
     world = given is None
     build_prefs(cfg, prompts=ctx.read(ctx.world_file("rl_prompts")) if world else None,
                 scorer=recipe_reward(ctx, user_prompts=False) if world else None, console_print=ctx.print)
