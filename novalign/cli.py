@@ -16,7 +16,8 @@ import typer
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="novalign: the Baichuan Alignment recipe, end to end (data, PAS, SFT, reward model, RL, merging, evaluation).",
+    help="novalign: the Baichuan Alignment recipe -- PAS, SFT, reward model, DPO/KTO, GRPO/PPO, merging, evaluation, "
+    "the whole recipe in one command (run), and of the data flywheel so far the preference step (data prefs).",
 )
 
 

@@ -29,12 +29,14 @@ def collect(ctx) -> dict[str, Any]:
             data = json.loads(path.read_text())
             rates[label], formats[label] = data["rates"], data["format"]
     wall = {}
-    for stage in ctx.cfg.stages:
+    for stage in ctx.keys:  # every stage of the recipe, in pipeline order
         done = read_done(ctx.dir(stage))
         if done is not None:
             wall[stage] = round(done["wall_s"], 1)
     prefs = ctx.dir("prefs") / "stats.json"
+    env = ctx.run_dir / "environment.json"
     return {"stages": rates, "wall_s": wall, "eval_format": formats,
+            "environment": json.loads(env.read_text()) if env.is_file() else None,
             "prefs": json.loads(prefs.read_text()) if prefs.is_file() else None, "pas": _pas_stats(ctx, rates)}
 
 
@@ -177,6 +179,11 @@ def write_report(ctx) -> dict[str, Any]:
     lines += ["## Stage wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {s} | {w:.1f} |" for s, w in summary["wall_s"].items()]
     lines += [f"| total | {sum(summary['wall_s'].values()):.1f} |", ""]
+    if env := summary.get("environment"):
+        versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+        lines += ["## Environment", "", f"{env['cpu']}, torch CPU kernels {env['torch_cpu_capability']}, "
+                  f"{env['torch_threads']} threads; Python {env['python']}, {versions}. The numbers are reproducible "
+                  "given the seed, these versions and this kernel set (see `novalign.recipe.context.environment`).", ""]
     lines += [f"![{c}]({c})" for c in charts]
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")
     ctx.print(f"report written to {run_dir / 'report.md'}")

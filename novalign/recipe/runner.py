@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from novalign.config import RecipeConfig
-from novalign.recipe.context import RecipeContext, read_done, stage_key
+from novalign.recipe.context import RecipeContext, environment, read_done, stage_key
 from novalign.recipe.stages import STAGES
 
 __all__ = ["compute_keys", "plan_stages", "run_recipe", "active_stages"]
@@ -122,6 +122,7 @@ def run_recipe(cfg: RecipeConfig, *, only: str | None = None, start: str | None 
     run_dir = Path(cfg.runs_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+    _write_json_atomic(run_dir / "environment.json", environment())  # what the numbers depend on besides the seed
     keys = compute_keys(cfg)
     status: dict[str, str] = {}
     for stage, forced in plan_stages(cfg, only, start):
