@@ -142,3 +142,11 @@ def test_data_prefs_samples_from_a_local_model(tiny_model_dir, tmp_path):
         stats = run_prefs(cfg, scorer=ratio_of_e, console_print=lambda *_: None)
         assert stats.samples == 9
     assert (tmp_path / "a" / "prefs.jsonl").read_text() == (tmp_path / "b" / "prefs.jsonl").read_text()
+
+
+def test_mixed_outcomes_by_hand():
+    """Prompt 0 scores [1, 1] (no signal), 1 scores [0, 1], 2 scores [0.5, 0.5, 0.25]: prompts 1 and 2 remain."""
+    from novalign.flywheel.prefs import mixed_outcomes
+
+    rows = [{"index": 0, "scores": [1, 1]}, {"index": 1, "scores": [0, 1]}, {"index": 2, "scores": [0.5, 0.5, 0.25]}]
+    assert mixed_outcomes(rows) == [1, 2]

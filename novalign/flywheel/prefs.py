@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["rouge_filter", "PrefsStats", "build_groups", "read_prompts", "sample", "score", "run_prefs"]
+__all__ = ["rouge_filter", "PrefsStats", "build_groups", "mixed_outcomes", "read_prompts", "sample", "score",
+           "run_prefs"]
 
 # a batch reward in novalign's RewardFn shape: (prompts, completions, **per-sample fields) -> one score each
 Scorer = Callable[..., list[float]]
@@ -95,6 +96,17 @@ def build_groups(prompts: Sequence[dict], samples: Sequence[Sequence[str]], scor
     stats.sample_pass_rate = {c: sum(v) / len(v) for c, v in per_group.items()}
     stats.groups = len(groups)
     return groups, stats
+
+
+def mixed_outcomes(prompt_scores: Sequence[dict]) -> list[int]:
+    """Indices of the prompts whose samples did not all score the same (``prompt_scores.jsonl`` rows:
+    ``{"index", "scores"}``): the groups that carry a GRPO signal -- a group whose samples all score alike has
+    zero advantage and teaches nothing.
+
+    >>> mixed_outcomes([{"index": 0, "scores": [1, 1]}, {"index": 1, "scores": [0, 1]}])
+    [1]
+    """
+    return [row["index"] for row in prompt_scores if len(set(row["scores"])) > 1]
 
 
 def sample(model_dir: str, prompts: Sequence[dict], *, n: int, max_new_tokens: int, temperature: float,

@@ -179,13 +179,13 @@ def run_rm(ctx: RecipeContext) -> None:
 
 
 def _mixed_prompts(ctx: RecipeContext) -> list[dict]:
-    """The RL prompts whose SFT samples (prefs stage) did not all score the same. A group whose samples all
-    score alike has zero advantage in GRPO and teaches nothing."""
+    """The RL prompts whose SFT samples (prefs stage) did not all score the same."""
     if not ctx.enabled("prefs"):
         raise ValueError("rl_prompt_filter 'mixed' needs the prefs stage (it reads the SFT samples' scores)")
+    from novalign.flywheel.prefs import mixed_outcomes
+
     prompts = ctx.read(ctx.world_file("rl_prompts"))
-    stats = ctx.read(ctx.dir("prefs") / "prompt_scores.jsonl")
-    chosen = [prompts[s["index"]] for s in stats if len(set(s["scores"])) > 1]
+    chosen = [prompts[i] for i in mixed_outcomes(ctx.read(ctx.dir("prefs") / "prompt_scores.jsonl"))]
     if not chosen:
         raise ValueError("rl_prompt_filter 'mixed': no RL prompt had samples with different scores")
     ctx.print(f"grpo: {len(chosen)} of {len(prompts)} RL prompts have mixed SFT outcomes")
