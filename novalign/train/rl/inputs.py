@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from novalign.config import RewardComponentConfig
-from novalign.eval.judge import SCORE_PARSERS, scaled_score
+from novalign.eval.judge import SCORE_PARSERS, load_template, scaled_score
 from novalign.train.rl.rewards import (
     LLMJudgeReward,
     RewardFn,
@@ -87,7 +86,7 @@ def prompt_batch(num_prompts: int, per_iteration: int, iteration: int, seed: int
 
 def judge_template(c: RewardComponentConfig) -> str:
     """The judge prompt of an ``llm_judge`` component: ``template``, else ``template_file``'s text, else the
-    bundled 1-10 rating prompt (``novalign/assets/rl/judge_rating.txt``)."""
+    bundled 1-10 rating prompt (the judge template ``rl_rating``, ``novalign/assets/eval/templates/rl_rating.en.txt``)."""
     if c.template is not None:
         return c.template
     if c.template_file is not None:
@@ -95,7 +94,7 @@ def judge_template(c: RewardComponentConfig) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"rewards: llm_judge template_file {str(path)!r} does not exist")
         return path.read_text(encoding="utf-8")
-    return resources.files("novalign").joinpath("assets/rl/judge_rating.txt").read_text(encoding="utf-8")
+    return load_template("rl_rating", "en")
 
 
 def judge_from_config(c: RewardComponentConfig, client: Any = None) -> LLMJudgeReward:
