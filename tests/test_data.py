@@ -384,3 +384,100 @@ def test_parquet(tmp_path: Path, chatml) -> None:
     samples, report = load_chat_dataset([path], chatml, max_length=64, skip_invalid=True)
     assert report.counts == {"empty assistant turn": 1}
     assert [_trained_runs(chatml, s) for s in samples] == [["hello world<|im_end|>"], ["the fox<|im_end|>"]]
+
+
+# --------------------------------------------------------------------------- tools
+
+# A ChatML variant that shows tools (one line per tool: name(parameters): description) and tool calls.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>tools\n{% for t in tools %}"
+    "{{ t['function']['name'] + '(' + (t['function']['parameters']['properties'] | list | join(', ')) + '): ' }}"
+    "{{ t['function']['description'] + '\\n' }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}"
+    "{{ '<call>' + c['function']['name'] + ' ' + c['function']['arguments'] + '</call>' }}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+WEATHER = {"type": "function", "function": {
+    "name": "weather", "description": "the weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL_RECORD = {"tools": [WEATHER], "messages": [
+    {"role": "user", "content": "weather in paris?"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": '{"city": "paris"}'}}]},
+    {"role": "tool", "content": "sure 12", "tool_call_id": "call_1"},
+    {"role": "assistant", "content": "It is 12 in paris."},
+]}
+
+
+@pytest.fixture(scope="module")
+def tools_tok() -> PreTrainedTokenizerFast:
+    special, eot, _ = TEMPLATES["chatml"]
+    return _build_tokenizer(special, eot, TOOLS_TEMPLATE)
+
+
+def test_tools_reach_the_template_and_are_not_trained(tools_tok, tmp_path) -> None:
+    """The record's tools are rendered by the template, by hand:
+    "<|im_start|>tools\\nweather(city): the weather in a city\\n<|im_end|>\\n" and then the turns; the tokens are
+    exactly that text's tokens. Trained: only the two assistant turns (the tool call, the answer), each with its
+    <|im_end|>; the tools block, the user turn and the tool result are not."""
+    path = _write_jsonl(tmp_path / "tools.jsonl", [TOOL_RECORD])
+    samples, _ = load_chat_dataset([path], tools_tok, max_length=512)
+    expected = ("<|im_start|>tools\nweather(city): the weather in a city\n<|im_end|>\n"
+                "<|im_start|>user\nweather in paris?<|im_end|>\n"
+                '<|im_start|>assistant\n<call>weather {"city": "paris"}</call><|im_end|>\n'
+                "<|im_start|>tool\nsure 12<|im_end|>\n"
+                "<|im_start|>assistant\nIt is 12 in paris.<|im_end|>\n")
+    sample = samples[0]
+    assert sample.input_ids == tools_tok(expected, add_special_tokens=False)["input_ids"]
+    assert _trained_runs(tools_tok, sample) == ['<call>weather {"city": "paris"}</call><|im_end|>',
+                                                "It is 12 in paris.<|im_end|>"]
+    header = len(tools_tok("<|im_start|>tools\nweather(city): the weather in a city\n<|im_end|>\n",
+                           add_special_tokens=False)["input_ids"])
+    assert all(label == IGNORE_INDEX for label in sample.labels[:header])
+    # without tools the same conversation renders no tools block: the tools did change the tokens
+    plain = tokenize_conversation(tools_tok, normalize_messages(TOOL_RECORD, path="t", line=1), max_length=512)
+    assert len(plain.input_ids) < len(sample.input_ids) and plain.num_trained_tokens == sample.num_trained_tokens
+
+
+def test_tools_as_a_json_string_are_read_too(tools_tok, tmp_path) -> None:
+    path = _write_jsonl(tmp_path / "t.jsonl", [TOOL_RECORD, {**TOOL_RECORD, "tools": json.dumps([WEATHER])}])
+    samples, _ = load_chat_dataset([path], tools_tok, max_length=512)
+    assert samples[0].input_ids == samples[1].input_ids
+
+
+def _tool(**function: Any) -> dict:
+    return {"type": "function", "function": {**WEATHER["function"], **function}}
+
+
+@pytest.mark.parametrize("tools, field, problem", [
+    ({"weather": WEATHER}, "tools", "must be a list"),
+    ("[not json", "tools", "JSON list of tools"),
+    ([{"type": "retrieval", "function": WEATHER["function"]}], "tools[0].type", "must be 'function'"),
+    ([{"type": "function"}], "tools[0].function", "must be an object"),
+    ([_tool(name="get weather")], "tools[0].function.name", "1-64 letters"),
+    ([_tool(description=3)], "tools[0].function.description", "must be a string"),
+    ([_tool(parameters={"type": "array"})], "tools[0].function.parameters", '"type": "object"'),
+    ([_tool(parameters={"type": "object", "properties": {"city": {"type": "text"}}})],
+     "tools[0].function.parameters.properties.city.type", "not a valid JSON Schema"),
+    ([_tool(paramters={})], "tools[0].function", "unknown fields ['paramters']"),
+    ([WEATHER, WEATHER], "tools[1].function.name", "duplicate tool name 'weather'"),
+    ([_tool(name="forecast")], "messages[1].tool_calls[0].function.name", "calls 'weather', which is not among"),
+])
+def test_bad_tools_name_file_line_and_field(tools_tok, tmp_path, tools, field, problem) -> None:
+    path = _write_jsonl(tmp_path / "bad.jsonl", [GOOD, {**TOOL_RECORD, "tools": tools}])
+    with pytest.raises(DataError) as info:
+        load_chat_dataset([path], tools_tok, max_length=512)
+    assert (info.value.path, info.value.line, info.value.field) == (str(path), 2, field)
+    assert problem in info.value.problem
+
+
+def test_a_template_that_ignores_tools_is_an_error_not_a_silent_drop(chatml, tmp_path) -> None:
+    """The plain ChatML template has no `tools` in it: the record is refused (or skipped and counted), never
+    trained without its tool definitions."""
+    path = _write_jsonl(tmp_path / "t.jsonl", [GOOD, TOOL_RECORD])
+    with pytest.raises(DataError, match=r"t.jsonl:2: field 'tools': the chat template renders the conversation the same"):
+        load_chat_dataset([path], chatml, max_length=512)
+    samples, report = load_chat_dataset([path], chatml, max_length=512, skip_invalid=True)
+    assert len(samples) == 1 and report.counts == {"chat template ignores tools": 1}

@@ -28,7 +28,7 @@ from novalign.eval.judge import (
     write_ratings,
 )
 
-TEMPLATES = ("cfbench", "sysbench", "fbbench", "mtbench", "pairwise", "ux", "reask")
+TEMPLATES = ("cfbench", "sysbench", "fbbench", "mtbench", "pairwise", "ux", "reask", "rl_rating")
 
 
 # ---------------------------------------------------------------------------------------- checklist

@@ -222,3 +222,41 @@ def test_array_results_are_accepted_and_scalars_refused():
     assert compute_rewards(vector, [P, P], ["x", "y"]) == [1.0, 2.0]
     with pytest.raises(RewardError, match="one value per completion"):
         compute_rewards(scalar, [P], ["x"])
+
+
+class ReaskBackend(JudgeBackend):
+    """A judge whose first reply has no score ("let me think") and whose reply to any re-ask is "Score: 6"."""
+
+    async def generate(self, request):
+        self.requests.append(request)
+        text = "Score: 6" if len(request.messages) > 1 else "let me think"
+        return BackendResponse(model=self.model_name, texts=[text], finish_reasons=["stop"], prompt_tokens=5,
+                               completion_tokens=2)
+
+
+def test_llm_judge_reasks_through_the_eval_judge():
+    """attempts=2: the unparsable first reply is re-asked in the same conversation with eval's re-ask template
+    quoting the parse error, and the second reply's 6 is the reward (no failure). attempts=1 (the default): the
+    first reply is final, a failure scored on_failure = 0."""
+    backend = ReaskBackend()
+    client = LLMClient(backend, no_cache=True, progress=False, print_usage=False, retry=RetryPolicy(max_attempts=1))
+    try:
+        judge = llm_judge_reward(client, TEMPLATE, attempts=2, on_failure=0.0)
+        assert judge([P], ["7"], answer=["7"]) == [6.0]
+        assert judge.num_failures == 0 and len(backend.requests) == 2
+        reask = backend.requests[1].messages
+        assert [m["role"] for m in reask] == ["user", "assistant", "user"] and reask[1]["content"] == "let me think"
+        assert "no number in the judge's reply" in reask[2]["content"] and "Answer again" in reask[2]["content"]
+        once = llm_judge_reward(client, TEMPLATE, on_failure=0.0)
+        assert once([P], ["7"], answer=["7"]) == [0.0] and once.num_failures == 1 and len(backend.requests) == 3
+    finally:
+        client.close()
+
+
+def test_llm_judge_template_keeps_literal_braces(judge_client):
+    """The template is filled by eval's render: {answer} etc. are filled, a JSON example's braces stay as written
+    (str.format would have raised on them)."""
+    client, backend = judge_client
+    judge = llm_judge_reward(client, 'Reply as {"score": N}. ' + TEMPLATE)
+    assert judge([P], ["it is 7"], answer=["7"]) == [8.0]
+    assert backend.requests[0].messages[0]["content"] == 'Reply as {"score": N}. Question: q\nREPLY: it is 7\nGOLD: 7'

@@ -34,9 +34,9 @@ class RewardComponentConfig(Strict):
     name: str | None = Field(None, description="Name of the component in the logs (reward_<name>_mean); default from its type.")
     llm: "LLMConfig | None" = Field(None, description="llm_judge: the judge (LLMConfig: backend, model, base_url, cache, ...).")
     template: str | None = Field(
-        None, description="llm_judge: the judge prompt, a str.format template with {prompt}, {response} and any "
-        "prompt-record field ({answer}, ...); literal braces doubled. Unset (and no template_file): the bundled "
-        "1-10 rating prompt that asks for 'Rating: [[N]]'."
+        None, description="llm_judge: the judge prompt, with {prompt}, {response} and any prompt-record field "
+        "({answer}, ...) filled in; other braces (JSON examples) are left as written. Unset (and no template_file): "
+        "the bundled 1-10 rating prompt that asks for 'Rating: [[N]]'."
     )
     template_file: str | None = Field(None, description="llm_judge: read the template from this text file instead.")
     parse: Literal["brackets", "last_number"] = Field(
@@ -51,11 +51,15 @@ class RewardComponentConfig(Strict):
         "and logged each iteration as reward_<name>_failures (None: stop with an error instead)."
     )
     max_tokens: int = Field(256, ge=1, description="llm_judge: longest judge reply.")
+    attempts: int = Field(
+        1, ge=1, description="llm_judge: tries per judgment; above 1 an unparsable or off-scale reply is asked again, "
+        "quoting the parse error (eval's re-ask), before it counts as failed."
+    )
 
     @model_validator(mode="after")
     def _judge_fields(self) -> "RewardComponentConfig":
         judge_only = [f for f in ("llm", "template", "template_file", "on_failure")
-                      if getattr(self, f) is not None]
+                      if getattr(self, f) is not None] + ["attempts"] * (self.attempts != 1)
         if self.type != "llm_judge" and judge_only:
             raise ValueError(f"{', '.join(judge_only)} only apply to type: llm_judge (this component is {self.type!r})")
         if self.type == "llm_judge":

@@ -7,17 +7,21 @@ Three input formats are accepted and normalized to OpenAI-style messages
 * ``{"conversations": [{"from": "human", "value": "..."}, ...]}`` (ShareGPT),
 * ``{"prompt": "...", "response": "...", "system": "..."}`` (single turn).
 
+Any of them may carry ``tools``, the OpenAI list of function definitions (:mod:`novalign.data.tools`); they
+are passed to the chat template (``apply_chat_template(..., tools=...)``), which writes them into the prompt.
+
 Tokenization renders the whole conversation with the tokenizer's chat
 template and tokenizes the text once. Which tokens are trained is found
 without knowing anything about the template: for every assistant turn the
 conversation is also rendered up to the generation prompt before that turn and
 through the end of that turn; the characters between the two renders are the
 turn's own output (content plus end-of-turn marker), and tokens starting in
-such a span are trained.
+such a span are trained. Tool definitions, like system and user turns, are never trained.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from typing import Any, Literal
 from jinja2 import TemplateError
 
 from novalign.data.io import DataError, SkipReport, iter_records
+from novalign.data.tools import check_tool_calls, normalize_tools
 
 __all__ = [
     "IGNORE_INDEX",
@@ -33,6 +38,7 @@ __all__ = [
     "ControlTokenInContent",
     "SampleTooLong",
     "TokenizedSample",
+    "ToolsNotRendered",
     "check_chat_tokenizer",
     "load_chat_dataset",
     "normalize_messages",
@@ -72,13 +78,14 @@ class SampleTooLong(ValueError):
 
 
 class ControlTokenInContent(ValueError):
-    """A message's text contains a special token string (e.g. ``<|im_end|>``).
+    """A message's text (``index``; ``None``: the tool definitions) contains a special token string (e.g.
+    ``<|im_end|>``).
 
     Tokenizing the rendered text would turn it into the real control token,
     silently changing the conversation's structure.
     """
 
-    def __init__(self, index: int, token: str) -> None:
+    def __init__(self, index: int | None, token: str) -> None:
         self.index = index
         self.token = token
         super().__init__(f"content contains the special token {token!r}")
@@ -86,6 +93,10 @@ class ControlTokenInContent(ValueError):
 
 class ChatTemplateError(ValueError):
     """The tokenizer's chat template cannot be used for masked training."""
+
+
+class ToolsNotRendered(ChatTemplateError):
+    """The conversation has tool definitions but the chat template renders the same text without them."""
 
 
 # --------------------------------------------------------------------------- normalization
@@ -286,6 +297,7 @@ def tokenize_conversation(
     *,
     max_length: int,
     train_on: TrainOn = "all",
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> TokenizedSample:
     """Tokenize a conversation and mark the assistant tokens to train on.
 
@@ -294,12 +306,15 @@ def tokenize_conversation(
         messages: Validated OpenAI-style messages (see :func:`normalize_messages`).
         max_length: Maximum number of tokens.
         train_on: ``"all"`` trains every assistant turn, ``"last"`` only the last one.
+        tools: Validated tool definitions (:func:`novalign.data.tools.normalize_tools`), given to the
+            template as ``tools`` in every render; none of their tokens is trained.
 
     Raises:
         TypeError: the tokenizer is not fast.
         ChatTemplateError: no chat template, or it is not prefix-stable (it
             renders earlier turns differently once later turns are added).
-        ControlTokenInContent: a message contains a special-token string.
+        ToolsNotRendered: ``tools`` given, but the template does not show them.
+        ControlTokenInContent: a message or a tool definition contains a special-token string.
         SampleTooLong: the conversation has more than ``max_length`` tokens.
         jinja2.TemplateError: the template rejected the conversation.
     """
@@ -307,9 +322,15 @@ def tokenize_conversation(
         raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
     check_chat_tokenizer(tokenizer)
     messages = list(messages)
-    _check_no_control_tokens(tokenizer, messages)
+    tools = list(tools) if tools else None
+    _check_no_control_tokens(tokenizer, messages, tools)
 
-    full = _render(tokenizer, messages)
+    full = _render(tokenizer, messages, tools=tools)
+    if tools and full == _render(tokenizer, messages):
+        raise ToolsNotRendered(
+            "the chat template renders the conversation the same with and without its `tools`, so the tool "
+            "definitions would be dropped; use a template that shows tools (e.g. Qwen2.5's or Llama 3.1's)"
+        )
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     input_ids: list[int] = list(encoding["input_ids"])
     if len(input_ids) > max_length:
@@ -319,7 +340,7 @@ def tokenize_conversation(
     assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if train_on == "last":
         assistant_turns = assistant_turns[-1:]
-    spans = [_assistant_span(tokenizer, messages, i, full) for i in assistant_turns]
+    spans = [_assistant_span(tokenizer, messages, i, full, tools) for i in assistant_turns]
 
     labels = [IGNORE_INDEX] * len(input_ids)
     span_idx = 0
@@ -334,9 +355,10 @@ def tokenize_conversation(
     return TokenizedSample(input_ids=input_ids, labels=labels)
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False) -> str:
+def _render(tokenizer: Any, messages: list[dict[str, Any]], *, add_generation_prompt: bool = False,
+            tools: list[dict[str, Any]] | None = None) -> str:
     text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt
     )
     if not isinstance(text, str):  # defensive: batched input or an unexpected return type
         raise ChatTemplateError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, not str")
@@ -344,11 +366,11 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], *, add_generation_pr
 
 
 def _assistant_span(
-    tokenizer: Any, messages: list[dict[str, Any]], turn: int, full: str
+    tokenizer: Any, messages: list[dict[str, Any]], turn: int, full: str, tools: list[dict[str, Any]] | None
 ) -> tuple[int, int]:
     """Character span of assistant turn ``turn`` (content + end-of-turn marker) in ``full``."""
-    prefix = _render(tokenizer, messages[:turn], add_generation_prompt=True)
-    through = _render(tokenizer, messages[: turn + 1])
+    prefix = _render(tokenizer, messages[:turn], add_generation_prompt=True, tools=tools)
+    through = _render(tokenizer, messages[: turn + 1], tools=tools)
     for name, text in (("the generation prompt before", prefix), ("the conversation through", through)):
         if not full.startswith(text):
             mismatch = _first_mismatch(text, full)
@@ -376,12 +398,15 @@ def _first_mismatch(a: str, b: str) -> int:
     return min(len(a), len(b))
 
 
-def _check_no_control_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> None:
+def _check_no_control_tokens(tokenizer: Any, messages: list[dict[str, Any]],
+                             tools: list[dict[str, Any]] | None = None) -> None:
     special = _special_token_strings(tokenizer)
     if not special:
         return
-    for i, msg in enumerate(messages):
-        content = msg.get("content")
+    texts: list[tuple[int | None, Any]] = [(i, msg.get("content")) for i, msg in enumerate(messages)]
+    if tools:
+        texts.append((None, json.dumps(tools, ensure_ascii=False)))
+    for i, content in texts:
         if not isinstance(content, str):
             continue
         for token in special:
@@ -461,12 +486,17 @@ def _record_to_sample(
 ) -> TokenizedSample:
     """Normalize and tokenize one record, turning every per-record failure into a DataError."""
     messages, content_fields = _Normalizer(path, line).normalize(record)
+    tools = normalize_tools(record.get("tools"), path=path, line=line)
+    check_tool_calls(messages, tools, path=path, line=line)
     try:
-        sample = tokenize_conversation(tokenizer, messages, max_length=max_length, train_on=train_on)
+        sample = tokenize_conversation(tokenizer, messages, max_length=max_length, train_on=train_on, tools=tools)
     except SampleTooLong as exc:
         raise DataError(path, line, None, str(exc), reason="sequence longer than max_length") from exc
+    except ToolsNotRendered as exc:
+        raise DataError(path, line, "tools", str(exc), reason="chat template ignores tools") from exc
     except ControlTokenInContent as exc:
-        raise DataError(path, line, content_fields[exc.index], str(exc), reason="special token in content") from exc
+        field = "tools" if exc.index is None else content_fields[exc.index]
+        raise DataError(path, line, field, str(exc), reason="special token in content") from exc
     except TemplateError as exc:
         raise DataError(path, line, None, f"chat template rejected the conversation: {exc}",
                         reason="chat template error") from exc

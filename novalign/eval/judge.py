@@ -14,12 +14,16 @@ Answer formats (one pure parser each):
 - rating (MT-Bench, Zheng et al. 2023): ``[[r]]`` with r in 1..10, exactly one distinct rating.
 - pairwise (MT-Bench pairwise / Arena-Hard style): ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie), exactly one.
 - UX (report section 5.1): a JSON object rating each dimension pass/fail.
+- RL judge scores (``train/rl/rewards``' ``llm_judge``): the reply's last ``[[number]]`` (:func:`bracket_score`) or
+  its last number (:func:`last_number`), mapped from the judge's scale onto [0, 1] (:func:`scaled_score`). These
+  are lenient on purpose -- a judge that reasons "first [[3]], on reflection [[7]]" is scored 7 -- where
+  :func:`parse_rating` (a benchmark's fixed protocol) rejects two ratings.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,7 +36,10 @@ __all__ = [
     "JudgeParseError",
     "Judgment",
     "TemplateError",
+    "SCORE_PARSERS",
     "ask_judge",
+    "bracket_score",
+    "last_number",
     "load_template",
     "pairwise_ratings",
     "parse_checklist",
@@ -43,6 +50,7 @@ __all__ = [
     "ratings_to_verdicts",
     "read_ratings",
     "render",
+    "scaled_score",
     "ux_ratings",
     "write_ratings",
 ]
@@ -52,7 +60,11 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class TemplateError(ValueError):
-    """A template that is missing, or a placeholder with no value."""
+    """A template that is missing, or a placeholder with no value (those placeholders are in ``missing``)."""
+
+    def __init__(self, message: str, missing: Sequence[str] = ()):
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 class JudgeParseError(ValueError):
@@ -93,7 +105,7 @@ def render(template: str, **values: Any) -> str:
     """
     missing = sorted({m for m in _PLACEHOLDER.findall(template) if m not in values})
     if missing:
-        raise TemplateError(f"template placeholders without a value: {missing}; available: {sorted(values)}")
+        raise TemplateError(f"template placeholders without a value: {missing}; available: {sorted(values)}", missing)
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
 
 
@@ -197,34 +209,92 @@ def parse_ux(text: str, dimensions: Sequence[str]) -> dict[str, bool]:
     return {d: _verdict(ratings[d], d) for d in dimensions}
 
 
+_BRACKETED = re.compile(r"\[\[\s*([-+]?\d+(?:\.\d+)?)\s*\]\]")
+_ANY_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def bracket_score(text: str) -> float:
+    """The last ``[[number]]`` in a judge's reply (MT-Bench's "Rating: [[7]]" convention, Zheng et al. 2023,
+    https://arxiv.org/abs/2306.05685).
+
+    Accepts: ``"... [[3]] ... Rating: [[7.5]]"`` -> 7.5 (the last one: a judge may revise itself).
+    Rejects: ``"Rating: 7"`` (no brackets).
+    """
+    found = _BRACKETED.findall(text)
+    if not found:
+        raise JudgeParseError(f"no [[score]] in the judge's reply: {text[:200]!r}")
+    return float(found[-1])
+
+
+def last_number(text: str) -> float:
+    """The last number in a judge's reply; ask the judge to end with its score.
+
+    Accepts: ``"score 250 of 1000? no: 250"`` -> 250.0;  ``"7/10"`` -> 10.0 (hence: end with the score).
+    Rejects: a reply with no digit.
+    """
+    found = _ANY_NUMBER.findall(text)
+    if not found:
+        raise JudgeParseError(f"no number in the judge's reply: {text[:200]!r}")
+    return float(found[-1])
+
+
+SCORE_PARSERS: dict[str, Callable[[str], float]] = {"brackets": bracket_score, "last_number": last_number}
+"""The score parsers by their config name (``parse:`` of an ``llm_judge`` reward)."""
+
+
+def scaled_score(parse: Callable[[str], float], low: float, high: float) -> Callable[[str], float]:
+    """``parse`` followed by the linear map of the judge's scale ``[low, high]`` onto ``[0, 1]``:
+    ``(score - low) / (high - low)`` (scale 1..10: 1 -> 0, 5.5 -> 0.5, 10 -> 1).
+
+    A score outside ``[low, high]`` is not clamped: it raises :class:`JudgeParseError` (a failed judgment,
+    re-asked and counted), since a judge that leaves its scale did not follow the prompt.
+    """
+    if not high > low:
+        raise ValueError(f"the judge's scale needs low < high, got [{low}, {high}]")
+
+    def scaled(text: str) -> float:
+        score = parse(text)
+        if not low <= score <= high:
+            raise JudgeParseError(f"score {score:g} outside the judge's scale [{low:g}, {high:g}]")
+        return (score - low) / (high - low)
+
+    scaled.__name__ = f"scaled_{getattr(parse, '__name__', 'parse')}"
+    return scaled
+
+
 # ------------------------------------------------------------------------------------------- the loop
 
 
 @dataclass
 class Judgment:
-    """One finished judgment: ``parsed`` (``None`` when it failed), every raw reply, and the last error."""
+    """One finished judgment: ``parsed`` (``None`` when it failed), every raw reply, and the last error;
+    ``failure`` is the client's :class:`~novalign.llm.types.Failure` when the call itself failed (not the parse)."""
 
     parsed: Any = None
     raw: list[str] = field(default_factory=list)
     error: str | None = None
+    failure: Any = None
 
     @property
     def failed(self) -> bool:
         return self.error is not None
 
 
-def ask_judge(client: Any, prompts: Sequence[str], parsers: Sequence[Callable[[str], Any]], *,
+def ask_judge(client: Any, prompts: Sequence[str | list[dict]], parsers: Sequence[Callable[[str], Any]], *,
               attempts: int = 3, lang: str = "en", template_dir: str | Path | None = None,
               max_tokens: int | None = None, progress: bool = False,
-              on_done: Callable[[int, Judgment], None] | None = None) -> list[Judgment]:
+              on_done: Callable[[int, Judgment], None] | None = None,
+              request_params: Mapping[str, Any] | None = None) -> list[Judgment]:
     """Ask the judge every prompt (batched, greedy), parse each reply, re-ask the malformed ones.
 
     Args:
         client: A :class:`~novalign.llm.LLMClient`.
-        prompts: One user message per judgment.
+        prompts: One user message per judgment, or the judgment's whole conversation (a list of messages).
         parsers: One parse function per prompt; raising :class:`JudgeParseError` (or ``ValueError``) rejects.
         attempts: Tries per judgment (the first ask plus re-asks).
         on_done: Called with ``(index, judgment)`` as soon as a judgment is final (success or given up).
+        request_params: Further :class:`~novalign.llm.types.ChatRequest` fields; they override the
+            defaults ``temperature=0`` and ``max_tokens``.
 
     Returns:
         One :class:`Judgment` per prompt, in order.
@@ -235,12 +305,14 @@ def ask_judge(client: Any, prompts: Sequence[str], parsers: Sequence[Callable[[s
         raise ValueError(f"{len(prompts)} prompts but {len(parsers)} parsers")
     reask = load_template("reask", lang, template_dir)
     results = [Judgment() for _ in prompts]
-    conversations = {i: [{"role": "user", "content": p}] for i, p in enumerate(prompts)}
+    conversations = {i: [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+                     for i, p in enumerate(prompts)}
+    params = {"temperature": 0.0, "max_tokens": max_tokens} | dict(request_params or {})
     for attempt in range(attempts):
         if not conversations:
             break
         order = sorted(conversations)
-        requests = [ChatRequest(messages=conversations[i], temperature=0.0, max_tokens=max_tokens) for i in order]
+        requests = [ChatRequest(messages=conversations[i], **params) for i in order]
         next_round: dict[int, list[dict]] = {}
         for result in client.batch(requests, progress=progress):
             i = order[result.index]
@@ -248,7 +320,7 @@ def ask_judge(client: Any, prompts: Sequence[str], parsers: Sequence[Callable[[s
             if not result.ok:  # transport failure after the client's own retries: nothing to re-ask
                 if result.last_text:
                     judgment.raw.append(result.last_text)
-                judgment.error = f"judge call failed: {result}"
+                judgment.error, judgment.failure = f"judge call failed: {result}", result
                 _finish(on_done, i, judgment)
                 continue
             reply = result.text

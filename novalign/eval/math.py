@@ -29,54 +29,16 @@ import threading
 from collections.abc import Sequence
 from fractions import Fraction
 
+from novalign.eval.answers import BOXED, clean, math_answer
+
 __all__ = ["MAX_ANSWER_CHARS", "answers_equivalent", "extract_answer", "gold_answer", "math_accuracy"]
 
 log = logging.getLogger("novalign.eval.math")
 
 MAX_ANSWER_CHARS = 400  # longer answers are not given to SymPy off the main thread (no timeout there)
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_GSM8K = re.compile(r"####\s*([^\n]*)")
-_ANSWER_IS = re.compile(r"(?:\banswer\s+is|\banswer\s*:)\s*:?\s*", re.IGNORECASE)
-_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+]?\.\d+")
-
-
-def _boxed_contents(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` whose braces balance, or None."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            if text[i] == "{" and text[i - 1] != "\\":
-                depth += 1
-            elif text[i] == "}" and text[i - 1] != "\\":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
-    return None
-
-
-def _clean(answer: str) -> str:
-    """Strip surrounding ``$`` / ``\\(...\\)``, whitespace and a trailing full stop."""
-    s = answer.strip()
-    if s.startswith("\\(") and s.endswith("\\)"):
-        s = s[2:-2]
-    s = s.strip().strip("$").strip()
-    return s[:-1].strip() if s.endswith(".") else s
-
-
-def _after_answer_is(rest: str) -> str:
-    """The answer right after "the answer is": a ``$...$`` span if it starts with one, else up to the end
-    of the sentence (a full stop followed by a space or the end) or of the line."""
-    rest = rest.lstrip()
-    math_span = re.match(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)", rest, re.DOTALL)
-    if math_span:
-        return next(g for g in math_span.groups() if g is not None).strip()
-    line = rest.split("\n", 1)[0]
-    return _clean(re.split(r"\.(?:\s|$)", line, maxsplit=1)[0])
-
-
 def extract_answer(text: str | None) -> str | None:
-    """The final answer in ``text``, or None when it has none.
+    """The final answer in ``text``, or None when it has none: :func:`novalign.eval.answers.math_answer`.
 
     In order: the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``; nested braces balanced); the
     rest of the line after the last ``####`` (GSM8K); what follows the last "answer is" / "answer:"
@@ -87,32 +49,16 @@ def extract_answer(text: str | None) -> str | None:
     >>> extract_answer("Natalia sold 48 + 24 = 72 clips.\\n#### 72")
     '72'
     """
-    if not text:
-        return None
-    boxed = _boxed_contents(text)
-    if boxed is not None:
-        return boxed
-    marked = _GSM8K.findall(text)
-    if marked and _clean(marked[-1]):
-        return _clean(marked[-1])
-    spots = list(_ANSWER_IS.finditer(text))
-    if spots:
-        found = _after_answer_is(text[spots[-1].end():])
-        if found:
-            return found
-    numbers = _NUMBER.findall(text)
-    if numbers:
-        return re.sub(r"\s+", "", numbers[-1])
-    return None
+    return math_answer(text) if text else None
 
 
 def gold_answer(gold: str) -> str:
     """A gold answer as given, or -- when it is a full solution with a ``\\boxed{}`` or a GSM8K ``####``
     line (GSM8K's own ``answer`` field) -- the answer extracted from it."""
     gold = str(gold)
-    if _BOXED.search(gold) or "####" in gold:
+    if BOXED.search(gold) or "####" in gold:
         return extract_answer(gold) or gold.strip()
-    return _clean(gold)
+    return clean(gold)
 
 
 # ------------------------------------------------------------------------------------ pure-Python path
@@ -146,7 +92,7 @@ def _plain_number(s: str) -> Fraction | None:
 def _normalized(s: str) -> str:
     s = _TEXT_WRAP.sub(r"\1", s)
     s = s.replace("\\left", "").replace("\\right", "").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    return "".join(_clean(s).lower().split())
+    return "".join(clean(s).lower().split())
 
 
 def _fallback_equivalent(pred: str, gold: str) -> bool:
@@ -198,7 +144,7 @@ def answers_equivalent(pred: str | None, gold: str | None, *, timeout: int | Non
     """
     if pred is None or gold is None:
         return False
-    pred, gold = _clean(str(pred)), _clean(str(gold))
+    pred, gold = clean(str(pred)), clean(str(gold))
     if not pred or not gold:
         return False
     if _normalized(pred) == _normalized(gold):

@@ -21,6 +21,9 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+# the first stated answer, not the last: a base model runs on and repeats itself (see novalign.eval.answers)
+from novalign.eval.answers import first_stated_answer as final_answer
+
 __all__ = ["CheckError", "final_answer", "normalize", "passes", "score", "extract_code"]
 
 
@@ -28,7 +31,6 @@ class CheckError(ValueError):
     """A malformed check spec (unknown type, missing field)."""
 
 
-_ANSWER_IS = re.compile(r"answer is\s*:?\s*(.*?)(?:\.\s|\.?$|\n)", re.IGNORECASE | re.MULTILINE)
 _FENCE = re.compile(r"```(?:python)?\s*\n(.*?)(?:```|$)", re.DOTALL)
 
 
@@ -36,21 +38,6 @@ def normalize(text: str) -> str:
     """Lower case, inner whitespace collapsed, surrounding spaces, quotes and end punctuation removed."""
     text = " ".join(text.strip().lower().split())
     return text.strip(" .!?\"'")
-
-
-def final_answer(response: str) -> str:
-    """The text after the first "answer is", up to the end of that sentence or line; else the whole response.
-
-    The first, not the last: a base model often runs on and repeats itself, and few-shot evaluation
-    conventionally grades the first answer it states (as lm-evaluation-harness's "take first" filter does).
-
-    >>> final_answer("3 + 4 = 7. The answer is 7.")
-    '7'
-    >>> final_answer("The answer is Monday. The answer is Tuesday. The answer is")
-    'Monday'
-    """
-    hit = _ANSWER_IS.search(response)
-    return hit.group(1).strip() if hit else response.strip()
 
 
 def extract_code(response: str) -> str:

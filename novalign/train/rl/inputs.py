@@ -10,24 +10,21 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from novalign.config import RewardComponentConfig
+from novalign.eval.judge import SCORE_PARSERS, load_template, scaled_score
 from novalign.train.rl.rewards import (
     LLMJudgeReward,
     RewardFn,
     WeightedMix,
-    bracket_score,
     compute_rewards,
     exact_answer_reward,
-    last_number,
     llm_judge_reward,
     reward_model_reward,
-    scaled_score,
     verifier_reward,
     weighted_mix,
 )
@@ -89,7 +86,7 @@ def prompt_batch(num_prompts: int, per_iteration: int, iteration: int, seed: int
 
 def judge_template(c: RewardComponentConfig) -> str:
     """The judge prompt of an ``llm_judge`` component: ``template``, else ``template_file``'s text, else the
-    bundled 1-10 rating prompt (``novalign/assets/rl/judge_rating.txt``)."""
+    bundled 1-10 rating prompt (the judge template ``rl_rating``, ``novalign/assets/eval/templates/rl_rating.en.txt``)."""
     if c.template is not None:
         return c.template
     if c.template_file is not None:
@@ -97,13 +94,14 @@ def judge_template(c: RewardComponentConfig) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"rewards: llm_judge template_file {str(path)!r} does not exist")
         return path.read_text(encoding="utf-8")
-    return resources.files("novalign").joinpath("assets/rl/judge_rating.txt").read_text(encoding="utf-8")
+    return load_template("rl_rating", "en")
 
 
 def judge_from_config(c: RewardComponentConfig, client: Any = None) -> LLMJudgeReward:
     """An :class:`~novalign.train.rl.rewards.LLMJudgeReward` from an ``llm_judge`` component: the reply is parsed
-    (``[[N]]`` or the last number) and mapped from ``scale`` onto [0, 1]; a failed request or an
-    unparsable / out-of-scale reply raises, or scores ``on_failure`` and is counted (``num_failures``).
+    (``[[N]]`` or the last number) and mapped from ``scale`` onto [0, 1]; an unparsable / out-of-scale reply
+    is re-asked up to ``attempts`` tries in all; a failed request or a reply still unparsable raises, or
+    scores ``on_failure`` and is counted (``num_failures``).
 
     ``client``: an :class:`~novalign.llm.client.LLMClient` to use; by default one is made from ``c.llm``
     (no progress bar, no usage table) and closed by :func:`close_reward`.
@@ -113,10 +111,10 @@ def judge_from_config(c: RewardComponentConfig, client: Any = None) -> LLMJudgeR
     if c.type != "llm_judge" or c.llm is None:
         raise ValueError("judge_from_config needs an llm_judge component with `llm`")
     template = judge_template(c)
-    parse = scaled_score(bracket_score if c.parse == "brackets" else last_number, *c.scale)
+    parse = scaled_score(SCORE_PARSERS[c.parse], *c.scale)
     client = client if client is not None else LLMClient.from_config(c.llm, progress=False, print_usage=False)
-    return llm_judge_reward(client, template, parse, on_failure=c.on_failure, name=c.name or "llm_judge",
-                            max_tokens=c.max_tokens)
+    return llm_judge_reward(client, template, parse, on_failure=c.on_failure, attempts=c.attempts,
+                            name=c.name or "llm_judge", max_tokens=c.max_tokens)
 
 
 def _component(c: RewardComponentConfig, device: str) -> RewardFn:
