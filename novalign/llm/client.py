@@ -52,8 +52,9 @@ class Backend(Protocol):
 
     async def aclose(self) -> None: ...
 
-    # Optional: ``async def generate_many(self, requests) -> list[BackendResponse | BackendError]`` answers a
-    # batch in one model call (see :meth:`LLMClient.run_together`); the local backend has it.
+    # Optional, and the local backend has both: ``async def generate_many(self, requests) -> list[BackendResponse |
+    # BackendError]`` answers a batch in one model call (:meth:`LLMClient.run_together`), and ``def
+    # prompt_tokens(self, request) -> int`` counts a prompt's tokens (:meth:`LLMClient.prompt_tokens`).
 
 
 def make_backend(cfg) -> Backend:
@@ -244,6 +245,12 @@ class LLMClient:
         if getattr(self.backend, "generate_many", None) is None or any(r.structured for r in items):
             return self.run_batch(items, progress=False)
         return self._loop.submit(self._together(items)).result()
+
+    def prompt_tokens(self, requests: Iterable[ChatRequest | dict | list]) -> list[int] | None:
+        """Each request's prompt length in the model's tokens, where the backend can tell without a call (the
+        local backend: its tokenizer and template); ``None`` where it cannot (HTTP servers)."""
+        count = getattr(self.backend, "prompt_tokens", None)
+        return None if count is None else [count(as_request(r)) for r in requests]
 
     def close(self) -> None:
         """Close the backend and the cache; print the usage table (if ``print_usage`` and anything was called)."""

@@ -146,6 +146,11 @@ class LocalBackend:
         outputs = await asyncio.wrap_future(self.engine.submit(rows))
         return self._response(prompt_ids, outputs)
 
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        """How many tokens ``request``'s prompt is for this model (its template or raw encoding)."""
+        return len(self.engine.encode_prompt(request.prompt) if request.prompt is not None
+                   else self.engine.encode_chat(request.messages))
+
     async def generate_many(self, requests: list[ChatRequest]) -> list[BackendResponse | BackendError]:
         """All ``requests`` as one job of the engine, so they run in one ``generate_batch``, rows in this order
         (when nothing else is queued: the engine may add other callers' jobs to the batch, never split this
