@@ -127,6 +127,16 @@ def _record(sample_id: str, task: dict, reply: str, plain: bool) -> dict[str, An
             "passed": passes(reply, task["check"])}
 
 
+def _stored(ctx: SuiteContext, sample_id: str) -> dict[str, Any]:
+    """A record an earlier run wrote, kept with its verdict (as the code suite keeps its test runs: grading
+    a code reply runs it in the sandbox, and the stored verdict is the one that run reported)."""
+    record = ctx.done[sample_id]
+    if not {"reply", "passed", "capability"} <= set(record):
+        raise ValueError(f"{ctx.model_name}/{ctx.name}.jsonl: the stored record {sample_id!r} has no reply/passed; it "
+                         "was written by a different suite (use another suite name or output_dir)")
+    return record
+
+
 def _ask(ctx: SuiteContext, plain: bool):
     ask = ctx.complete if plain else ctx.respond
     if ask is None:
@@ -137,7 +147,7 @@ def _ask(ctx: SuiteContext, plain: bool):
 
 
 def run_world(ctx: SuiteContext) -> dict[str, Any]:
-    """The world suite (see the module docstring); resumed records are re-graded from their stored replies."""
+    """The world suite (see the module docstring); resumed records keep their stored reply and verdict."""
     if ctx.data is None:
         raise ValueError(f"suite {ctx.name!r} needs the world's eval file (suites[].data: eval.jsonl)")
     tasks = read_world_tasks(ctx.data)
@@ -155,7 +165,7 @@ def run_world(ctx: SuiteContext) -> dict[str, Any]:
     if stale:
         log.warning("%s/%s: %d stored records are not prompts of %s (ignored), e.g. %s", ctx.model_name, ctx.name,
                     len(stale), ctx.data, stale[:3])
-    records = {i: _record(i, tasks[first[i]], ctx.done[i]["reply"], plain) for i in ids if i in ctx.done}
+    records = {i: _stored(ctx, i) for i in ids if i in ctx.done}
     if len(records) < len(ids):
         ask = _ask(ctx, plain)
         lengths = ctx.prompt_tokens(inputs) if ctx.prompt_tokens is not None else None
