@@ -55,15 +55,37 @@ def _config(files: dict[str, str], model: str, out: Path) -> EvalConfig:
     })
 
 
-def test_runner_reproduces_evaluate_model_exactly_and_resumes(setup, tmp_path):
+@pytest.fixture
+def batches(monkeypatch) -> list[list[tuple]]:
+    """Every ``generate_batch`` call, direct or through the runner's local engine, as its rows (prompt ids and
+    settings). A recorder around the real function: it changes nothing, so batching is what is compared --
+    this tiny model happens to give the same greedy replies in other batches on CPU, a larger one need not."""
+    import novalign.llm.local
+    import novalign.models.generate
+
+    calls: list[list[tuple]] = []
+    real = novalign.models.generate.generate_batch
+
+    def recorded(model, tokenizer, rows):
+        calls.append([(tuple(r.prompt_ids), r.max_new_tokens, r.temperature, tuple(r.stop)) for r in rows])
+        return real(model, tokenizer, rows)
+
+    monkeypatch.setattr(novalign.models.generate, "generate_batch", recorded)  # evaluate_model's import
+    monkeypatch.setattr(novalign.llm.local, "generate_batch", recorded)  # the engine's
+    return calls
+
+
+def test_runner_reproduces_evaluate_model_exactly_and_resumes(setup, batches, tmp_path):
     files, model = setup
     summaries = run_eval(_config(files, model, tmp_path))
+    runner_batches = list(batches)
+    batches.clear()
     for name, plain in (("base", True), ("chat", False)):
         direct = _direct(files, model, plain)
         records = [json.loads(line) for line in (tmp_path / name / "world.jsonl").read_text().splitlines()]
         assert len(records) == len(direct.rows) == 34
-        # every reply identical to the token (greedy, same batches), graded the same; matched by capability and
-        # prompt (a role prompt recurs under other system prompts: those few compare as a multiset)
+        # every reply identical to the token, graded the same; matched by capability and prompt (a role prompt
+        # recurs under other system prompts: those few compare as a multiset)
         got, want = defaultdict(list), defaultdict(list)
         for table, rows in ((got, records), (want, direct.rows)):
             for r in rows:
@@ -76,9 +98,14 @@ def test_runner_reproduces_evaluate_model_exactly_and_resumes(setup, tmp_path):
         assert summary["resume"] == {"reused": 0, "asked": 34, "dropped_truncated": 0}
         assert sum(bool(r["reply"]) for r in direct.rows) > 20  # the comparison is not of empty replies
         assert 0 < direct.rates["brief"] < 1  # nor of verdicts that are all the same
+    # the same batches, row for row: sorted by length, 16 + 16 + 2, plain (with the stop strings) then chat
+    assert [len(b) for b in batches] == [16, 16, 2, 16, 16, 2]
+    assert runner_batches == batches
     assert (tmp_path / "report.md").is_file() and "world" in (tmp_path / "report.md").read_text()
 
+    batches.clear()
     again = run_eval(_config(files, model, tmp_path))  # resume: everything is stored, nothing is asked
+    assert batches == []
     for name in ("base", "chat"):
         assert again[name]["world"]["resume"] == {"reused": 34, "asked": 0, "dropped_truncated": 0}
         assert again[name]["world"]["rates"] == summaries[name]["world"]["rates"]
