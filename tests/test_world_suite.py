@@ -153,3 +153,23 @@ def test_bad_world_record_names_file_line_and_field(tmp_path):
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "check": "2"}) + "\n")
     with pytest.raises(DataError, match=r"eval.jsonl:2.*check"):
         read_world_tasks(path)
+
+
+def test_raw_prompt_request_validation_body_and_cache_keys():
+    """A request is a chat or a raw prompt, never both; chat requests keep the cache keys they had before raw
+    prompts existed (no ``prompt`` field in their key); a raw prompt goes to ``/completions`` as ``prompt``."""
+    from novalign.llm import ChatRequest
+    from novalign.llm.cache import cache_key
+    from novalign.llm.openai_compat import OpenAIBackend
+
+    chat = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="not both"):
+        ChatRequest(messages=chat, prompt="hi")
+    with pytest.raises(ValueError, match="messages"):
+        ChatRequest()
+    with pytest.raises(ValueError, match="structured"):
+        ChatRequest(prompt="hi", json_mode=True)
+    assert "prompt" not in ChatRequest(chat).cache_fields()
+    assert cache_key("m", ChatRequest(prompt="hi")) != cache_key("m", ChatRequest(chat))
+    body = OpenAIBackend("http://127.0.0.1:1/v1", "m").body(ChatRequest(prompt="hi", stop=["\n\n"], temperature=0.0))
+    assert body["prompt"] == "hi" and "messages" not in body and body["stop"] == ["\n\n"]
