@@ -129,7 +129,10 @@ def test_raw_completion_is_one_engine_batch_of_the_plain_prompt(setup):
         requests = [ChatRequest(prompt=t, temperature=0.0, max_tokens=MAX_TOKENS, stop=list(STOP_STRINGS)) for t in texts]
         assert client.prompt_tokens(requests) == [len(engine.tokenizer(t, add_special_tokens=False)["input_ids"])
                                                   for t in texts]
-        results = client.run_together(requests)
+        too_long = ChatRequest(prompt=texts[0], temperature=0.0, max_tokens=10_000)  # past the model's context
+        results = client.run_together(requests + [too_long])
+        assert results[-1].kind == "bad_request" and "context" in results[-1].reason  # that one fails, alone
+        results = results[:-1]
         # one batch of all five rows, although the engine's max_batch_size is 2: the caller sized it
         assert (engine.queue.batches_run, engine.queue.largest_batch) == (1, 5)
         rows = [GenerationRequest(engine.tokenizer(t, add_special_tokens=False)["input_ids"], max_new_tokens=MAX_TOKENS,

@@ -419,16 +419,20 @@ class LLMClient:
         answers: dict[int, BackendResponse | BackendError] = {}
         attempts = 0
         if subs:
-            outcome, attempts = await self._retrying(
-                lambda: self.backend.generate_many(subs), sum(_estimate(r) for r in subs),
-                lambda rs: sum(r.prompt_tokens + r.completion_tokens for r in rs if isinstance(r, BackendResponse)))
+            try:
+                outcome, attempts = await self._retrying(
+                    lambda: self.backend.generate_many(subs), sum(_estimate(r) for r in subs),
+                    lambda rs: sum(r.prompt_tokens + r.completion_tokens for r in rs if isinstance(r, BackendResponse)))
+            except Exception as exc:  # as in _answer: a bug or an unexpected backend exception is a failure, per request
+                log.exception("a batch of %d requests failed unexpectedly", len(subs))
+                outcome = BackendError("internal", f"unexpected {type(exc).__name__}: {exc}", retryable=False)
             answers = dict(zip(asked, [outcome] * len(asked) if isinstance(outcome, BackendError) else outcome,
                                strict=True))
         results: list[Result] = []
         for i, (request, (key, samples, sub)) in enumerate(zip(requests, looked, strict=True)):
             answer = answers.get(i)
             if isinstance(answer, BackendError):
-                results.append(Failure(request, answer.kind, str(answer), attempts=attempts, status=answer.status))
+                results.append(Failure(request, answer.kind, str(answer), attempts=max(attempts, 1), status=answer.status))
                 self.usage.record_failure(self.backend.model_name)
             else:
                 results.append(self._result(request, key, samples, sub, answer, attempts))
