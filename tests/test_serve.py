@@ -114,3 +114,17 @@ def test_cache_makes_a_rerun_free(server, tmp_path):
         assert client.usage.to_dict()["models"][MODEL]["requests"] == 0
     assert health(server)["requests"] == served  # zero HTTP requests reached the server
     assert [r.texts for r in second] == [r.texts for r in first] and all(r.cached for r in second)
+
+
+def test_raw_prompt_goes_to_completions_and_matches_the_local_backend(server, tiny_model_dir):
+    """``ChatRequest(prompt=...)`` through the openai backend is served by ``/v1/completions`` (a chat endpoint
+    would reject a body without messages) and continues the text as the local backend does (no template)."""
+    from novalign.llm.local import LocalBackend
+
+    request = ChatRequest(prompt="Question: What is 2 + 2?\nAnswer:", temperature=0.0, max_tokens=8, stop=["\n\n"])
+    with client_for(server) as client:
+        remote = client.chat(request)
+    with LLMClient(LocalBackend(tiny_model_dir, device="cpu", dtype="float32"), progress=False,
+                   print_usage=False) as client:
+        here = client.chat(request)
+    assert (remote.text, remote.prompt_tokens) == (here.text, here.prompt_tokens)

@@ -53,8 +53,8 @@ class EvalSuiteConfig(Strict):
     """One suite to run on every model: a registry type, its data file and its own options."""
 
     name: str = Field("", description="Output name (<model>/<name>.jsonl); default: the type.")
-    type: str = Field(..., description="ifeval, math, code, cfbench, sysbench, fbbench, ux, mtbench, pairwise, or "
-                      "'package.module:function' for a suite of your own.")
+    type: str = Field(..., description="ifeval, math, code, cfbench, sysbench, fbbench, ux, mtbench, pairwise, world, "
+                      "or 'package.module:function' for a suite of your own.")
     data: str | None = Field(None, description="The suite's input file (formats: README, 'Evaluation: novalign eval').")
     options: dict[str, Any] = Field(default_factory=dict, description="The suite's own options (see its docs).")
 

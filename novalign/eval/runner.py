@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,32 +129,65 @@ class ModelResponder:
             return [{"role": "system", "content": self.model.system_prompt}, *conv]
         return list(conv)
 
-    def samples(self, convs: list[Conversation], n: int = 1, temperature: float | None = None) -> list[list[str]]:
-        from novalign.llm import ChatRequest
-
-        if not convs:
-            return []
+    def _client(self):
         if self.client is None:
             self.client = self.make_client()
+        return self.client
+
+    def _requests(self, items: list, *, raw: bool, n: int = 1, temperature: float | None = None,
+                  stop: Sequence[str] | None = None, max_tokens: int | None = None) -> list:
+        """Requests for conversations, or for raw prompts (no template, no system prompt: the text is all)."""
+        from novalign.llm import ChatRequest
+
         m = self.model
-        requests = [ChatRequest(messages=self._messages(c), n=n, temperature=m.temperature if temperature is None
-                                else temperature, top_p=m.top_p, max_tokens=m.max_tokens, seed=m.seed) for c in convs]
+        common = dict(n=n, temperature=m.temperature if temperature is None else temperature, top_p=m.top_p,
+                      max_tokens=max_tokens or m.max_tokens, seed=m.seed, stop=list(stop) if stop else None)
+        if raw:
+            return [ChatRequest(prompt=p, **common) for p in items]
+        return [ChatRequest(messages=self._messages(c), **common) for c in items]
+
+    def _ask(self, requests: list, n: int, together: bool) -> list[list[str]]:
+        client = self._client()
+        results = client.run_together(requests) if together else client.run_batch(requests, progress=self.progress)
         replies: list[list[str]] = []
-        for result in self.client.run_batch(requests, progress=self.progress):
+        for result in results:
             self.num_requests += 1
             if result.ok:
                 replies.append(result.texts)
                 continue
             self.num_failures += 1
-            if m.on_failure == "error":
-                raise EvalError(f"model {m.name!r}: a request failed ({result}); rerun to resume, or set "
+            if self.model.on_failure == "error":
+                raise EvalError(f"model {self.model.name!r}: a request failed ({result}); rerun to resume, or set "
                                 f"on_failure: empty to score it as an empty reply")
-            log.warning("model %s: a request failed (%s); scored as an empty reply", m.name, result)
+            log.warning("model %s: a request failed (%s); scored as an empty reply", self.model.name, result)
             replies.append([""] * n)
         return replies
 
-    def __call__(self, convs: list[Conversation]) -> list[str]:
-        return [texts[0] for texts in self.samples(convs)]
+    def samples(self, convs: list[Conversation], n: int = 1, temperature: float | None = None) -> list[list[str]]:
+        if not convs:
+            return []
+        return self._ask(self._requests(convs, raw=False, n=n, temperature=temperature), n, together=False)
+
+    def __call__(self, convs: list[Conversation], *, stop: Sequence[str] | None = None, max_tokens: int | None = None,
+                 together: bool = False) -> list[str]:
+        if not convs:
+            return []
+        requests = self._requests(convs, raw=False, stop=stop, max_tokens=max_tokens)
+        return [texts[0] for texts in self._ask(requests, 1, together)]
+
+    def complete(self, prompts: list[str], *, stop: Sequence[str] | None = None, max_tokens: int | None = None,
+                 together: bool = False) -> list[str]:
+        """Raw text continuations of ``prompts`` (see :mod:`novalign.eval.suite_api`)."""
+        if not prompts:
+            return []
+        requests = self._requests(prompts, raw=True, stop=stop, max_tokens=max_tokens)
+        return [texts[0] for texts in self._ask(requests, 1, together)]
+
+    def prompt_tokens(self, items: list[Conversation | str]) -> list[int] | None:
+        """Token lengths of conversations (as templated) or raw prompts, where the backend can count them."""
+        if not items:
+            return []
+        return self._client().prompt_tokens(self._requests(items, raw=isinstance(items[0], str)))
 
     def close(self) -> None:
         """Release the client (and a local model's memory); a later call builds it again."""
@@ -197,7 +230,18 @@ class ReplayResponder:
             first_line.setdefault(key, line)
         self.by_prompt = by_prompt
 
-    def __call__(self, convs: list[Conversation]) -> list[str]:
+    def complete(self, prompts: list[str], **_: Any) -> list[str]:
+        """Raw prompts, looked up as ``{prompt, response}`` lines (the whole prompt text is the key)."""
+        if self.by_prompt is None:
+            self._load()
+        missing = [p for p in prompts if p not in self.by_prompt]
+        if missing:
+            raise DataError(self.path, None, "prompt", f"no response for the prompt {missing[0][:80]!r}",
+                            reason="missing response")
+        return [self.by_prompt[p] for p in prompts]
+
+    def __call__(self, convs: list[Conversation], **_: Any) -> list[str]:
+        """Replies to ``convs``; the generation keywords (``stop``, ``together``, ...) do not apply to a file."""
         if self.by_prompt is None:
             self._load()
         replies = []
@@ -288,7 +332,8 @@ def _run_suite(cfg, model, suite, respond, judge, peers) -> dict[str, Any]:
         write=writer, done=done, options=options, peers=peers, model_name=model.name,
         lang=cfg.judge.lang if cfg.judge else "en",
         template_dir=Path(cfg.judge.template_dir) if cfg.judge and cfg.judge.template_dir else None,
-        progress=cfg.progress,
+        progress=cfg.progress, complete=getattr(respond, "complete", None),
+        prompt_tokens=getattr(respond, "prompt_tokens", None),
     )
     try:
         summary = resolve_suite(suite.type)(ctx)

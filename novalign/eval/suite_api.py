@@ -17,6 +17,15 @@ The summary a suite returns::
      "by_category": {"<category>": {"<metric>": float, ...}},   # per-category bars in the report
      "num_samples": int, "num_failed": int, ...}                # suites may add more keys
 
+Asking the model. ``ctx.respond(conversations)`` answers chats through the model's chat template;
+``ctx.complete(prompts, stop=[...])`` continues raw text with no template -- how a base model is evaluated on
+few-shot text (lm-eval-harness's generation tasks; ``ChatRequest.prompt`` in the LLM layer). Both accept
+keywords ``stop``, ``max_tokens`` (overriding the model's) and ``together``: ``together=True`` asks the batch
+as one batch of the model (a local model: one ``generate_batch``, rows in the given order), so greedy replies
+do not depend on timing; the suite then sizes and orders its batches itself. Where the runner can count
+prompt tokens (local models), ``ctx.prompt_tokens(items)`` gives each conversation's or raw prompt's length,
+for suites that batch by length; it returns ``None`` where the backend cannot tell.
+
 Resume: ``ctx.done`` holds the records an earlier, interrupted run already wrote (by ``id``). A suite skips
 those samples and computes its metrics over ``done`` records plus the new ones.
 """
@@ -29,7 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 Conversation = list[dict[str, str]]  # OpenAI-style messages: [{"role": ..., "content": ...}, ...]
-Responder = Callable[[list[Conversation]], list[str]]  # a batch of conversations -> one reply each, in order
+Responder = Callable[..., list[str]]  # respond(conversations, *, stop=, max_tokens=, together=) -> one reply each
+Completer = Callable[..., list[str]]  # complete(prompts: list[str], *, stop=, max_tokens=, together=) -> one each
 
 
 @dataclass
@@ -46,6 +56,8 @@ class SuiteContext:
     lang: str = "en"  # judge template language: "en" or "zh"
     template_dir: Path | None = None  # a folder of user-edited judge templates that override the bundled ones
     progress: bool = True
+    complete: Completer | None = None  # raw text continuation (base models); None where the model has no such mode
+    prompt_tokens: Callable[[list[Conversation | str]], list[int] | None] | None = None  # prompt lengths (see above)
 
 
 class Suite(Protocol):

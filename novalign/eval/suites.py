@@ -41,6 +41,7 @@ SUITES: dict[str, str] = {
     "ux": "novalign.eval.graded:run_ux",
     "mtbench": "novalign.eval.graded:run_mtbench",
     "pairwise": "novalign.eval.graded:run_pairwise",
+    "world": "novalign.world.suite:run_world",
 }
 """Suite type (the config's ``type``) -> ``"module:function"``, imported on first use."""
 

@@ -52,6 +52,10 @@ class Backend(Protocol):
 
     async def aclose(self) -> None: ...
 
+    # Optional, and the local backend has both: ``async def generate_many(self, requests) -> list[BackendResponse |
+    # BackendError]`` answers a batch in one model call (:meth:`LLMClient.run_together`), and ``def
+    # prompt_tokens(self, request) -> int`` counts a prompt's tokens (:meth:`LLMClient.prompt_tokens`).
+
 
 def make_backend(cfg) -> Backend:
     """Build the backend an :class:`~novalign.config.LLMConfig` names."""
@@ -225,6 +229,29 @@ class LLMClient:
             self.usage.print()
         return [results[i] for i in range(len(results))]
 
+    def run_together(self, requests: Iterable[ChatRequest | dict | list]) -> list[Result]:
+        """Answer ``requests`` as one batch of the model; results in input order, as :meth:`run_batch`.
+
+        What the cache does not hold goes to the backend in a single call when the backend takes a batch
+        (``generate_many``: the local engine runs it as one ``generate_batch``, rows in this order). Greedy
+        replies then do not depend on timing -- on which concurrent requests happened to meet in the engine's
+        queue -- which is how an evaluation reproduces a direct ``generate_batch`` loop to the token. The caller
+        sizes the batch. Backends without ``generate_many`` (HTTP servers batch on their side) and structured
+        requests (they re-ask one by one) go through :meth:`run_batch`.
+        """
+        items = [as_request(r) for r in requests]
+        if not items:
+            return []
+        if getattr(self.backend, "generate_many", None) is None or any(r.structured for r in items):
+            return self.run_batch(items, progress=False)
+        return self._loop.submit(self._together(items)).result()
+
+    def prompt_tokens(self, requests: Iterable[ChatRequest | dict | list]) -> list[int] | None:
+        """Each request's prompt length in the model's tokens, where the backend can tell without a call (the
+        local backend: its tokenizer and template); ``None`` where it cannot (HTTP servers)."""
+        count = getattr(self.backend, "prompt_tokens", None)
+        return None if count is None else [count(as_request(r)) for r in requests]
+
     def close(self) -> None:
         """Close the backend and the cache; print the usage table (if ``print_usage`` and anything was called)."""
         if self._closed:
@@ -308,25 +335,37 @@ class LLMClient:
 
     async def _complete(self, request: ChatRequest) -> Result:
         """``request``'s samples: from the cache where stored, the rest from one backend call."""
+        key, samples, sub = self._lookup(request)
+        if sub is None:
+            return self._result(request, key, samples, None, None, 0)
+        called = await self._call(sub)
+        if isinstance(called, Failure):
+            called.request = request
+            return called
+        return self._result(request, key, samples, sub, *called)
+
+    def _lookup(self, request: ChatRequest) -> tuple[str | None, dict[int, CachedSample], ChatRequest | None]:
+        """The cache key, the samples the cache holds, and the request for the rest (``None``: all stored)."""
         first, wanted = request.sample_index, range(request.sample_index, request.sample_index + request.n)
         key = cache_key(self.backend.model_id, request) if self.cache is not None else None
         samples: dict[int, CachedSample] = self.cache.get(key, first, request.n) if key else {}
         missing = [i for i in wanted if i not in samples]
-        attempts, prompt_tokens = 0, 0
-        if missing:
-            start = missing[0]  # one call for the tail from the first gap (rows already stored are kept)
-            sub = dataclasses.replace(request, n=wanted.stop - start, sample_index=start)
-            response = await self._call(sub)
-            if isinstance(response, Failure):
-                response.request = request
-                return response
-            response, attempts = response
+        if not missing:
+            return key, samples, None
+        start = missing[0]  # one call for the tail from the first gap (rows already stored are kept)
+        return key, samples, dataclasses.replace(request, n=wanted.stop - start, sample_index=start)
+
+    def _result(self, request: ChatRequest, key: str | None, samples: dict[int, CachedSample], sub: ChatRequest | None,
+                response: BackendResponse | None, attempts: int) -> ChatResult:
+        """Store the backend's answer to ``sub`` (if any), count usage, and build ``request``'s result."""
+        first, wanted = request.sample_index, range(request.sample_index, request.sample_index + request.n)
+        if sub is not None and response is not None:
             each = response.completion_tokens_each or _split(response.completion_tokens, sub.n)
-            fresh = {start + j: CachedSample(text, reason, response.prompt_tokens, each[j], response.model)
+            fresh = {sub.sample_index + j: CachedSample(text, reason, response.prompt_tokens, each[j], response.model)
                      for j, (text, reason) in enumerate(zip(response.texts, response.finish_reasons, strict=True))}
             if key:
                 fresh = self.cache.put(key, fresh, model_id=self.backend.model_id, request=sub)
-            samples.update(fresh)
+            samples = {**samples, **fresh}
             prompt_tokens = response.prompt_tokens
             self.usage.record(self.backend.model_name, response.prompt_tokens, response.completion_tokens, cached=False)
         else:
@@ -336,32 +375,69 @@ class LLMClient:
         choices = [Choice(j, samples[i].text, samples[i].finish_reason) for j, i in enumerate(wanted)]
         return ChatResult(
             request=request, model=samples[first].model, choices=choices, prompt_tokens=prompt_tokens,
-            completion_tokens=sum(samples[i].completion_tokens for i in wanted), cached=not missing, attempts=attempts,
+            completion_tokens=sum(samples[i].completion_tokens for i in wanted), cached=sub is None, attempts=attempts,
         )
 
     async def _call(self, request: ChatRequest) -> tuple[BackendResponse, int] | Failure:
         """One backend call under the limits, retried on transient errors. Returns (response, attempts)."""
+        outcome, attempts = await self._retrying(lambda: self.backend.generate(request), _estimate(request),
+                                                 lambda r: r.prompt_tokens + r.completion_tokens)
+        if isinstance(outcome, BackendError):
+            return Failure(request, outcome.kind, str(outcome), attempts=attempts, status=outcome.status)
+        return outcome, attempts
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]], estimate: int,
+                        used: Callable[[Any], int]) -> tuple[Any, int]:
+        """``call()`` under the limits and the timeout, retried with backoff on transient errors.
+        Returns (its value or the last :class:`BackendError`, attempts made)."""
         error: BackendError | None = None
         for attempt in range(1, self.retry.max_attempts + 1):
-            estimate = estimate_tokens(request.messages, request.max_tokens, request.n)
             await self._limiter.acquire(estimate)
             async with self._semaphore:
                 try:
-                    response = await asyncio.wait_for(self.backend.generate(request), self.timeout_s)
+                    value = await asyncio.wait_for(call(), self.timeout_s)
                 except asyncio.TimeoutError:
                     error = BackendError("timeout", f"no complete response within {self.timeout_s}s", retryable=True)
                 except BackendError as exc:
                     error = exc
                 else:
-                    self._limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
-                    return response, attempt
+                    self._limiter.settle(estimate, used(value))
+                    return value, attempt
             if not error.retryable or attempt == self.retry.max_attempts:
                 break
             delay = self.retry.delay(attempt, error.retry_after, self._rng)
             log.info("attempt %d failed (%s: %s); retrying in %.2fs", attempt, error.kind, error, delay)
             await asyncio.sleep(delay)
         assert error is not None
-        return Failure(request, error.kind, str(error), attempts=attempt, status=error.status)
+        return error, attempt
+
+    async def _together(self, requests: list[ChatRequest]) -> list[Result]:
+        """:meth:`run_together`'s work: cache lookups, then one ``generate_many`` call for every miss."""
+        looked = [self._lookup(r) for r in requests]
+        asked = [i for i, (_, _, sub) in enumerate(looked) if sub is not None]
+        subs = [looked[i][2] for i in asked]
+        answers: dict[int, BackendResponse | BackendError] = {}
+        attempts = 0
+        if subs:
+            try:
+                outcome, attempts = await self._retrying(
+                    lambda: self.backend.generate_many(subs), sum(_estimate(r) for r in subs),
+                    lambda rs: sum(r.prompt_tokens + r.completion_tokens for r in rs if isinstance(r, BackendResponse)))
+            except Exception as exc:  # as in _answer: a bug or an unexpected backend exception is a failure, per request
+                log.exception("a batch of %d requests failed unexpectedly", len(subs))
+                outcome = BackendError("internal", f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+            answers = dict(zip(asked, [outcome] * len(asked) if isinstance(outcome, BackendError) else outcome,
+                               strict=True))
+        results: list[Result] = []
+        for i, (request, (key, samples, sub)) in enumerate(zip(requests, looked, strict=True)):
+            answer = answers.get(i)
+            if isinstance(answer, BackendError):
+                results.append(Failure(request, answer.kind, str(answer), attempts=max(attempts, 1), status=answer.status))
+                self.usage.record_failure(self.backend.model_name)
+            else:
+                results.append(self._result(request, key, samples, sub, answer, attempts))
+            results[-1].index = i
+        return results
 
     async def _answer_structured(self, request: ChatRequest) -> Result:
         """Ask, validate, and re-ask with the validation error, up to ``structured_attempts`` times."""
@@ -385,6 +461,11 @@ class LLMClient:
             current = dataclasses.replace(request, messages=reask_messages(current, reply, error))
         return Failure(request, "validation", f"no valid reply in {self.structured_attempts} tries; last error: {error}",
                        attempts=attempts, last_text=reply)
+
+
+def _estimate(request: ChatRequest) -> int:
+    text = request.messages if request.prompt is None else [{"content": request.prompt}]
+    return estimate_tokens(text, request.max_tokens, request.n)
 
 
 def _split(total: int, n: int) -> list[int]:

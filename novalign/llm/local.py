@@ -75,6 +75,27 @@ class LocalEngine:
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """A raw completion prompt (:attr:`ChatRequest.prompt`), continued as it is: no BOS or other special
+        token is added, as the project's pretraining encodes plain text (``novalign.data.text``)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def request_rows(self, request: ChatRequest) -> tuple[list[int], list[GenerationRequest]]:
+        """The prompt ids and the ``n`` rows of one client request (its chat rendered by the template, or its
+        raw prompt).
+
+        Raises:
+            ValueError (or the template's error): the messages do not render, or the prompt does not fit.
+        """
+        if request.prompt is not None:
+            prompt_ids = self.encode_prompt(request.prompt)
+        else:
+            prompt_ids = self.encode_chat(request.messages)
+        rows = self.rows(prompt_ids, n=request.n, temperature=request.temperature, top_p=request.top_p,
+                         top_k=request.top_k, max_tokens=request.max_tokens, stop=request.stop, seed=request.seed,
+                         sample_index=request.sample_index)
+        return prompt_ids, rows
+
     def rows(self, prompt_ids: list[int], *, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int | None = None, max_tokens: int | None = None, stop: Sequence[str] | None = None,
              seed: int | None = None, sample_index: int = 0,
@@ -121,15 +142,46 @@ class LocalBackend:
         self.model_id = f"local:{self.engine.fingerprint}"
 
     async def generate(self, request: ChatRequest) -> BackendResponse:
+        prompt_ids, rows = self._prepare(request)
+        outputs = await asyncio.wrap_future(self.engine.submit(rows))
+        return self._response(prompt_ids, outputs)
+
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        """How many tokens ``request``'s prompt is for this model (its template or raw encoding)."""
+        return len(self.engine.encode_prompt(request.prompt) if request.prompt is not None
+                   else self.engine.encode_chat(request.messages))
+
+    async def generate_many(self, requests: list[ChatRequest]) -> list[BackendResponse | BackendError]:
+        """All ``requests`` as one job of the engine, so they run in one ``generate_batch``, rows in this order
+        (when nothing else is queued: the engine may add other callers' jobs to the batch, never split this
+        one). A request that cannot be encoded comes back as its :class:`BackendError`; the rest still run."""
+        prepared: list[tuple[list[int], list] | BackendError] = []
+        for request in requests:
+            try:
+                prepared.append(self._prepare(request))
+            except BackendError as exc:
+                prepared.append(exc)
+        jobs = [p for p in prepared if not isinstance(p, BackendError)]
+        rows = [row for _, job_rows in jobs for row in job_rows]
+        outputs = await asyncio.wrap_future(self.engine.submit(rows)) if rows else []
+        results: list[BackendResponse | BackendError] = []
+        start = 0
+        for p in prepared:
+            if isinstance(p, BackendError):
+                results.append(p)
+                continue
+            prompt_ids, job_rows = p
+            results.append(self._response(prompt_ids, outputs[start : start + len(job_rows)]))
+            start += len(job_rows)
+        return results
+
+    def _prepare(self, request: ChatRequest) -> tuple[list[int], list[GenerationRequest]]:
         try:
-            prompt_ids = self.engine.encode_chat(request.messages)
-            rows = self.engine.rows(
-                prompt_ids, n=request.n, temperature=request.temperature, top_p=request.top_p, top_k=request.top_k,
-                max_tokens=request.max_tokens, stop=request.stop, seed=request.seed, sample_index=request.sample_index,
-            )
+            return self.engine.request_rows(request)
         except Exception as exc:  # a template that rejects the messages, a prompt too long: the request's fault
             raise BackendError("bad_request", f"{type(exc).__name__}: {exc}", retryable=False) from exc
-        outputs = await asyncio.wrap_future(self.engine.submit(rows))
+
+    def _response(self, prompt_ids: list[int], outputs: list[GenerationOutput]) -> BackendResponse:
         return BackendResponse(
             model=self.model_name, texts=[o.text for o in outputs], finish_reasons=[o.finish_reason for o in outputs],
             prompt_tokens=len(prompt_ids), completion_tokens=sum(o.completion_tokens for o in outputs),

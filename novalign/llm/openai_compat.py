@@ -1,6 +1,7 @@
 """Backend for any OpenAI-compatible HTTP server (vLLM, SGLang, ``novalign serve``, hosted APIs).
 
-One ``POST {base_url}/chat/completions`` per request. ``top_k`` is not an OpenAI parameter; it goes as a
+One ``POST {base_url}/chat/completions`` per request, or ``POST {base_url}/completions`` for a raw
+``prompt`` (a base model continuing few-shot text). ``top_k`` is not an OpenAI parameter; it goes as a
 top-level body field, which is how vLLM and SGLang accept it (the OpenAI SDK's ``extra_body``). Every way a
 call can go wrong becomes a :class:`~novalign.llm.types.BackendError` that says whether a retry may help:
 429 / 408 / 5xx, timeouts, dropped connections and unparseable bodies may; other 4xx do not.
@@ -64,8 +65,12 @@ class OpenAIBackend:
 
     def body(self, request: ChatRequest) -> dict:
         """The JSON body for ``request``."""
-        body: dict = {"model": self.model_name, "messages": request.messages, "n": request.n,
-                      "temperature": request.temperature, "top_p": request.top_p}
+        body: dict = {"model": self.model_name, "n": request.n, "temperature": request.temperature,
+                      "top_p": request.top_p}
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+        else:
+            body["messages"] = request.messages
         if request.top_k:
             body["top_k"] = request.top_k
         if request.max_tokens is not None:
@@ -80,7 +85,8 @@ class OpenAIBackend:
 
     async def generate(self, request: ChatRequest) -> BackendResponse:
         try:
-            response = await self._http().post(f"{self.base_url}/chat/completions", json=self.body(request))
+            endpoint = "completions" if request.prompt is not None else "chat/completions"
+            response = await self._http().post(f"{self.base_url}/{endpoint}", json=self.body(request))
         except httpx2.TimeoutException as exc:
             raise BackendError("timeout", f"{type(exc).__name__}: {exc}", retryable=True) from exc
         except httpx2.TransportError as exc:  # refused, reset, closed mid-body, ...
@@ -95,13 +101,16 @@ class OpenAIBackend:
                 kind = "timeout" if status == 408 else "server_error"
                 raise BackendError(kind, message, retryable=True, retry_after=retry_after, status=status)
             raise BackendError("bad_request", message, retryable=False, status=status)
-        return self._parse(response, request.n)
+        return self._parse(response, request.n, raw=request.prompt is not None)
 
-    def _parse(self, response: httpx2.Response, n: int) -> BackendResponse:
+    def _parse(self, response: httpx2.Response, n: int, *, raw: bool = False) -> BackendResponse:
         try:
             body = response.json()
             choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-            texts = [c["message"].get("content") or "" for c in choices]
+            if raw:  # /completions: {"text": ...} per choice
+                texts = [c["text"] if isinstance(c["text"], str) else str(c["text"]) for c in choices]
+            else:
+                texts = [c["message"].get("content") or "" for c in choices]
             reasons = [c.get("finish_reason") for c in choices]
             if len(texts) != n:
                 raise ValueError(f"asked for n={n} choices, got {len(texts)}")

@@ -26,10 +26,17 @@ FailureKind = Literal[
 
 @dataclass
 class ChatRequest:
-    """One chat call: ``messages`` plus sampling parameters (OpenAI semantics).
+    """One call: ``messages`` (a chat) or ``prompt`` (a raw text completion), plus sampling parameters
+    (OpenAI semantics).
+
+    A raw ``prompt`` is continued as it is, with no chat template: how base models are evaluated on few-shot
+    text (lm-eval-harness's generation tasks). The local backend encodes it without adding special tokens
+    (no BOS), as the project's pretraining encodes plain text (``novalign.data.text``); HTTP backends send it
+    to ``/completions``.
 
     Args:
-        messages: ``[{"role": ..., "content": ...}, ...]``.
+        messages: ``[{"role": ..., "content": ...}, ...]`` (empty when ``prompt`` is given).
+        prompt: Raw text to continue, instead of ``messages``.
         n: Samples to return.
         temperature: 0 is greedy.
         top_p: Nucleus mass in (0, 1].
@@ -45,7 +52,8 @@ class ChatRequest:
         tag: Anything of yours; it comes back on the result (e.g. a record id).
     """
 
-    messages: list[dict]
+    messages: list[dict] = field(default_factory=list)
+    prompt: str | None = None
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
@@ -59,7 +67,14 @@ class ChatRequest:
     tag: Any = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.messages, list) or not self.messages:
+        if self.prompt is not None:
+            if not isinstance(self.prompt, str) or not self.prompt:
+                raise ValueError("prompt must be a non-empty string")
+            if self.messages:
+                raise ValueError("give messages (a chat) or prompt (a raw completion), not both")
+            if self.structured:
+                raise ValueError("structured output (json_mode / schema) needs messages, not a raw prompt")
+        elif not isinstance(self.messages, list) or not self.messages:
             raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
         for m in self.messages:
             if not isinstance(m, dict) or "role" not in m:
@@ -94,11 +109,13 @@ class ChatRequest:
 
     def cache_fields(self) -> dict:
         """What identifies the answer besides the model: everything but ``n``, ``sample_index`` and ``tag``."""
-        return {
+        fields = {
             "messages": self.messages, "temperature": self.temperature, "top_p": self.top_p,
             "top_k": self.top_k or None, "max_tokens": self.max_tokens, "stop": self.stop or None, "seed": self.seed,
             "response_format": self.response_format(),
         }
+        # only when set, so the keys of chat requests stored before raw prompts existed stay valid
+        return fields | ({"prompt": self.prompt} if self.prompt is not None else {})
 
     def to_dict(self) -> dict:
         out = self.cache_fields() | {"n": self.n, "sample_index": self.sample_index}

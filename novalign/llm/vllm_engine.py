@@ -65,7 +65,18 @@ class VLLMBackend:
         return self._sampling_params_cls(**kwargs)
 
     def _run(self, items: list[tuple[ChatRequest, object]]) -> list[BackendResponse]:
-        outputs = self.llm.chat([r.messages for r, _ in items], sampling_params=[p for _, p in items], use_tqdm=False)
+        chats = [i for i, (r, _) in enumerate(items) if r.prompt is None]
+        raws = [i for i, (r, _) in enumerate(items) if r.prompt is not None]  # raw prompts: LLM.generate, no template
+        by_index: dict[int, object] = {}
+        if chats:
+            outs = self.llm.chat([items[i][0].messages for i in chats], sampling_params=[items[i][1] for i in chats],
+                                 use_tqdm=False)
+            by_index.update(zip(chats, outs, strict=True))
+        if raws:
+            outs = self.llm.generate([items[i][0].prompt for i in raws], sampling_params=[items[i][1] for i in raws],
+                                     use_tqdm=False)
+            by_index.update(zip(raws, outs, strict=True))
+        outputs = [by_index[i] for i in range(len(items))]
         responses = []
         for out in outputs:
             samples = sorted(out.outputs, key=lambda o: o.index)
