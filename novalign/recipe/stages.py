@@ -293,55 +293,67 @@ def _model_key(ctx: RecipeContext, label: str) -> str:
     return key + "+" + ctx.keys["pas"] if pas else key
 
 
-def _eval_world(ctx: RecipeContext, label: str, path: str, plain: bool, tasks: list[dict], shots: dict,
-                behind_pas: list) -> tuple[dict, str, list[dict]]:
-    from novalign.world.evaluate import evaluate_model
+def _run_eval(ctx: RecipeContext, label: str, path: str, out: Path, suites: list, judge=None):
+    """One model of the recipe through ``novalign eval`` (greedy, CPU float32 as the recipe trains), into
+    ``out`` -- a folder keyed by the model's stage key, so a retrained model never reuses stored records."""
+    from novalign.config import EvalConfig
+    from novalign.eval.runner import run_eval
 
     e = ctx.cfg.eval
-    model_tasks, augmentations = tasks, None
+    cfg = EvalConfig.model_validate({
+        "models": [{"name": label, "path": path, "max_tokens": e.max_new_tokens,
+                    "local": {"device": "cpu", "dtype": "float32"}}],
+        "judge": judge, "suites": suites, "output_dir": str(out), "batch_size": e.batch_size, "progress": False,
+    })
+    return run_eval(cfg)[label]
+
+
+def _eval_world(ctx: RecipeContext, label: str, path: str, plain: bool, key: str,
+                behind_pas: list) -> tuple[dict, str, list[dict]]:
+    """The world's held-out prompts as the ``world`` suite; a ``+pas`` model answers the prompts as the PAS
+    model rewrote them (rewritten once for every ``+pas`` row, stored as ``eval/pas_eval.jsonl``)."""
+    data, complements = ctx.world_file("eval"), None
     if label.endswith("+pas"):
-        if not behind_pas:  # the PAS rewrite of the prompts, made once for every <model>+pas row
-            behind_pas.append(augment_tasks(ctx, tasks))
-        model_tasks, augmentations = behind_pas[0]
-    result = evaluate_model(path, model_tasks, plain=plain, shots=shots, max_new_tokens=e.max_new_tokens,
-                            batch_size=e.batch_size)
-    rows = result.rows
-    if augmentations is not None:  # what PAS added, next to each reply
-        rows = [row | {"complement": a["complement"]} for row, a in zip(rows, augmentations)]
-    return result.rates, "plain few-shot" if plain else "chat", rows
+        if not behind_pas:
+            tasks, augmentations = augment_tasks(ctx, ctx.read(data))
+            _write_jsonl(ctx.out / "pas_eval.jsonl", tasks)
+            behind_pas.append([a["complement"] for a in augmentations])
+        data, complements = str(ctx.out / "pas_eval.jsonl"), behind_pas[0]
+    options = {"plain": plain, "shots": ctx.world_file("shots"), "batch_size": ctx.cfg.eval.batch_size}
+    out = ctx.out / "suites" / f"{label}-{key}"
+    summary = _run_eval(ctx, label, path, out, [{"type": "world", "data": data, "options": options}])["world"]
+    rows = [{"capability": r["capability"], "prompt": r["prompt"], "reply": r["reply"], "passed": r["passed"]}
+            for r in ctx.read(out / label / "world.jsonl")]
+    if complements is not None:  # what PAS added, next to each reply
+        rows = [row | {"complement": c} for row, c in zip(rows, complements, strict=True)]
+    return summary["rates"], "plain few-shot" if plain else "chat", rows
 
 
 def _eval_suites(ctx: RecipeContext, label: str, path: str, key: str) -> tuple[dict, str, list[dict]]:
     """The user's ``data.eval_suites`` through ``novalign eval``; the rates are every suite's metrics."""
-    from novalign.config import EvalConfig, EvalJudgeConfig
-    from novalign.eval.runner import run_eval
+    from novalign.config import EvalJudgeConfig
 
     if label.endswith("+pas"):
         raise ValueError("pas.in_front_of with data.eval_suites: PAS in front of a suite's model is not wired into "
                          "the recipe yet; evaluate through `novalign pas serve` + `novalign eval` instead")
-    e, llm = ctx.cfg.eval, ctx.cfg.llm
+    llm = ctx.cfg.llm
     judge = EvalJudgeConfig.model_validate(llm.model_dump()) if llm is not None else None
-    cfg = EvalConfig(models=[{"name": label, "path": path, "max_tokens": e.max_new_tokens}], judge=judge,
-                     suites=ctx.cfg.data.eval_suites, output_dir=str(ctx.out / "suites" / f"{label}-{key}"),
-                     batch_size=e.batch_size, progress=False)
-    summary = run_eval(cfg)[label]
+    summary = _run_eval(ctx, label, path, ctx.out / "suites" / f"{label}-{key}",
+                        [s.model_dump() for s in ctx.cfg.data.eval_suites], judge=judge)
     rates = {f"{suite}.{metric}": value for suite, s in summary.items() for metric, value in s["metrics"].items()
              if isinstance(value, (int, float))}
     return rates, "chat", []
 
 
 def run_eval(ctx: RecipeContext) -> None:
-    """Every stage's model on the held-out prompts: the world's (pass rate per capability) or the user's
-    ``data.eval_suites``. A model's result is cached in ``eval/<label>.json`` under its stage key and the eval
-    settings, so only changed models rerun."""
+    """Every stage's model through ``novalign eval`` on the held-out prompts: the world's (the ``world`` suite:
+    pass rate per capability) or the user's ``data.eval_suites``. A model's result is cached in
+    ``eval/<label>.json`` under its stage key and the eval settings, so only changed models rerun; the
+    per-sample records are under ``eval/suites/<label>-<key>/``."""
     import time
 
     e, world = ctx.cfg.eval, ctx.cfg.data.eval_suites is None
-    tasks, shots, behind_pas = [], {}, []
-    if world:
-        tasks = ctx.read(ctx.world_file("eval"))
-        for t in ctx.read(ctx.world_file("shots")):
-            shots.setdefault(t["capability"], []).append(t)
+    behind_pas: list = []
     inputs = {"world": ctx.keys["world"]} if world else {"suites": stage_key(
         {"suites": [s.model_dump(mode="json") for s in ctx.cfg.data.eval_suites]}, {})}
     for label, (path, plain) in stage_models(ctx).items():
@@ -351,7 +363,7 @@ def run_eval(ctx: RecipeContext) -> None:
             continue
         t0 = time.time()
         if world:
-            rates, fmt, rows = _eval_world(ctx, label, path, plain, tasks, shots, behind_pas)
+            rates, fmt, rows = _eval_world(ctx, label, path, plain, key, behind_pas)
             _write_jsonl(ctx.out / f"{label}_replies.jsonl", rows)
         else:
             rates, fmt, rows = _eval_suites(ctx, label, path, key)
