@@ -143,13 +143,22 @@ def cfbench_metrics(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
 
 # ---------------------------------------------------------------------------------------------- SysBench
 # A session is ``{"multi_rounds_related": bool, "turns": [turn, ...]}`` (5 turns in the official data); a
-# turn is ``{"alignment": "align" | "misalign" | "unknown", "criteria": [{"type": str, "satisfied": bool}]}``.
+# turn is ``{"alignment": "align" | "misalign" | "unknown", "criteria": [{"type", "satisfied", "violated"?}]}``.
+# ``satisfied`` is the verdict 是 (what CSR counts); ``violated`` the verdict 否 (what fails a turn), which is
+# ``not satisfied`` when absent. The official judge also answers 不适用, 无法判断, ...: neither, so such a
+# criterion lowers CSR but does not fail its turn (see novalign.eval.sysbench_workbook).
+
+
+def _violated(criterion: Mapping[str, Any]) -> bool:
+    return bool(criterion.get("violated", not criterion["satisfied"]))
 
 
 def _turn_ok(turn: Mapping[str, Any]) -> bool:
+    """A turn is satisfied unless some verdict is 否: the official ``是否可用`` (SysBench ``utils.py``) that the
+    paper's ISR and SSR tables read; it is *not* "every verdict is 是" (a 不适用 verdict passes)."""
     if not turn["criteria"]:
         raise ValueError("a SysBench turn needs at least one criterion")
-    return all(bool(c["satisfied"]) for c in turn["criteria"])
+    return not any(_violated(c) for c in turn["criteria"])
 
 
 def _criteria(sessions: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -180,9 +189,9 @@ def sysbench_csr_by_type(sessions: Sequence[Mapping[str, Any]]) -> dict[str, flo
 
 
 def sysbench_isr(sessions: Sequence[Mapping[str, Any]]) -> float:
-    """Instruction satisfaction rate: the fraction of turns whose every criterion is satisfied.
+    """Instruction satisfaction rate: the fraction of turns with no violated criterion (``tab3_align.py``).
 
-    Example: turns [T, F], [T], [T, T] -> 2 / 3.
+    Example: turns [T, F], [T], [T, T] -> 2 / 3. A turn [是, 不适用] counts as satisfied.
     """
     turns = [t for s in sessions for t in s["turns"]]
     if not turns:
@@ -235,20 +244,24 @@ def sysbench_ssr_by_turn(sessions: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 def sysbench_metrics(sessions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """All SysBench numbers: CSR (total, per type), ISR (total, aligned / misaligned), SSR (total, and per
-    multi-turn ``dependent`` / ``parallel`` sessions with R1..Rn), as ``plot/eval_output.py`` prints them."""
+    """All SysBench numbers: CSR (total, per type), ISR (total, aligned / misaligned, and per multi-turn
+    ``dependent`` / ``parallel`` sessions), SSR (total, and per mode with R1..Rn), as ``plot/eval_output.py``
+    and ``tab7_align_full.py`` print them."""
     sessions = list(sessions)
     ssr_split: dict[str, Any] = {}
+    isr_split: dict[str, Any] = {}
     for name, related in (("dependent", True), ("parallel", False)):
         group = [s for s in sessions if bool(s.get("multi_rounds_related")) is related]
         if group:
             ssr_split[name] = {"SSR": sysbench_ssr(group), "per_turn": sysbench_ssr_by_turn(group)}
+            isr_split[name] = {"ISR": sysbench_isr(group), **sysbench_isr_by_alignment(group)}
     return {
         "num_sessions": len(sessions),
         "CSR": sysbench_csr(sessions),
         "CSR_per_type": sysbench_csr_by_type(sessions),
         "ISR": sysbench_isr(sessions),
         "ISR_per_alignment": sysbench_isr_by_alignment(sessions),
+        "ISR_per_mode": isr_split,  # plot/tab7_align_full.py
         "SSR": sysbench_ssr(sessions),
         "SSR_per_turn": sysbench_ssr_by_turn(sessions),
         "SSR_per_mode": ssr_split,

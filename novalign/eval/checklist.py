@@ -32,6 +32,7 @@ from novalign.eval.official import (
     read_sysbench_judgments,
 )
 from novalign.eval.suite_api import SuiteContext
+from novalign.eval.sysbench_workbook import read_sysbench_workbook, workbook_sheets
 
 __all__ = ["run_cfbench", "run_fbbench", "run_sysbench"]
 
@@ -108,15 +109,20 @@ def run_sysbench(ctx: SuiteContext) -> dict:
 
     Options: ``history`` = ``"model"`` (each turn sees the model's own earlier replies, the official default)
     or ``"gold"`` (each turn sees the data's ground-truth replies, ``eval_system_bench_with_gt.py``);
-    ``judgments`` (an official ``*_eval.json``: recompute only); ``responses`` (an official ``*_infer.json``
-    whose ``infer_results`` is the message list (model history) or one message list per turn (gold history));
-    ``judge_attempts``, ``chunk_size``.
+    ``judgments`` (an official ``*_eval.json``, or a published ``*_analysis.xlsx`` workbook -- then the summary
+    also holds ``sysbench_sheets``, the workbook's summary sheets recomputed: recompute only); ``responses`` (an
+    official ``*_infer.json`` whose ``infer_results`` is the message list (model history) or one message list
+    per turn (gold history)); ``judge_attempts``, ``chunk_size``.
     """
     history = ctx.options.get("history", "model")
     if history not in ("model", "gold"):
         raise ValueError(f"suite {ctx.name!r}: options.history must be 'model' or 'gold', got {history!r}")
     if "judgments" in ctx.options:
-        return _sysbench_summary(kit.replay(ctx, read_sysbench_judgments(ctx.options["judgments"])), history)
+        path = Path(ctx.options["judgments"])
+        if path.suffix.lower() == ".xlsx":  # the published output/<model>/<model>_analysis.xlsx
+            records = kit.replay(ctx, read_sysbench_workbook(path))
+            return _sysbench_summary(records, history) | {"sysbench_sheets": workbook_sheets(records)}
+        return _sysbench_summary(kit.replay(ctx, read_sysbench_judgments(path)), history)
     kit.require(ctx, "data")
     sessions = read_sysbench(ctx.data)
     given = _sysbench_responses(ctx.options["responses"]) if "responses" in ctx.options else None
