@@ -111,7 +111,9 @@ def cfbench_sample_scores(scores: Sequence[float | str] | None, priorities: Sequ
 
 
 def cfbench_metrics(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean CSR / ISR / PSR over samples, for the ``easy``, ``hard`` and ``full`` splits.
+    """Mean CSR / ISR / PSR over samples, for the ``easy``, ``hard`` and ``full`` splits, rounded to 2 decimals
+    as ``_scores`` rounds them for ``output/scores.xlsx`` (``round(np.mean(...), 2)``); the exact means are
+    beside them as ``CSR_unrounded`` etc.
 
     Args:
         samples: Records in the official judged format: ``criteria`` (a list of ``[text, priority]``),
@@ -119,10 +121,12 @@ def cfbench_metrics(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
             (``"easy"``/``"hard"``; other or missing values count in ``full`` only).
 
     Returns:
-        ``{split: {"CSR", "ISR", "PSR", "num_samples"}}`` for each split that has samples; ``full`` always.
+        ``{split: {"CSR", "ISR", "PSR", "CSR_unrounded", "ISR_unrounded", "PSR_unrounded", "num_samples"}}``
+        for each split that has samples; ``full`` always.
 
     Example: sample A (easy) has CSR 1, ISR 1, PSR 1 and sample B (hard) CSR 0.5, ISR 0, PSR 0, so
-    full = {CSR 0.75, ISR 0.5, PSR 0.5}, easy = A's scores, hard = B's.
+    full = {CSR 0.75, ISR 0.5, PSR 0.5}, easy = A's scores, hard = B's. With a third sample C (hard, CSR
+    0.67, ISR 0, PSR 1): full CSR (1 + 0.5 + 0.67) / 3 = 0.72333 -> 0.72, PSR 2/3 -> 0.67.
 
     Raises:
         ValueError: no samples, or a malformed sample (see :func:`cfbench_sample_scores`).
@@ -135,10 +139,12 @@ def cfbench_metrics(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
             per_split[sample["split"]].append(scores)
     if not per_split:
         raise ValueError("cfbench_metrics needs at least one sample")
-    return {
-        split: {**{m: _mean([s[m] for s in rows]) for m in ("CSR", "ISR", "PSR")}, "num_samples": len(rows)}
-        for split, rows in per_split.items()
-    }
+    out = {}
+    for split, rows in per_split.items():
+        exact = {m: _mean([s[m] for s in rows]) for m in ("CSR", "ISR", "PSR")}
+        out[split] = {**{m: _round2(v) for m, v in exact.items()}, **{f"{m}_unrounded": v for m, v in exact.items()},
+                      "num_samples": len(rows)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- SysBench
@@ -306,15 +312,19 @@ def fbbench_metrics(records: Iterable[Mapping[str, Any]], mode: str = "type") ->
     Overall pools the (bench type, task type) groups of both bench types.
 
     Example (type mode): error correction Math [1.0, 0.5] and Coding [0.0]; response maintenance Math [1.0].
-    Error correction = mean(0.75, 0.0) = 0.375; maintenance = 1.0; overall = mean(0.75, 0.0, 1.0) = 0.5833.
+    Error correction = mean(0.75, 0.0) = 0.375; maintenance = 1.0; overall = mean(0.75, 0.0, 1.0) = 0.58333...
+    -> 0.5833 (unrounded 0.583333...).
     In item mode error correction = 1.5 / 3 = 0.5 and overall = 2.5 / 4 = 0.625.
 
     Args:
         records: Judged samples with ``bench_type``, ``task_type`` and ``score`` (official field names).
 
     Returns:
-        ``{"error_correction", "response_maintenance", "overall"}`` (``None`` where a bench type has no
-        sample), plus ``per_task`` = ``{bench_type: {task_type: mean}}`` and ``num_samples``.
+        ``{"error_correction", "response_maintenance", "overall"}`` rounded to 4 decimals as ``get_avg_score``
+        rounds them (``round(x, 4)``; ``overall_score.xlsx`` shows them times 100, so 2 decimals there), each
+        with its ``*_unrounded`` value beside (``None`` where a bench type has no sample); ``per_task`` =
+        ``{bench_type: {task_type: mean}}`` (4 decimals, as ``per_task_score.xlsx``), ``per_task_unrounded``,
+        and ``num_samples``.
     """
     if mode not in ("type", "item"):
         raise ValueError(f"mode must be 'type' or 'item', got {mode!r}")
@@ -337,13 +347,21 @@ def fbbench_metrics(records: Iterable[Mapping[str, Any]], mode: str = "type") ->
 
     correction = list(groups["Error Correction"].values())
     maintenance = list(groups["Response Maintenance"].values())
+    exact = {"error_correction": aggregate(correction), "response_maintenance": aggregate(maintenance),
+             "overall": aggregate(correction + maintenance)}
+    per_task = {b: {t: _mean(v) for t, v in sorted(g.items())} for b, g in groups.items() if g}
     return {
         "num_samples": num_samples,
-        "error_correction": aggregate(correction),
-        "response_maintenance": aggregate(maintenance),
-        "overall": aggregate(correction + maintenance),
-        "per_task": {b: {t: _mean(v) for t, v in sorted(g.items())} for b, g in groups.items() if g},
+        **{k: _round4(v) for k, v in exact.items()},
+        **{f"{k}_unrounded": v for k, v in exact.items()},
+        "per_task": {b: {t: _round4(v) for t, v in tasks.items()} for b, tasks in per_task.items()},
+        "per_task_unrounded": per_task,
     }
+
+
+def _round4(x: float | None) -> float | None:
+    """``round(x, 4)``, FB-Bench's ``float_num=4`` (Python floats there, so Python's round)."""
+    return None if x is None else round(x, 4)
 
 
 # ------------------------------------------------------------------------- user experience (section 5.1)

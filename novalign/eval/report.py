@@ -19,12 +19,18 @@ from typing import Any
 __all__ = ["bar_chart", "category_table", "metrics_table", "nested_table", "write_report"]
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, decimals: int | None = None) -> str:
+    """A cell: floats to ``decimals`` places (a suite's ``decimals``, e.g. the official table's 2 for CFBench),
+    3 by default."""
     if isinstance(value, bool) or value is None:
         return "-" if value is None else str(value)
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.{3 if decimals is None else decimals}f}"
     return str(value)
+
+
+def _places(summary: Mapping[str, Any], metric: str) -> int | None:
+    return (summary.get("decimals") or {}).get(metric)
 
 
 def _number(value: Any) -> float | None:
@@ -56,7 +62,8 @@ def metrics_table(per_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Markdown lines: overall metrics (rows) x models (columns), then samples and failed judgments."""
     models = list(per_model)
     metrics = _union(s.get("metrics", {}) for s in per_model.values())
-    rows = [[m] + [_fmt(per_model[model].get("metrics", {}).get(m)) for model in models] for m in metrics]
+    rows = [[m] + [_fmt(per_model[x].get("metrics", {}).get(m), _places(per_model[x], m)) for x in models]
+            for m in metrics]
     for key, label in (("num_samples", "samples"), ("num_failed", "failed (not judged)")):
         rows.append([label] + [_fmt(per_model[model].get(key)) for model in models])
     return _table(["metric", *models], rows)
@@ -66,8 +73,8 @@ def category_table(per_model: Mapping[str, Mapping[str, Any]], metric: str) -> l
     """Markdown lines: categories (rows) x models (columns) for one per-category metric."""
     models = list(per_model)
     categories = _union(s.get("by_category", {}) for s in per_model.values())
-    rows = [[c] + [_fmt(per_model[m].get("by_category", {}).get(c, {}).get(metric)) for m in models]
-            for c in categories]
+    rows = [[c] + [_fmt(per_model[m].get("by_category", {}).get(c, {}).get(metric), _places(per_model[m], metric))
+                   for m in models] for c in categories]
     return _table(["category", *models], rows)
 
 
@@ -85,7 +92,7 @@ def nested_table(per_model: Mapping[str, Mapping[str, Any]], key: str) -> list[s
         for metric in metrics:
             cells = [(per_model[m].get(key) or {}).get(group, {}).get(metric) for m in models]
             if all(c is None or _number(c) is not None for c in cells):
-                rows.append([f"{group} {metric}"] + [_fmt(c) for c in cells])
+                rows.append([f"{group} {metric}"] + [_fmt(c, _places(per_model[m], metric)) for c, m in zip(cells, models)])
     return _table([key, *models], rows) if rows else []
 
 
@@ -152,15 +159,15 @@ def _draw(plt, path: Path, title: str, groups: list[str], series: Mapping[str, l
 def _suite_section(suite: str, per_model: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[str]:
     models = list(per_model)
     lines = [f"## {suite}", "", *metrics_table(per_model), ""]
-    metrics = [m for m in _union(s.get("metrics", {}) for s in per_model.values())
-               if any(_number(per_model[x].get("metrics", {}).get(m)) is not None for x in models)]
+    metrics = [m for m in _union(s.get("metrics", {}) for s in per_model.values())  # the unrounded twins: table only
+               if not m.endswith("_unrounded") and any(_number(per_model[x].get("metrics", {}).get(m)) is not None for x in models)]
     if metrics:
         chart = Path("charts") / f"{_slug(suite)}__overall.png"
         bar_chart(out_dir / chart, f"{suite}: overall", metrics,
                   {x: [_number(per_model[x].get("metrics", {}).get(m)) for m in metrics] for x in models}, "score")
         lines += [f"![{suite} overall]({chart.as_posix()})", ""]
     for key in _union(s for s in per_model.values()):
-        if key not in ("metrics", "by_category", "resume") and (table := nested_table(per_model, key)):
+        if key not in ("metrics", "by_category", "resume", "decimals") and (table := nested_table(per_model, key)):
             lines += [f"### {suite}: {key}", "", *table, ""]
     categories = _union(s.get("by_category", {}) for s in per_model.values())
     cat_metrics = _union(v for s in per_model.values() for v in s.get("by_category", {}).values())
