@@ -222,6 +222,23 @@ def test_report_tables_and_charts(tmp_path):
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_decimals_and_chinese_charts(tmp_path):
+    """A suite's ``decimals`` set the places (CFBench's official 2, 6 for the unrounded twin, which is not
+    charted); Chinese category names render with the packaged CJK font: no missing-glyph warning."""
+    import warnings
+
+    summaries = {"m": {"cf": {"metrics": {"CSR": 0.84, "CSR_unrounded": 0.845}, "num_samples": 4, "num_failed": 0,
+                              "by_category": {"汽车": {"CSR": 0.84}, "政务": {"CSR": 0.5}},
+                              "decimals": {"CSR": 2, "CSR_unrounded": 6}}}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = write_report(summaries, tmp_path).read_text()
+    assert "| CSR | 0.84 |" in report and "| CSR_unrounded | 0.845000 |" in report
+    assert "| 汽车 | 0.84 |" in report
+    assert not [w for w in caught if "missing from font" in str(w.message)], [str(w.message) for w in caught][:3]
+    assert (tmp_path / "charts" / "cf__CSR.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_eval_command(tmp_path):
     data = write_jsonl(tmp_path / "math.jsonl", [{"id": 1, "prompt": "1+1?", "answer": "2"}])
     responses = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "1+1?", "response": "\\boxed{2}"}])

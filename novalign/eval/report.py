@@ -11,6 +11,7 @@ keys). Output: ``report.md`` and ``charts/*.png`` (matplotlib, Agg backend, no d
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -105,7 +106,9 @@ def bar_chart(path: Path, title: str, groups: list[str], series: Mapping[str, li
     import matplotlib.pyplot as plt
 
     width = 0.8 / max(1, len(series))
-    with plt.rc_context({"font.family": "sans-serif", "font.sans-serif": _fonts()}):
+    # font.family must list the families themselves: matplotlib falls back glyph by glyph only across the
+    # families named there ("sans-serif" would resolve to its first installed member, DejaVu, alone)
+    with plt.rc_context({"font.family": _fonts()}):
         _draw(plt, path, title, groups, series, ylabel, width)
 
 
@@ -114,12 +117,27 @@ _CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuan
 
 
 def _fonts() -> list[str]:
-    """DejaVu Sans, then any installed CJK font (matplotlib falls back per glyph), so Chinese category names of
-    the official data render where such a font exists; elsewhere they show as boxes (with matplotlib's warning)."""
+    """DejaVu Sans, then a CJK font (matplotlib falls back per glyph), so the Chinese category names of CFBench
+    and SysBench render. The CJK font is Noto Sans CJK from the ``noto-cjk-sans-otc`` package (a dependency,
+    SIL OFL), registered with matplotlib on first use; any other installed CJK font of the list also serves."""
     from matplotlib import font_manager
 
+    _register_packaged_cjk_font()
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return ["DejaVu Sans", *[name for name in _CJK_FONTS if name in installed]]
+
+
+@functools.lru_cache(maxsize=1)
+def _register_packaged_cjk_font() -> None:
+    from matplotlib import font_manager
+
+    try:
+        import noto_cjk_sans_otc
+    except ImportError:  # not installed: only fonts already on the system are used
+        return
+    path = str(noto_cjk_sans_otc.FONT_PATH)
+    if not any(f.fname == path for f in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(path)
 
 
 def _draw(plt, path: Path, title: str, groups: list[str], series: Mapping[str, list[float | None]], ylabel: str,
