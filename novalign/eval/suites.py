@@ -35,6 +35,7 @@ SUITES: dict[str, str] = {
     "ifeval": "novalign.eval.suites:run_ifeval",
     "math": "novalign.eval.suites:run_math",
     "code": "novalign.eval.suites:run_code",
+    "humaneval": "novalign.eval.humaneval:run_humaneval",
     "cfbench": "novalign.eval.checklist:run_cfbench",
     "sysbench": "novalign.eval.checklist:run_sysbench",
     "fbbench": "novalign.eval.checklist:run_fbbench",
