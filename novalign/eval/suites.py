@@ -42,6 +42,7 @@ SUITES: dict[str, str] = {
     "ux": "novalign.eval.graded:run_ux",
     "mtbench": "novalign.eval.graded:run_mtbench",
     "pairwise": "novalign.eval.graded:run_pairwise",
+    "arenahard": "novalign.eval.arenahard:run_arenahard",
 }
 """Suite type (the config's ``type``) -> ``"module:function"``, imported on first use."""
 
