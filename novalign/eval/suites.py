@@ -43,6 +43,7 @@ SUITES: dict[str, str] = {
     "mtbench": "novalign.eval.graded:run_mtbench",
     "pairwise": "novalign.eval.graded:run_pairwise",
     "arenahard": "novalign.eval.arenahard:run_arenahard",
+    "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
 }
 """Suite type (the config's ``type``) -> ``"module:function"``, imported on first use."""
 
