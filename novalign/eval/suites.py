@@ -36,6 +36,7 @@ SUITES: dict[str, str] = {
     "math": "novalign.eval.suites:run_math",
     "code": "novalign.eval.suites:run_code",
     "humaneval": "novalign.eval.humaneval:run_humaneval",
+    "bbh": "novalign.eval.bbh:run_bbh",
     "cfbench": "novalign.eval.checklist:run_cfbench",
     "sysbench": "novalign.eval.checklist:run_sysbench",
     "fbbench": "novalign.eval.checklist:run_fbbench",
