@@ -37,6 +37,7 @@ SUITES: dict[str, str] = {
     "code": "novalign.eval.suites:run_code",
     "humaneval": "novalign.eval.humaneval:run_humaneval",
     "bbh": "novalign.eval.bbh:run_bbh",
+    "gpqa": "novalign.eval.gpqa:run_gpqa",
     "cfbench": "novalign.eval.checklist:run_cfbench",
     "sysbench": "novalign.eval.checklist:run_sysbench",
     "fbbench": "novalign.eval.checklist:run_fbbench",
