@@ -114,6 +114,18 @@ def test_sysbench_metrics_from_official_judgments():
     assert m["CSR_per_type"]["Role"] == 1.0 and m["CSR_per_type"]["Format"] == 0.0
 
 
+def test_sysbench_other_verdicts_fail_no_turn(tmp_path):
+    """Session 1's first turn [是, 否] becomes [是, 不适用]: the official 是否可用 rule passes a turn unless a
+    verdict is 否, so session 1 now holds all three turns: ISR 3/6 (session 2 failed), SSR (3/3 + 0) / 2 = .5;
+    CSR counts only 是, so it stays 3/7. "Every verdict is 是" would leave ISR 2/6 and SSR 0."""
+    rows = json.loads((DATA / "sysbench_eval.json").read_text(encoding="utf-8"))
+    rows[0]["eval_results"]["s1 question one"]["评判结果"]["2"] = "不适用"
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    m = bm.sysbench_metrics(read_sysbench_judgments(path))
+    assert m["ISR"] == pytest.approx(3 / 6) and m["SSR"] == 0.5 and m["CSR"] == pytest.approx(3 / 7)
+
+
 def test_bad_sysbench_record_names_the_field(tmp_path):
     rows = json.loads((DATA / "sysbench_data.json").read_text(encoding="utf-8"))
     del rows[1]["prompt_infos"]["s2 question two"]["criteria"]["1"]["criteria_type"]
