@@ -97,13 +97,17 @@ def make_ctx(server, name, data, *, done=None, respond=True, judge=True, **optio
 def test_cfbench_judges_reasks_counts_failures_and_resumes(server):
     """Samples (scores from [ok]/[no]): 0 easy P=[1] S=[1,0] -> CSR .67, ISR 0, PSR 0 (.5 + .25 = .75);
     1 hard P=[1,1] -> 1, 1, 1; 2 hard S=[1] ([flaky]: one re-ask) -> 1, 1, 1; 3 easy ([broken]) -> failed, 0.
-    Full CSR (.67 + 1 + 1 + 0) / 4 = .6675, ISR .5, PSR .5; easy CSR .335, ISR 0, PSR 0; hard all 1."""
+    Full CSR (.67 + 1 + 1 + 0) / 4 = .6675, ISR .5, PSR .5; easy CSR .335, ISR 0, PSR 0; hard all 1.
+    Stored to 2 decimals as the official _scores does (numpy rounding): CSR .67, easy CSR .34."""
     before = len(server.bodies["judge"])
     ctx, written = make_ctx(server, "cfbench", DATA / "cfbench_data.json", judge_attempts=3, chunk_size=3)
     summary = checklist.run_cfbench(ctx)
-    assert summary["metrics"] == pytest.approx({"CSR": 0.6675, "ISR": 0.5, "PSR": 0.5, "easy_CSR": 0.335,
-                                                "easy_ISR": 0.0, "easy_PSR": 0.0, "hard_CSR": 1.0, "hard_ISR": 1.0,
-                                                "hard_PSR": 1.0})
+    official = {k: v for k, v in summary["metrics"].items() if not k.endswith("_unrounded")}
+    assert official == {"CSR": 0.67, "ISR": 0.5, "PSR": 0.5, "easy_CSR": 0.34, "easy_ISR": 0.0, "easy_PSR": 0.0,
+                        "hard_CSR": 1.0, "hard_ISR": 1.0, "hard_PSR": 1.0}  # 2 dp, as scores.xlsx
+    assert summary["metrics"]["CSR_unrounded"] == pytest.approx(0.6675)
+    assert summary["metrics"]["easy_CSR_unrounded"] == pytest.approx(0.335)
+    assert summary["decimals"]["CSR"] == 2 and summary["decimals"]["CSR_unrounded"] == 6
     assert summary["num_samples"] == 4 and summary["num_failed"] == 1
     assert summary["by_category"]["政务"] == pytest.approx({"CSR": 1.0, "ISR": 1.0, "PSR": 1.0})
     by_id = {r["id"]: r for r in written}
@@ -130,8 +134,8 @@ def test_cfbench_score_only_modes(server, tmp_path):
     """Recompute from an official eval file (no model, no judge); judge an official-style responses file."""
     ctx, written = make_ctx(server, "cf", None, respond=False, judge=False, judgments=str(DATA / "cfbench_eval.json"))
     summary = checklist.run_cfbench(ctx)
-    assert summary["metrics"]["CSR"] == pytest.approx(4.38 / 6) and summary["num_failed"] == 1
-    assert len(written) == 6
+    assert summary["metrics"]["CSR"] == 0.73 and summary["num_failed"] == 1
+    assert summary["metrics"]["CSR_unrounded"] == pytest.approx(4.38 / 6) and len(written) == 6
     responses = tmp_path / "infer.json"
     rows = json.loads((DATA / "cfbench_data.json").read_text(encoding="utf-8"))[:2]
     responses.write_text(json.dumps([r | {"response": "given"} for r in rows], ensure_ascii=False), encoding="utf-8")
@@ -181,7 +185,8 @@ def test_fbbench_two_turn_protocol_and_scores(server):
     before = len(server.bodies["model"])
     ctx, written = make_ctx(server, "fb", DATA / "fbbench_data.json", judge_attempts=2)
     summary = checklist.run_fbbench(ctx)
-    assert summary["metrics"] == pytest.approx({"overall": 0.4, "error_correction": 0.35, "response_maintenance": 0.5})
+    official = {k: v for k, v in summary["metrics"].items() if not k.endswith("_unrounded")}
+    assert official == pytest.approx({"overall": 0.4, "error_correction": 0.35, "response_maintenance": 0.5})
     assert summary["num_failed"] == 1 and summary["by_category"]["Coding"] == {"error_correction": 0.0}
     first = server.bodies["model"][before]["messages"]
     assert [m["role"] for m in first] == ["user", "assistant", "user"] and first[2]["content"] == "你回答的不对"
@@ -193,7 +198,8 @@ def test_fbbench_recompute_from_official_judgments(server):
     path = str(DATA / "fbbench_judgment.jsonl")
     ctx, _ = make_ctx(server, "fb", None, respond=False, judge=False, judgments=path)
     summary = checklist.run_fbbench(ctx)
-    assert summary["metrics"]["overall"] == pytest.approx(1.6 / 3) and summary["num_failed"] == 1
+    assert summary["metrics"]["overall"] == 0.5333 and summary["num_failed"] == 1  # round(1.6 / 3, 4)
+    assert summary["metrics"]["overall_unrounded"] == pytest.approx(1.6 / 3) and summary["decimals"]["overall"] == 4
 
 
 # ------------------------------------------------------------------------- UX, MT-Bench and pairwise

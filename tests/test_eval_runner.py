@@ -29,6 +29,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "novalign" / "assets" / "eval"
 IFEVAL_SAMPLE = ASSETS / "ifeval_sample.jsonl"
 CFBENCH_SAMPLE = ASSETS / "cfbench_sample.json"
 KEY = "eval-key"
+DATA = Path(__file__).parent / "data" / "eval"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -169,7 +170,8 @@ def test_code_suite_pass_at_1_in_the_sandbox(tmp_path):
     assert rows["a"]["passed"] == [True] and rows["b"]["reasons"] == ["exit code 1"]
     assert rows["c"]["passed"] == [False] and rows["c"]["reasons"][0] != "passed"
     again = run_eval(cfg)["given"]["code"]  # resumed: stored verdicts reused, nothing run or asked again
-    assert again["metrics"] == summary["metrics"] and again["resume"] == {"reused": 3, "asked": 0, "dropped_truncated": 0}
+    assert again["metrics"] == summary["metrics"] and again["resume"] == {"reused": 3, "written": 0, "model_requests": 0,
+                                                                        "judge_requests": 0, "dropped_truncated": 0}
     cfg.suites[0].options["n"] = 2  # n > 1 samples; a responses file cannot
     cfg.suites[0].name = "code2"
     with pytest.raises(ValueError, match="n=2 needs a model that samples"):
@@ -220,6 +222,23 @@ def test_report_tables_and_charts(tmp_path):
         assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_decimals_and_chinese_charts(tmp_path):
+    """A suite's ``decimals`` set the places (CFBench's official 2, 6 for the unrounded twin, which is not
+    charted); Chinese category names render with the packaged CJK font: no missing-glyph warning."""
+    import warnings
+
+    summaries = {"m": {"cf": {"metrics": {"CSR": 0.84, "CSR_unrounded": 0.845}, "num_samples": 4, "num_failed": 0,
+                              "by_category": {"汽车": {"CSR": 0.84}, "政务": {"CSR": 0.5}},
+                              "decimals": {"CSR": 2, "CSR_unrounded": 6}}}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = write_report(summaries, tmp_path).read_text()
+    assert "| CSR | 0.84 |" in report and "| CSR_unrounded | 0.845000 |" in report
+    assert "| 汽车 | 0.84 |" in report
+    assert not [w for w in caught if "missing from font" in str(w.message)], [str(w.message) for w in caught][:3]
+    assert (tmp_path / "charts" / "cf__CSR.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_eval_command(tmp_path):
     data = write_jsonl(tmp_path / "math.jsonl", [{"id": 1, "prompt": "1+1?", "answer": "2"}])
     responses = write_jsonl(tmp_path / "r.jsonl", [{"prompt": "1+1?", "response": "\\boxed{2}"}])
@@ -237,6 +256,19 @@ def test_cli_eval_command(tmp_path):
     assert result.exit_code == 0 and "suites[].type" in result.output and "judge.max_reasks" in result.output
 
 
+def test_replayed_judgments_are_written_but_nothing_is_asked(tmp_path):
+    """Re-scoring the official CFBench judgment file (6 samples) writes 6 records and sends no request; before,
+    ``resume.asked`` said 6."""
+    responses = write_jsonl(tmp_path / "none.jsonl", [])
+    cfg = config(tmp_path, {"models": [{"name": "given", "responses": str(responses)}],
+                            "suites": [{"type": "cfbench", "options": {"judgments": str(DATA / "cfbench_eval.json")}}],
+                            "output_dir": str(tmp_path / "out")})
+    summary = run_eval(cfg)["given"]["cfbench"]
+    assert summary["resume"] == {"reused": 0, "written": 6, "model_requests": 0, "judge_requests": 0,
+                                 "dropped_truncated": 0}
+    assert summary["metrics"]["CSR"] == 0.73
+
+
 def test_local_model_directory(tmp_path, tiny_model_dir):
     """A `path` model generates in-process (the LLM layer's local backend); its replies are scored and cached."""
     data = write_jsonl(tmp_path / "math.jsonl", [{"id": i, "prompt": f"{i} + 1 = ?", "answer": str(i + 1)}
@@ -248,7 +280,8 @@ def test_local_model_directory(tmp_path, tiny_model_dir):
     rows = records(tmp_path / "out" / "tiny" / "math.jsonl")
     assert [r["id"] for r in rows] == ["0", "1", "2"] and all(isinstance(r["response"], str) for r in rows)
     assert summary["metrics"]["accuracy"] == sum(r["correct"] for r in rows) / 3
-    assert summary["resume"] == {"reused": 0, "asked": 3, "dropped_truncated": 0}
+    assert summary["resume"] == {"reused": 0, "written": 3, "model_requests": 3, "judge_requests": 0,
+                                 "dropped_truncated": 0}
     assert (tmp_path / "out" / "llm-cache.sqlite").is_file()
 
 
@@ -295,7 +328,8 @@ def test_resume_asks_only_what_is_missing(tmp_path, server, caplog):
         summary = run_eval(config(tmp_path, {**tree, "output_dir": str(tmp_path / "killed")}))["tiny"]["ifeval"]
     assert chat_requests(server) - before == 5
     assert "ifeval.jsonl:4: dropped a truncated last record" in caplog.text
-    assert summary["resume"] == {"reused": 3, "asked": 5, "dropped_truncated": 1}
+    assert summary["resume"] == {"reused": 3, "written": 5, "model_requests": 5, "judge_requests": 0,
+                                 "dropped_truncated": 1}
     rows = records(killed / "ifeval.jsonl")
     assert [r["id"] for r in rows[:3]] == [json.loads(line)["id"] for line in finished[:3]]
     assert sorted(r["id"] for r in rows) == sorted(json.loads(line)["id"] for line in finished)
@@ -303,7 +337,8 @@ def test_resume_asks_only_what_is_missing(tmp_path, server, caplog):
 
     before = chat_requests(server)
     again = run_eval(full)["tiny"]["ifeval"]
-    assert chat_requests(server) - before == 0 and again["resume"] == {"reused": 8, "asked": 0, "dropped_truncated": 0}
+    assert chat_requests(server) - before == 0 and again["resume"] == {"reused": 8, "written": 0, "model_requests": 0,
+                                                                  "judge_requests": 0, "dropped_truncated": 0}
 
 
 def test_end_to_end_served_model_judged_by_itself(tmp_path, server):
@@ -338,5 +373,8 @@ def test_end_to_end_served_model_judged_by_itself(tmp_path, server):
         if row["failed"]:
             assert len(row["judge_raw"]) == 2  # the first ask and max_reasks = 1 re-ask, all kept
             assert row["judge_score"] is None and row["CSR"] == row["PSR"] == 0.0  # scored 0, nothing guessed
+    judge_calls = sum(len(r["judge_raw"]) for r in rows)  # every ask and re-ask left one raw reply
+    assert cf["resume"] == {"reused": 0, "written": 6, "model_requests": 6, "judge_requests": judge_calls,
+                            "dropped_truncated": 0}
     assert "## cfbench" in report and list((out / "charts").glob("cfbench__*.png"))
 

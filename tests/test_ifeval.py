@@ -24,6 +24,7 @@ from novalign.eval import (
     read_responses,
 )
 from novalign.eval.ifeval import count_words, split_sentences
+from novalign.eval.ifeval_tokenize import word_tokenize
 
 FRENCH = "Bonjour, je suis très heureux de vous aider aujourd'hui avec votre question sur la cuisine française."
 GERMAN = "Ich bin sehr glücklich, Ihnen heute bei Ihrer Frage zur deutschen Küche helfen zu können."
@@ -253,10 +254,55 @@ def test_language_detection_is_deterministic() -> None:
 
 def test_text_helpers() -> None:
     assert count_words("It's state-of-the-art, isn't it?") == 9  # \w+ tokens, as IFEval/nltk RegexpTokenizer
-    assert split_sentences("Mr. and Mrs. Lee met J. R. Smith, e.g. at 9.30. Then? Fine!") == [
-        "Mr. and Mrs. Lee met J. R. Smith, e.g. at 9.30.", "Then?", "Fine!"
-    ]
     assert split_sentences("Wait... what?! No") == ["Wait...", "what?!", "No"]
+
+
+@pytest.mark.parametrize(("text", "sentences"), [
+    # Punkt's English model knows "jan" and "calif" as abbreviations: no break after them, where the
+    # rule-based splitter used before broke ("Jan." | "5 at noon.")
+    ("The meeting is on Jan. 5 at noon. Bring snacks.", ["The meeting is on Jan. 5 at noon.", "Bring snacks."]),
+    ("He moved to Calif. last year. It was sunny.", ["He moved to Calif. last year.", "It was sunny."]),
+    # it does not know "fig" or "approx", and a capitalised word after "Inc." starts a sentence: the old
+    # splitter had these the other way round
+    ("See Fig. 3 for details. It helps.", ["See Fig.", "3 for details.", "It helps."]),
+    ("She works at Acme Inc. Her boss is nice.", ["She works at Acme Inc.", "Her boss is nice."]),
+    # an ellipsis before a capitalised word does not end the sentence; numbered items do not either
+    ("I paid $3.50 for it... Then I left.", ["I paid $3.50 for it... Then I left."]),
+    ("Items: 1. eggs 2. milk. Done.", ["Items: 1. eggs 2. milk.", "Done."]),
+])
+def test_sentences_are_punkts(text, sentences) -> None:
+    """IFEval counts sentences with nltk's Punkt English model; these are cases where Punkt and the
+    rule-based splitter novalign used before disagree (each expected split is Punkt's)."""
+    assert split_sentences(text) == sentences
+    three = INSTRUCTIONS["length_constraints:number_sentences"]
+    assert three(text, num_sentences=len(sentences), relation="at least")
+    assert not three(text, num_sentences=len(sentences) + 1, relation="at least")
+
+
+@pytest.mark.parametrize(("text", "tokens", "capitals"), [
+    ("DON'T STOP", ["DO", "N'T", "STOP"], 3),  # contractions split (the old \w+('\w+)? rule: 2 words)
+    ("I CAN'T AND WON'T", ["I", "CA", "N'T", "AND", "WO", "N'T"], 6),
+    ("STATE-OF-THE-ART TOOLS", ["STATE-OF-THE-ART", "TOOLS"], 2),  # hyphenated words stay whole (old: 5)
+    ("THE U.S. ARMY", ["THE", "U.S.", "ARMY"], 3),  # the abbreviation is one token (old: U, S: 4)
+    ("NASA's ROVER", ["NASA", "'s", "ROVER"], 2),
+])
+def test_capital_words_are_nltk_word_tokens(text, tokens, capitals) -> None:
+    """change_case:capital_word_frequency counts upper-case tokens of nltk.word_tokenize."""
+    assert word_tokenize(text) == tokens
+    check = INSTRUCTIONS["change_case:capital_word_frequency"]
+    assert check(text, capital_frequency=capitals, capital_relation="at least")
+    assert check(text, capital_frequency=capitals + 1, capital_relation="less than")
+    assert not check(text, capital_frequency=capitals + 1, capital_relation="at least")
+
+
+def test_letter_frequency_takes_any_character() -> None:
+    """The official data asks for "#" and "!" counts (keys 1122, 1129); the file must load and count them.
+    "#a #b #c #d" has 4 '#'; case is ignored for letters: "Tt t" has 3 t."""
+    check = INSTRUCTIONS["keywords:letter_frequency"]
+    assert check("#a #b #c #d", letter="#", let_frequency=4, let_relation="at least")
+    assert check("Tt t", letter="t", let_frequency=3, let_relation="at least")
+    with pytest.raises(ValueError, match="single character"):
+        check("x", letter="ab", let_frequency=1, let_relation="at least")
 
 
 def test_ifeval_reward_is_fraction_followed() -> None:

@@ -30,7 +30,7 @@ from novalign.merge import (
     task_arithmetic,
     ties,
 )
-from novalign.merge.methods import model_stock_ratio, offset_gram, trim_threshold
+from novalign.merge.methods import keep_count, model_stock_ratio, offset_gram, trim_threshold
 from novalign.merge.shards import INDEX_FILE, ShardWriter
 
 T = torch.tensor
@@ -138,8 +138,22 @@ def test_ties_by_hand():
     torch.testing.assert_close(ties(base, [a, b], [1.0, 1.0], density=1.0), T([2.5, -1.0, 1.5, 4.0]))
 
 
+def test_ties_keep_count_is_mergekits_floor_without_float_noise():
+    """k = floor(density · numel), at least 1. Whole-number cases, where float products miss the integer:
+    0.07 · 100 = 7.000000000000001 (ceil would keep 8) -> 7; 0.29 · 100 = 28.999999999999996 (a plain floor
+    would keep 28) -> 29; 0.5 · 4 = 2 -> 2. A fractional share rounds down: 0.3 · 5 = 1.5 -> 1 (ceil: 2).
+    0.2 of 3 entries = 0.6 -> at least one entry -> 1.
+    On a tensor: |τ| = 100 distinct magnitudes 1..100, density 0.07 -> the 7 largest (94..100) survive, so
+    the threshold is 94."""
+    assert keep_count(0.07, 100) == 7 and keep_count(0.29, 100) == 29 and keep_count(0.5, 4) == 2
+    assert keep_count(0.3, 5) == 1 and keep_count(0.2, 3) == 1
+    offset = torch.arange(1, 101, dtype=torch.float32) * torch.tensor([1.0, -1.0]).repeat(50)
+    assert trim_threshold(offset, 0.07) == 94.0
+    assert trim_threshold(offset, 0.29) == 72.0  # the 29 largest: 72..100
+
+
 def test_trim_threshold_keeps_ties_at_the_threshold():
-    """|τ| = [1, 1, 1, 0], density 0.25 -> k = ceil(1) = 1, the largest magnitude is 1: all three 1s stay."""
+    """|τ| = [1, 1, 1, 0], density 0.25 -> k = floor(1) = 1, the largest magnitude is 1: all three 1s stay."""
     assert trim_threshold(T([1.0, -1.0, 1.0, 0.0]), 0.25) == 1.0
     assert trim_threshold(T([3.0, -1.0]), 1.0) == 0.0
 

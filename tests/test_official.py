@@ -56,7 +56,8 @@ def test_read_cfbench_data():
 def test_cfbench_recomputed_from_official_judgments_match_the_published_metrics():
     """Per sample: the published judge_metric. Overall (hand-worked) over the six samples:
     CSR (1 + .75 + .8 + .83 + 1 + 0) / 6 = .73, ISR 2/6, PSR 4/6; hard (first four) CSR 3.38/4 = .845,
-    ISR 1/4, PSR 3/4; easy (the salvaged "0" and the failed "-1") CSR .5, ISR .5, PSR .5."""
+    ISR 1/4, PSR 3/4; easy (the salvaged "0" and the failed "-1") CSR .5, ISR .5, PSR .5. Rounded to 2
+    decimals as scores.xlsx: .73 .33 .67; hard .84 (numpy: 84.49999... -> 84) .25 .75; unrounded beside."""
     samples = read_cfbench(DATA / "cfbench_eval.json")
     published = [rec["judge_metric"] for _, rec in iter_json_items(DATA / "cfbench_eval.json")]
     records = [cfbench_judged_record(s) for s in samples]
@@ -64,9 +65,12 @@ def test_cfbench_recomputed_from_official_judgments_match_the_published_metrics(
         assert {k: record[k] for k in ("CSR", "ISR", "PSR")} == pytest.approx(metric)
     assert [r["failed"] for r in records] == [False] * 5 + [True]
     m = bm.cfbench_metrics(records)
-    assert m["full"] == pytest.approx({"CSR": 4.38 / 6, "ISR": 2 / 6, "PSR": 4 / 6, "num_samples": 6})
-    assert m["hard"] == pytest.approx({"CSR": 3.38 / 4, "ISR": 0.25, "PSR": 0.75, "num_samples": 4})
-    assert m["easy"] == pytest.approx({"CSR": 0.5, "ISR": 0.5, "PSR": 0.5, "num_samples": 2})
+    official = {split: {k: m[split][k] for k in ("CSR", "ISR", "PSR", "num_samples")} for split in m}
+    assert official["full"] == {"CSR": 0.73, "ISR": 0.33, "PSR": 0.67, "num_samples": 6}
+    assert official["hard"] == {"CSR": 0.84, "ISR": 0.25, "PSR": 0.75, "num_samples": 4}  # .845 -> .84 as numpy rounds
+    assert official["easy"] == {"CSR": 0.5, "ISR": 0.5, "PSR": 0.5, "num_samples": 2}
+    assert m["full"]["ISR_unrounded"] == pytest.approx(2 / 6) and m["full"]["PSR_unrounded"] == pytest.approx(4 / 6)
+    assert m["hard"]["CSR_unrounded"] == pytest.approx(3.38 / 4)
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -110,6 +114,18 @@ def test_sysbench_metrics_from_official_judgments():
     assert m["CSR_per_type"]["Role"] == 1.0 and m["CSR_per_type"]["Format"] == 0.0
 
 
+def test_sysbench_other_verdicts_fail_no_turn(tmp_path):
+    """Session 1's first turn [是, 否] becomes [是, 不适用]: the official 是否可用 rule passes a turn unless a
+    verdict is 否, so session 1 now holds all three turns: ISR 3/6 (session 2 failed), SSR (3/3 + 0) / 2 = .5;
+    CSR counts only 是, so it stays 3/7. "Every verdict is 是" would leave ISR 2/6 and SSR 0."""
+    rows = json.loads((DATA / "sysbench_eval.json").read_text(encoding="utf-8"))
+    rows[0]["eval_results"]["s1 question one"]["评判结果"]["2"] = "不适用"
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    m = bm.sysbench_metrics(read_sysbench_judgments(path))
+    assert m["ISR"] == pytest.approx(3 / 6) and m["SSR"] == 0.5 and m["CSR"] == pytest.approx(3 / 7)
+
+
 def test_bad_sysbench_record_names_the_field(tmp_path):
     rows = json.loads((DATA / "sysbench_data.json").read_text(encoding="utf-8"))
     del rows[1]["prompt_infos"]["s2 question two"]["criteria"]["1"]["criteria_type"]
@@ -133,7 +149,7 @@ def test_read_fbbench_dataset_normalises_checklists():
 def test_fbbench_scores_from_official_judgments_match_the_published_ones():
     """Row 1: 是(.3) 否(.4) 是(.3) -> .6 (published .6); row 2: any-of 是 -> 1 (published 1); row 3: the
     official failed-API marker -> 0, marked failed. Type mode: error correction = mean(Text Error Correction
-    .6, Reasoning 0) = .3; maintenance 1; overall mean(.6, 0, 1) = 1.6/3."""
+    .6, Reasoning 0) = .3; maintenance 1; overall mean(.6, 0, 1) = 1.6/3 = .53333, stored as .5333."""
     path = DATA / "fbbench_judgment.jsonl"
     records = [fbbench_judged_record(path, s) for s in read_fbbench(path)]
     published = [rec["score"] for _, rec in iter_json_items(path)]
@@ -141,7 +157,7 @@ def test_fbbench_scores_from_official_judgments_match_the_published_ones():
     assert [r["failed"] for r in records] == [False, False, True]
     m = bm.fbbench_metrics(records)
     assert m["error_correction"] == pytest.approx(0.3) and m["response_maintenance"] == 1.0
-    assert m["overall"] == pytest.approx(1.6 / 3)
+    assert m["overall"] == 0.5333 and m["overall_unrounded"] == pytest.approx(1.6 / 3)  # round(x, 4) as get_avg_score
 
 
 def test_bad_fbbench_rows_name_line_and_field(tmp_path):

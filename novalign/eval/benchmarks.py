@@ -111,7 +111,9 @@ def cfbench_sample_scores(scores: Sequence[float | str] | None, priorities: Sequ
 
 
 def cfbench_metrics(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean CSR / ISR / PSR over samples, for the ``easy``, ``hard`` and ``full`` splits.
+    """Mean CSR / ISR / PSR over samples, for the ``easy``, ``hard`` and ``full`` splits, rounded to 2 decimals
+    as ``_scores`` rounds them for ``output/scores.xlsx`` (``round(np.mean(...), 2)``); the exact means are
+    beside them as ``CSR_unrounded`` etc.
 
     Args:
         samples: Records in the official judged format: ``criteria`` (a list of ``[text, priority]``),
@@ -119,10 +121,12 @@ def cfbench_metrics(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
             (``"easy"``/``"hard"``; other or missing values count in ``full`` only).
 
     Returns:
-        ``{split: {"CSR", "ISR", "PSR", "num_samples"}}`` for each split that has samples; ``full`` always.
+        ``{split: {"CSR", "ISR", "PSR", "CSR_unrounded", "ISR_unrounded", "PSR_unrounded", "num_samples"}}``
+        for each split that has samples; ``full`` always.
 
     Example: sample A (easy) has CSR 1, ISR 1, PSR 1 and sample B (hard) CSR 0.5, ISR 0, PSR 0, so
-    full = {CSR 0.75, ISR 0.5, PSR 0.5}, easy = A's scores, hard = B's.
+    full = {CSR 0.75, ISR 0.5, PSR 0.5}, easy = A's scores, hard = B's. With a third sample C (hard, CSR
+    0.67, ISR 0, PSR 1): full CSR (1 + 0.5 + 0.67) / 3 = 0.72333 -> 0.72, PSR 2/3 -> 0.67.
 
     Raises:
         ValueError: no samples, or a malformed sample (see :func:`cfbench_sample_scores`).
@@ -135,21 +139,32 @@ def cfbench_metrics(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
             per_split[sample["split"]].append(scores)
     if not per_split:
         raise ValueError("cfbench_metrics needs at least one sample")
-    return {
-        split: {**{m: _mean([s[m] for s in rows]) for m in ("CSR", "ISR", "PSR")}, "num_samples": len(rows)}
-        for split, rows in per_split.items()
-    }
+    out = {}
+    for split, rows in per_split.items():
+        exact = {m: _mean([s[m] for s in rows]) for m in ("CSR", "ISR", "PSR")}
+        out[split] = {**{m: _round2(v) for m, v in exact.items()}, **{f"{m}_unrounded": v for m, v in exact.items()},
+                      "num_samples": len(rows)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- SysBench
 # A session is ``{"multi_rounds_related": bool, "turns": [turn, ...]}`` (5 turns in the official data); a
-# turn is ``{"alignment": "align" | "misalign" | "unknown", "criteria": [{"type": str, "satisfied": bool}]}``.
+# turn is ``{"alignment": "align" | "misalign" | "unknown", "criteria": [{"type", "satisfied", "violated"?}]}``.
+# ``satisfied`` is the verdict 是 (what CSR counts); ``violated`` the verdict 否 (what fails a turn), which is
+# ``not satisfied`` when absent. The official judge also answers 不适用, 无法判断, ...: neither, so such a
+# criterion lowers CSR but does not fail its turn (see novalign.eval.sysbench_workbook).
+
+
+def _violated(criterion: Mapping[str, Any]) -> bool:
+    return bool(criterion.get("violated", not criterion["satisfied"]))
 
 
 def _turn_ok(turn: Mapping[str, Any]) -> bool:
+    """A turn is satisfied unless some verdict is 否: the official ``是否可用`` (SysBench ``utils.py``) that the
+    paper's ISR and SSR tables read; it is *not* "every verdict is 是" (a 不适用 verdict passes)."""
     if not turn["criteria"]:
         raise ValueError("a SysBench turn needs at least one criterion")
-    return all(bool(c["satisfied"]) for c in turn["criteria"])
+    return not any(_violated(c) for c in turn["criteria"])
 
 
 def _criteria(sessions: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -180,9 +195,9 @@ def sysbench_csr_by_type(sessions: Sequence[Mapping[str, Any]]) -> dict[str, flo
 
 
 def sysbench_isr(sessions: Sequence[Mapping[str, Any]]) -> float:
-    """Instruction satisfaction rate: the fraction of turns whose every criterion is satisfied.
+    """Instruction satisfaction rate: the fraction of turns with no violated criterion (``tab3_align.py``).
 
-    Example: turns [T, F], [T], [T, T] -> 2 / 3.
+    Example: turns [T, F], [T], [T, T] -> 2 / 3. A turn [是, 不适用] counts as satisfied.
     """
     turns = [t for s in sessions for t in s["turns"]]
     if not turns:
@@ -235,20 +250,24 @@ def sysbench_ssr_by_turn(sessions: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 def sysbench_metrics(sessions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """All SysBench numbers: CSR (total, per type), ISR (total, aligned / misaligned), SSR (total, and per
-    multi-turn ``dependent`` / ``parallel`` sessions with R1..Rn), as ``plot/eval_output.py`` prints them."""
+    """All SysBench numbers: CSR (total, per type), ISR (total, aligned / misaligned, and per multi-turn
+    ``dependent`` / ``parallel`` sessions), SSR (total, and per mode with R1..Rn), as ``plot/eval_output.py``
+    and ``tab7_align_full.py`` print them."""
     sessions = list(sessions)
     ssr_split: dict[str, Any] = {}
+    isr_split: dict[str, Any] = {}
     for name, related in (("dependent", True), ("parallel", False)):
         group = [s for s in sessions if bool(s.get("multi_rounds_related")) is related]
         if group:
             ssr_split[name] = {"SSR": sysbench_ssr(group), "per_turn": sysbench_ssr_by_turn(group)}
+            isr_split[name] = {"ISR": sysbench_isr(group), **sysbench_isr_by_alignment(group)}
     return {
         "num_sessions": len(sessions),
         "CSR": sysbench_csr(sessions),
         "CSR_per_type": sysbench_csr_by_type(sessions),
         "ISR": sysbench_isr(sessions),
         "ISR_per_alignment": sysbench_isr_by_alignment(sessions),
+        "ISR_per_mode": isr_split,  # plot/tab7_align_full.py
         "SSR": sysbench_ssr(sessions),
         "SSR_per_turn": sysbench_ssr_by_turn(sessions),
         "SSR_per_mode": ssr_split,
@@ -293,15 +312,19 @@ def fbbench_metrics(records: Iterable[Mapping[str, Any]], mode: str = "type") ->
     Overall pools the (bench type, task type) groups of both bench types.
 
     Example (type mode): error correction Math [1.0, 0.5] and Coding [0.0]; response maintenance Math [1.0].
-    Error correction = mean(0.75, 0.0) = 0.375; maintenance = 1.0; overall = mean(0.75, 0.0, 1.0) = 0.5833.
+    Error correction = mean(0.75, 0.0) = 0.375; maintenance = 1.0; overall = mean(0.75, 0.0, 1.0) = 0.58333...
+    -> 0.5833 (unrounded 0.583333...).
     In item mode error correction = 1.5 / 3 = 0.5 and overall = 2.5 / 4 = 0.625.
 
     Args:
         records: Judged samples with ``bench_type``, ``task_type`` and ``score`` (official field names).
 
     Returns:
-        ``{"error_correction", "response_maintenance", "overall"}`` (``None`` where a bench type has no
-        sample), plus ``per_task`` = ``{bench_type: {task_type: mean}}`` and ``num_samples``.
+        ``{"error_correction", "response_maintenance", "overall"}`` rounded to 4 decimals as ``get_avg_score``
+        rounds them (``round(x, 4)``; ``overall_score.xlsx`` shows them times 100, so 2 decimals there), each
+        with its ``*_unrounded`` value beside (``None`` where a bench type has no sample); ``per_task`` =
+        ``{bench_type: {task_type: mean}}`` (4 decimals, as ``per_task_score.xlsx``), ``per_task_unrounded``,
+        and ``num_samples``.
     """
     if mode not in ("type", "item"):
         raise ValueError(f"mode must be 'type' or 'item', got {mode!r}")
@@ -324,13 +347,21 @@ def fbbench_metrics(records: Iterable[Mapping[str, Any]], mode: str = "type") ->
 
     correction = list(groups["Error Correction"].values())
     maintenance = list(groups["Response Maintenance"].values())
+    exact = {"error_correction": aggregate(correction), "response_maintenance": aggregate(maintenance),
+             "overall": aggregate(correction + maintenance)}
+    per_task = {b: {t: _mean(v) for t, v in sorted(g.items())} for b, g in groups.items() if g}
     return {
         "num_samples": num_samples,
-        "error_correction": aggregate(correction),
-        "response_maintenance": aggregate(maintenance),
-        "overall": aggregate(correction + maintenance),
-        "per_task": {b: {t: _mean(v) for t, v in sorted(g.items())} for b, g in groups.items() if g},
+        **{k: _round4(v) for k, v in exact.items()},
+        **{f"{k}_unrounded": v for k, v in exact.items()},
+        "per_task": {b: {t: _round4(v) for t, v in tasks.items()} for b, tasks in per_task.items()},
+        "per_task_unrounded": per_task,
     }
+
+
+def _round4(x: float | None) -> float | None:
+    """``round(x, 4)``, FB-Bench's ``float_num=4`` (Python floats there, so Python's round)."""
+    return None if x is None else round(x, 4)
 
 
 # ------------------------------------------------------------------------- user experience (section 5.1)

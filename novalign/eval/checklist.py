@@ -32,6 +32,7 @@ from novalign.eval.official import (
     read_sysbench_judgments,
 )
 from novalign.eval.suite_api import SuiteContext
+from novalign.eval.sysbench_workbook import read_sysbench_workbook, workbook_sheets
 
 __all__ = ["run_cfbench", "run_fbbench", "run_sysbench"]
 
@@ -91,13 +92,17 @@ def _cfbench_summary(records: list[dict]) -> dict:
     if not records:
         return kit.summary(records, {}, {})
     splits = bm.cfbench_metrics(records)
-    metrics = {m: splits["full"][m] for m in ("CSR", "ISR", "PSR")}
-    for split in ("easy", "hard"):
-        for m in ("CSR", "ISR", "PSR"):
-            if split in splits:
-                metrics[f"{split}_{m}"] = splits[split][m]
-    by_category = kit.by_category(records, lambda g: {m: v for m, v in bm.cfbench_metrics(g)["full"].items() if m != "num_samples"})
-    return kit.summary(records, metrics, by_category, splits=splits)
+    names = [(split, m) for split in ("full", "easy", "hard") if split in splits for m in ("CSR", "ISR", "PSR")]
+    key = {(split, m): m if split == "full" else f"{split}_{m}" for split, m in names}
+    metrics = {key[n]: splits[n[0]][n[1]] for n in names}  # the official 2 dp, the exact means beside
+    metrics |= {f"{key[n]}_unrounded": splits[n[0]][f"{n[1]}_unrounded"] for n in names}
+    by_category = kit.by_category(records, lambda g: {m: bm.cfbench_metrics(g)["full"][m] for m in ("CSR", "ISR", "PSR")})
+    return kit.summary(records, metrics, by_category, splits=splits, decimals=_decimals(metrics, 2))
+
+
+def _decimals(metrics: dict, official: int) -> dict[str, int]:
+    """How the report prints each metric: the official table's decimals, 6 for the unrounded values."""
+    return {m: 6 if m.endswith("_unrounded") else official for m in metrics}
 
 
 # ------------------------------------------------------------------------------------------ SysBench
@@ -108,15 +113,20 @@ def run_sysbench(ctx: SuiteContext) -> dict:
 
     Options: ``history`` = ``"model"`` (each turn sees the model's own earlier replies, the official default)
     or ``"gold"`` (each turn sees the data's ground-truth replies, ``eval_system_bench_with_gt.py``);
-    ``judgments`` (an official ``*_eval.json``: recompute only); ``responses`` (an official ``*_infer.json``
-    whose ``infer_results`` is the message list (model history) or one message list per turn (gold history));
-    ``judge_attempts``, ``chunk_size``.
+    ``judgments`` (an official ``*_eval.json``, or a published ``*_analysis.xlsx`` workbook -- then the summary
+    also holds ``sysbench_sheets``, the workbook's summary sheets recomputed: recompute only); ``responses`` (an
+    official ``*_infer.json`` whose ``infer_results`` is the message list (model history) or one message list
+    per turn (gold history)); ``judge_attempts``, ``chunk_size``.
     """
     history = ctx.options.get("history", "model")
     if history not in ("model", "gold"):
         raise ValueError(f"suite {ctx.name!r}: options.history must be 'model' or 'gold', got {history!r}")
     if "judgments" in ctx.options:
-        return _sysbench_summary(kit.replay(ctx, read_sysbench_judgments(ctx.options["judgments"])), history)
+        path = Path(ctx.options["judgments"])
+        if path.suffix.lower() == ".xlsx":  # the published output/<model>/<model>_analysis.xlsx
+            records = kit.replay(ctx, read_sysbench_workbook(path))
+            return _sysbench_summary(records, history) | {"sysbench_sheets": workbook_sheets(records)}
+        return _sysbench_summary(kit.replay(ctx, read_sysbench_judgments(path)), history)
     kit.require(ctx, "data")
     sessions = read_sysbench(ctx.data)
     given = _sysbench_responses(ctx.options["responses"]) if "responses" in ctx.options else None
@@ -275,9 +285,11 @@ def _fbbench_summary(records: list[dict], mode: str) -> dict:
     if not records:
         return kit.summary(records, {}, {})
     m = bm.fbbench_metrics(records, mode=mode)
-    metrics = {k: m[k] for k in ("overall", "error_correction", "response_maintenance") if m[k] is not None}
+    names = ("overall", "error_correction", "response_maintenance")
+    metrics = {k: m[k] for k in names if m[k] is not None} | {f"{k}_unrounded": m[f"{k}_unrounded"] for k in names
+                                                               if m[k] is not None}
     by_category: dict[str, dict[str, float]] = defaultdict(dict)
     for bench_type, tasks in m["per_task"].items():
         for task, value in tasks.items():
             by_category[task]["error_correction" if bench_type == "Error Correction" else "response_maintenance"] = value
-    return kit.summary(records, metrics, dict(sorted(by_category.items())), fbbench=m)
+    return kit.summary(records, metrics, dict(sorted(by_category.items())), fbbench=m, decimals=_decimals(metrics, 4))

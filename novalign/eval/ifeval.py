@@ -13,14 +13,12 @@ Strict mode checks the response as given; loose mode passes if any of 8 variants
 without its first line, without its last line, without both, and each of these with ``*`` removed), as in
 IFEval's ``evaluation_lib``. An empty (whitespace-only) response fails every instruction in both modes.
 
+Tokenization is IFEval's: sentences are nltk's Punkt English sentences and capital words are
+``nltk.word_tokenize`` tokens, through :mod:`novalign.eval.ifeval_tokenize` (the Punkt model comes from a
+PyPI package instead of a run-time download). Word counts are ``\\w+`` tokens, as IFEval's ``count_words``.
+
 Departures from the reference implementation, all deliberate:
 
-- **No nltk.** Sentences are split by :func:`split_sentences`, a small rule-based splitter (ends at ``.``,
-  ``!`` or ``?`` followed by whitespace or the end, except after common abbreviations and single-letter
-  initials); nltk's punkt model, which IFEval used, needs a data download. Counts can differ by one on text
-  with unusual abbreviations. Word counting (``\\w+`` tokens) is identical to IFEval's. For
-  ``change_case:capital_word_frequency`` words are ``\\w+('\\w+)?`` tokens instead of nltk's
-  ``word_tokenize``, which splits contractions (``DON'T`` is one capital word here, two there).
 - **Keywords are matched literally** (``re.escape``), where IFEval pasted them into a regex; the official
   data has no regex metacharacters in keywords, so scores are unchanged.
 - **Language detection** uses ``langdetect`` with a private, fixed-seed detector factory, so a verdict
@@ -42,6 +40,7 @@ from types import MappingProxyType
 from typing import Any
 
 from novalign.data.io import DataError, iter_records
+from novalign.eval.ifeval_tokenize import count_sentences, split_sentences, word_tokenize
 
 __all__ = [
     "INSTRUCTIONS",
@@ -65,43 +64,11 @@ RELATIONS = ("less than", "at least")
 # --------------------------------------------------------------------------------------- text helpers
 
 _WORD = re.compile(r"\w+")
-_CAPITAL_TOKEN = re.compile(r"\w+(?:'\w+)?")
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s|$)")
-_LAST_WORD = re.compile(r"(\S+)$")
-# Words after which a period does not end a sentence (lower case, final period dropped).
-_ABBREVIATIONS = frozenset({
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "corp",
-    "fig", "approx", "dept", "est", "u.s", "u.k", "a.m", "p.m", "ph.d",
-})
 
 
 def count_words(text: str) -> int:
     """Number of ``\\w+`` tokens, exactly IFEval's ``count_words`` (nltk ``RegexpTokenizer(r"\\w+")``)."""
     return len(_WORD.findall(text))
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split text into sentences without nltk (see the module docstring for how this differs).
-
-    >>> split_sentences("Dr. Smith arrived at 3.15 p.m. today. Was he late? Yes!")
-    ['Dr. Smith arrived at 3.15 p.m. today.', 'Was he late?', 'Yes!']
-    """
-    sentences: list[str] = []
-    start = 0
-    for match in _SENTENCE_END.finditer(text):
-        if match.group() == ".":  # a lone period may close an abbreviation or an initial instead
-            previous = _LAST_WORD.search(text, start, match.start())
-            word = previous.group(1).lower().lstrip("(\"'“‘") if previous else ""
-            if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
-                continue
-        sentence = text[start : match.end()].strip()
-        if sentence:
-            sentences.append(sentence)
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        sentences.append(tail)
-    return sentences
 
 
 def _count(value: Any, name: str) -> int:
@@ -178,10 +145,11 @@ def keywords_forbidden_words(response: str, *, forbidden_words: Sequence[str]) -
 
 
 def keywords_letter_frequency(response: str, *, letter: str, let_frequency: int, let_relation: str) -> bool:
-    """The letter (case-insensitive) occurs fewer than / at least ``let_frequency`` times."""
-    if not isinstance(letter, str) or len(letter) != 1 or not letter.isalpha():
-        raise ValueError(f"letter must be a single letter, got {letter!r}")
-    return _compare(Counter(response.lower())[letter.lower()], let_relation, let_frequency, "let_frequency")
+    """The character (case-insensitive) occurs fewer than / at least ``let_frequency`` times. Any single
+    character, as IFEval takes it: the official data counts ``#`` and ``!`` too."""
+    if not isinstance(letter, str) or len(letter) != 1:
+        raise ValueError(f"letter must be a single character, got {letter!r}")
+    return _compare(Counter(response.lower())[letter.strip().lower()], let_relation, let_frequency, "let_frequency")
 
 
 def language_response_language(response: str, *, language: str) -> bool:
@@ -191,8 +159,8 @@ def language_response_language(response: str, *, language: str) -> bool:
 
 
 def length_number_sentences(response: str, *, num_sentences: int, relation: str) -> bool:
-    """Fewer than / at least ``num_sentences`` sentences (:func:`split_sentences`)."""
-    return _compare(len(split_sentences(response)), relation, num_sentences, "num_sentences")
+    """Fewer than / at least ``num_sentences`` sentences (nltk Punkt English, IFEval's ``count_sentences``)."""
+    return _compare(count_sentences(response), relation, num_sentences, "num_sentences")
 
 
 def length_number_paragraphs(response: str, *, num_paragraphs: int) -> bool:
@@ -334,8 +302,9 @@ def startend_quotation(response: str) -> bool:
 
 
 def change_case_capital_word_frequency(response: str, *, capital_frequency: int, capital_relation: str) -> bool:
-    """Fewer than / at least ``capital_frequency`` words in ALL CAPITALS."""
-    capitals = sum(1 for word in _CAPITAL_TOKEN.findall(response) if word.isupper())
+    """Fewer than / at least ``capital_frequency`` words in ALL CAPITALS, words as ``nltk.word_tokenize`` splits
+    them: ``DON'T`` is two (``DO``, ``N'T``), ``STATE-OF-THE-ART`` one, ``U.S.`` one."""
+    capitals = sum(1 for word in word_tokenize(response) if word.isupper())
     return _compare(capitals, capital_relation, capital_frequency, "capital_frequency")
 
 

@@ -73,7 +73,7 @@ def iter_json_items(path: str | Path) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _text(path)
     start = len(text) - len(text.lstrip())
     decoder = json.JSONDecoder()
     if text[start:start + 1] != "[":
@@ -100,6 +100,20 @@ def iter_json_items(path: str | Path) -> Iterator[tuple[int, dict]]:
             pos += 1
         elif not text.startswith("]", pos):
             raise DataError(path, 1 + text.count("\n", 0, pos), None, "expected ',' or ']' after an array item")
+
+
+def _text(path: Path) -> str:
+    """The file as UTF-8 text, or a DataError that says where it is not (and what it looks like instead)."""
+    raw = path.read_bytes()
+    if raw.startswith(b"PK\x03\x04"):
+        raise DataError(path, None, None, "a zip archive (an .xlsx workbook?), not JSON; SysBench's *_analysis.xlsx "
+                        "workbooks are read by novalign.eval.sysbench_workbook (give the .xlsx as options.judgments)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = 1 + raw.count(b"\n", 0, exc.start)
+        raise DataError(path, line, None, f"not UTF-8 text: byte {raw[exc.start]:#04x} at offset {exc.start}; "
+                        "expected a UTF-8 JSON array or JSON-lines file") from None
 
 
 def _skip(text: str, pos: int) -> int:
@@ -244,11 +258,17 @@ def read_sysbench_judgments(path: str | Path) -> list[dict]:
                 raise DataError(path, line, "eval_results", f"no judgment for the user message {turn['user'][:40]!r}")
             marks = {} if verdicts is None else verdicts.get("评判结果", {})
             turns.append({"alignment": turn["alignment"], "response": (verdicts or {}).get("response"),
-                          "criteria": [{"type": c["type"], "satisfied": marks.get(c["id"]) == "是"} for c in turn["criteria"]]})
+                          "criteria": [_verdict(c["type"], marks.get(c["id"])) for c in turn["criteria"]]})
         records.append({"id": session["id"], "category": session["category"], "failed": results is None,
                         "multi_rounds_related": session["multi_rounds_related"], "turns": turns,
                         "judge_raw": [json.dumps(results, ensure_ascii=False)]})
     return records
+
+
+def _verdict(kind: str, verdict: Any) -> dict:
+    """One judged criterion: 是 satisfies it, 否 violates it, another answer (不适用, ...) does neither, as in
+    the official ``utils.py``; a missing verdict (a failed judgment) violates it."""
+    return {"type": kind, "verdict": verdict, "satisfied": verdict == "是", "violated": verdict is None or verdict == "否"}
 
 
 # --------------------------------------------------------------------------------------------- FB-Bench

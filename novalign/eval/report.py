@@ -11,6 +11,7 @@ keys). Output: ``report.md`` and ``charts/*.png`` (matplotlib, Agg backend, no d
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,12 +20,18 @@ from typing import Any
 __all__ = ["bar_chart", "category_table", "metrics_table", "nested_table", "table", "write_report"]
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, decimals: int | None = None) -> str:
+    """A cell: floats to ``decimals`` places (a suite's ``decimals``, e.g. the official table's 2 for CFBench),
+    3 by default."""
     if isinstance(value, bool) or value is None:
         return "-" if value is None else str(value)
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.{3 if decimals is None else decimals}f}"
     return str(value)
+
+
+def _places(summary: Mapping[str, Any], metric: str) -> int | None:
+    return (summary.get("decimals") or {}).get(metric)
 
 
 def _number(value: Any) -> float | None:
@@ -56,7 +63,8 @@ def metrics_table(per_model: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Markdown lines: overall metrics (rows) x models (columns), then samples and failed judgments."""
     models = list(per_model)
     metrics = _union(s.get("metrics", {}) for s in per_model.values())
-    rows = [[m] + [_fmt(per_model[model].get("metrics", {}).get(m)) for model in models] for m in metrics]
+    rows = [[m] + [_fmt(per_model[x].get("metrics", {}).get(m), _places(per_model[x], m)) for x in models]
+            for m in metrics]
     for key, label in (("num_samples", "samples"), ("num_failed", "failed (not judged)")):
         rows.append([label] + [_fmt(per_model[model].get(key)) for model in models])
     return table(["metric", *models], rows)
@@ -66,8 +74,8 @@ def category_table(per_model: Mapping[str, Mapping[str, Any]], metric: str) -> l
     """Markdown lines: categories (rows) x models (columns) for one per-category metric."""
     models = list(per_model)
     categories = _union(s.get("by_category", {}) for s in per_model.values())
-    rows = [[c] + [_fmt(per_model[m].get("by_category", {}).get(c, {}).get(metric)) for m in models]
-            for c in categories]
+    rows = [[c] + [_fmt(per_model[m].get("by_category", {}).get(c, {}).get(metric), _places(per_model[m], metric))
+                   for m in models] for c in categories]
     return table(["category", *models], rows)
 
 
@@ -85,7 +93,7 @@ def nested_table(per_model: Mapping[str, Mapping[str, Any]], key: str) -> list[s
         for metric in metrics:
             cells = [(per_model[m].get(key) or {}).get(group, {}).get(metric) for m in models]
             if all(c is None or _number(c) is not None for c in cells):
-                rows.append([f"{group} {metric}"] + [_fmt(c) for c in cells])
+                rows.append([f"{group} {metric}"] + [_fmt(c, _places(per_model[m], metric)) for c, m in zip(cells, models)])
     return table([key, *models], rows) if rows else []
 
 
@@ -98,7 +106,9 @@ def bar_chart(path: Path, title: str, groups: list[str], series: Mapping[str, li
     import matplotlib.pyplot as plt
 
     width = 0.8 / max(1, len(series))
-    with plt.rc_context({"font.family": "sans-serif", "font.sans-serif": _fonts()}):
+    # font.family must list the families themselves: matplotlib falls back glyph by glyph only across the
+    # families named there ("sans-serif" would resolve to its first installed member, DejaVu, alone)
+    with plt.rc_context({"font.family": _fonts()}):
         _draw(plt, path, title, groups, series, ylabel, width)
 
 
@@ -107,12 +117,27 @@ _CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuan
 
 
 def _fonts() -> list[str]:
-    """DejaVu Sans, then any installed CJK font (matplotlib falls back per glyph), so Chinese category names of
-    the official data render where such a font exists; elsewhere they show as boxes (with matplotlib's warning)."""
+    """DejaVu Sans, then a CJK font (matplotlib falls back per glyph), so the Chinese category names of CFBench
+    and SysBench render. The CJK font is Noto Sans CJK from the ``noto-cjk-sans-otc`` package (a dependency,
+    SIL OFL), registered with matplotlib on first use; any other installed CJK font of the list also serves."""
     from matplotlib import font_manager
 
+    _register_packaged_cjk_font()
     installed = {f.name for f in font_manager.fontManager.ttflist}
     return ["DejaVu Sans", *[name for name in _CJK_FONTS if name in installed]]
+
+
+@functools.lru_cache(maxsize=1)
+def _register_packaged_cjk_font() -> None:
+    from matplotlib import font_manager
+
+    try:
+        import noto_cjk_sans_otc
+    except ImportError:  # not installed: only fonts already on the system are used
+        return
+    path = str(noto_cjk_sans_otc.FONT_PATH)
+    if not any(f.fname == path for f in font_manager.fontManager.ttflist):
+        font_manager.fontManager.addfont(path)
 
 
 def _draw(plt, path: Path, title: str, groups: list[str], series: Mapping[str, list[float | None]], ylabel: str,
@@ -152,15 +177,15 @@ def _draw(plt, path: Path, title: str, groups: list[str], series: Mapping[str, l
 def _suite_section(suite: str, per_model: Mapping[str, Mapping[str, Any]], out_dir: Path) -> list[str]:
     models = list(per_model)
     lines = [f"## {suite}", "", *metrics_table(per_model), ""]
-    metrics = [m for m in _union(s.get("metrics", {}) for s in per_model.values())
-               if any(_number(per_model[x].get("metrics", {}).get(m)) is not None for x in models)]
+    metrics = [m for m in _union(s.get("metrics", {}) for s in per_model.values())  # the unrounded twins: table only
+               if not m.endswith("_unrounded") and any(_number(per_model[x].get("metrics", {}).get(m)) is not None for x in models)]
     if metrics:
         chart = Path("charts") / f"{_slug(suite)}__overall.png"
         bar_chart(out_dir / chart, f"{suite}: overall", metrics,
                   {x: [_number(per_model[x].get("metrics", {}).get(m)) for m in metrics] for x in models}, "score")
         lines += [f"![{suite} overall]({chart.as_posix()})", ""]
     for key in _union(s for s in per_model.values()):
-        if key not in ("metrics", "by_category", "resume") and (rows := nested_table(per_model, key)):
+        if key not in ("metrics", "by_category", "resume", "decimals") and (rows := nested_table(per_model, key)):
             lines += [f"### {suite}: {key}", "", *rows, ""]
     categories = _union(s.get("by_category", {}) for s in per_model.values())
     cat_metrics = _union(v for s in per_model.values() for v in s.get("by_category", {}).values())

@@ -327,6 +327,7 @@ def _run_suite(cfg, model, suite, respond, judge, peers) -> dict[str, Any]:
         options.setdefault("judge_attempts", 1 + cfg.judge.max_reasks)
         options.setdefault("judge_max_tokens", cfg.judge.max_tokens)
     writer = RecordWriter(out, suite.name, done)
+    asked_before = _model_requests(respond, peers), _judge_requests(judge)
     ctx = SuiteContext(
         name=suite.name, data=Path(suite.data) if suite.data else None, respond=respond, judge=judge,
         write=writer, done=done, options=options, peers=peers, model_name=model.name,
@@ -340,11 +341,27 @@ def _run_suite(cfg, model, suite, respond, judge, peers) -> dict[str, Any]:
     finally:
         writer.close()
     summary = dict(summary)
-    summary["resume"] = {"reused": len(done), "asked": writer.count, "dropped_truncated": dropped}
+    # What this run did: records written (a replay of judgments writes records but asks nobody), and the
+    # requests actually sent to the models (the one under test and its pairwise peers) and to the judge.
+    summary["resume"] = {"reused": len(done), "written": writer.count,
+                         "model_requests": _model_requests(respond, peers) - asked_before[0],
+                         "judge_requests": _judge_requests(judge) - asked_before[1], "dropped_truncated": dropped}
     if isinstance(respond, ModelResponder):
         summary["num_generation_failures"] = respond.num_failures
     log.info("%s / %s: %d records reused, %d new", model.name, suite.name, len(done), writer.count)
     return summary
+
+
+def _model_requests(respond, peers: dict) -> int:
+    """Conversations sent to a model so far; a responses file (:class:`ReplayResponder`) sends none."""
+    return sum(r.num_requests for r in (respond, *peers.values()) if isinstance(r, ModelResponder))
+
+
+def _judge_requests(judge) -> int:
+    """Judge calls so far (answered, from the cache, or failed; each re-ask counts), from the client's usage."""
+    if judge is None:
+        return 0
+    return sum(u.requests + u.cached_requests + u.failed_requests for u in judge.usage.models.values())
 
 
 def run_eval(cfg) -> dict[str, dict[str, dict]]:

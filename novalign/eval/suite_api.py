@@ -15,7 +15,12 @@ The summary a suite returns::
 
     {"metrics": {"<metric>": float, ...},                       # overall, fractions in [0, 1] or scores
      "by_category": {"<category>": {"<metric>": float, ...}},   # per-category bars in the report
-     "num_samples": int, "num_failed": int, ...}                # suites may add more keys
+     "num_samples": int, "num_failed": int,
+     "decimals": {"<metric>": int},                             # optional: places the report prints
+     ...}                                                       # suites may add more keys
+
+A suite whose benchmark publishes rounded numbers stores them rounded as the official code does, with the
+exact value beside under ``<metric>_unrounded``, and says in ``decimals`` how the official table prints them.
 
 Asking the model. ``ctx.respond(conversations)`` answers chats through the model's chat template;
 ``ctx.complete(prompts, stop=[...])`` continues raw text with no template -- how a base model is evaluated on

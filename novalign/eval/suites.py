@@ -35,6 +35,9 @@ SUITES: dict[str, str] = {
     "ifeval": "novalign.eval.suites:run_ifeval",
     "math": "novalign.eval.suites:run_math",
     "code": "novalign.eval.suites:run_code",
+    "humaneval": "novalign.eval.humaneval:run_humaneval",
+    "bbh": "novalign.eval.bbh:run_bbh",
+    "gpqa": "novalign.eval.gpqa:run_gpqa",
     "cfbench": "novalign.eval.checklist:run_cfbench",
     "sysbench": "novalign.eval.checklist:run_sysbench",
     "fbbench": "novalign.eval.checklist:run_fbbench",
@@ -42,6 +45,8 @@ SUITES: dict[str, str] = {
     "mtbench": "novalign.eval.graded:run_mtbench",
     "pairwise": "novalign.eval.graded:run_pairwise",
     "world": "novalign.world.suite:run_world",
+    "arenahard": "novalign.eval.arenahard:run_arenahard",
+    "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
 }
 """Suite type (the config's ``type``) -> ``"module:function"``, imported on first use."""
 

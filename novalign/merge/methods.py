@@ -31,6 +31,7 @@ __all__ = [
     "linear",
     "task_arithmetic",
     "ties",
+    "keep_count",
     "trim_threshold",
     "ties_combine",
     "model_stock",
@@ -93,17 +94,32 @@ def task_arithmetic(base: Tensor, models: Sequence[Tensor], weights: Sequence[fl
 # ---------------------------------------------------------------------------------------------- TIES
 
 
+def keep_count(density: float, numel: int) -> int:
+    """How many entries of a tensor TIES keeps: ``floor(density · numel)``, at least one.
+
+    The three implementations differ here: mergekit's ``sparsify.magnitude`` keeps ``int(density · numel)``
+    per tensor (floor); the TIES authors' ``topk_values_mask`` keeps the entries at or above the
+    ``(numel − int(density · numel))``-th smallest magnitude of the whole flattened model, i.e.
+    ``floor + 1``; novalign used ``ceil`` before. We follow mergekit (per tensor, floor), the tool most merged
+    checkpoints come from, with two differences: the product is rounded to 6 decimals first, so float noise
+    does not move a whole number (``0.29 · 100`` is ``28.999999999999996`` in floats: mergekit keeps 28, we
+    keep 29; ``0.07 · 100`` is ``7.000000000000001``: ceil kept 8, we keep 7), and a tensor whose share rounds
+    down to 0 keeps its single largest entry where mergekit stops with an assertion.
+    """
+    return max(1, math.floor(round(density * numel, 6)))
+
+
 def trim_threshold(offset: Tensor, density: float) -> float:
     """The magnitude at or above which TIES keeps an entry of one task vector.
 
-    ``k = ceil(density · numel)`` entries survive: the threshold is the k-th largest ``|τ|``. Entries tied
-    with it are all kept, so a little more than k may survive when magnitudes repeat. ``density >= 1`` keeps
-    everything (threshold 0).
+    ``k = keep_count(density, numel)`` entries survive: the threshold is the k-th largest ``|τ|``. Entries
+    tied with it are all kept, so a little more than k may survive when magnitudes repeat (mergekit breaks
+    such ties by sort order and keeps exactly k). ``density >= 1`` keeps everything (threshold 0).
     """
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     numel = offset.numel()
-    k = math.ceil(density * numel)
+    k = keep_count(density, numel)
     if numel == 0 or k >= numel:
         return 0.0
     # An in-place selection on one copy of |τ|: torch's kthvalue would also copy the values and make int64
