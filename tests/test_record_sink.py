@@ -161,3 +161,18 @@ def test_append_jsonl_drops_a_torn_tail_before_appending(tmp_path):
     assert append_jsonl(path, [{"step": 3}, {"step": 4}]) == 2
     assert path.read_bytes() == A + b'{"step": 3}\n{"step": 4}\n'
     assert append_jsonl(tmp_path / "new" / "l.jsonl", [{"a": 1}]) == 1
+
+
+def test_filter_jsonl_cuts_a_log_back_to_its_checkpoint(tmp_path):
+    """Steps 1, 2, 3 and a torn step-4 line, cut back to step <= 2: the torn line and step 3 go (returns 1: one
+    whole record removed), steps 1 and 2 stay byte for byte. A missing file stays missing; damage before the
+    last line is an error, and the file is not rewritten."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    assert io.filter_jsonl(path, lambda r: r["step"] <= 2) == 1
+    assert path.read_bytes() == b'{"step": 1}\n{"step": 2}\n'
+    assert io.filter_jsonl(tmp_path / "none.jsonl", lambda r: False) == 0 and not (tmp_path / "none.jsonl").exists()
+    path.write_bytes(b'{"step": 1}\n{"st\n{"step": 3}\n')
+    with pytest.raises(DataError, match=r"metrics\.jsonl:2: malformed JSON"):
+        io.filter_jsonl(path, lambda r: r["step"] <= 2)
+    assert path.read_bytes() == b'{"step": 1}\n{"st\n{"step": 3}\n'

@@ -13,7 +13,7 @@ Writing (every stage writes through these, so that a kill never leaves a half-wr
 * :func:`atomic_directory` -- the same for a folder (a saved model, a merge).
 * :class:`KeyedAppender` -- a resumable JSON-lines file keyed by one field, one durable line (flush + fsync)
   per record, for runs that write results as they finish and skip finished keys on a rerun;
-  :func:`append_jsonl` appends without a key (logs).
+  :func:`append_jsonl` appends without a key (logs) and :func:`filter_jsonl` cuts a log back on resume.
 * :func:`repair_tail` -- what a kill mid-write leaves is a last line without its newline: it is cut off with
   a warning and counted. Damage anywhere else is a :class:`DataError` naming file and line, never skipped.
 """
@@ -41,6 +41,7 @@ __all__ = [
     "write_json_atomic",
     "atomic_directory",
     "append_jsonl",
+    "filter_jsonl",
     "repair_tail",
     "read_keyed",
     "KeyedAppender",
@@ -445,6 +446,23 @@ def append_jsonl(path: str | os.PathLike[str], records: Iterable[Any], *,
         fh.flush()
         os.fsync(fh.fileno())
     return len(lines)
+
+
+def filter_jsonl(path: str | os.PathLike[str], keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite a JSON-lines file (atomically) with only the records ``keep`` accepts; returns how many went.
+
+    Used on resume to cut a log back to its checkpoint. A torn last line is dropped first (:func:`repair_tail`);
+    any other bad line is a :class:`DataError`. A missing file is left missing (0).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    repair_tail(path)
+    records = [record for _, record in _iter_jsonl(path, None)]
+    kept = [r for r in records if keep(r)]
+    if len(kept) < len(records):
+        write_jsonl(path, kept)
+    return len(records) - len(kept)
 
 
 class KeyedAppender:
