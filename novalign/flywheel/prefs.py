@@ -11,7 +11,6 @@ prompt, the input of the reward model's Bradley-Terry + MSE objective (equation 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,10 +161,6 @@ def read_prompts(files: Sequence[str | Path]) -> list[dict]:
     return out
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def run_prefs(cfg, *, prompts: Sequence[dict] | None = None, scorer: Scorer | None = None,
               console_print: Callable[[str], None] = print) -> PrefsStats:
     """``novalign data prefs``: sample (unless the records carry ``responses``), score, filter, group, and write
@@ -178,6 +173,8 @@ def run_prefs(cfg, *, prompts: Sequence[dict] | None = None, scorer: Scorer | No
     Raises:
         ValueError: no model for prompts without responses, or no group with a score difference.
     """
+    from novalign.data.io import write_json_atomic, write_jsonl
+
     prompts = list(prompts) if prompts is not None else read_prompts(cfg.prompt_files)
     given = [r for r in prompts if "responses" in r]
     if given and len(given) != len(prompts):
@@ -207,10 +204,10 @@ def run_prefs(cfg, *, prompts: Sequence[dict] | None = None, scorer: Scorer | No
         raise ValueError("prefs: no prompt had samples with different scores; raise n or temperature")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "prefs.jsonl", groups)
-    _write_jsonl(out / "prompt_scores.jsonl", [{"index": g, cfg.group_key: r.get(cfg.group_key, "all"), "scores": s}
+    write_jsonl(out / "prefs.jsonl", groups)
+    write_jsonl(out / "prompt_scores.jsonl", [{"index": g, cfg.group_key: r.get(cfg.group_key, "all"), "scores": s}
                                                for g, (r, s) in enumerate(zip(prompts, scores))])
-    (out / "stats.json").write_text(json.dumps(stats.to_dict(), indent=1))
+    write_json_atomic(out / "stats.json", stats.to_dict(), indent=1)
     console_print(f"prefs: {stats.groups} groups from {stats.prompts} prompts; dropped {stats.dropped_empty} empty, "
                   f"{stats.dropped_near_duplicates} near-duplicates, {stats.groups_without_signal} prompts without "
                   f"a score difference; sample pass rate {stats.sample_pass_rate}")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from novalign.data.io import write_json_atomic
 from novalign.eval.report import bar_chart, table
 from novalign.recipe.context import read_done, stage_models
 
@@ -142,7 +143,7 @@ def write_report(ctx) -> dict[str, Any]:
     """Write ``summary.json``, the charts and ``report.md`` for the run; returns the summary."""
     summary = collect(ctx)
     run_dir = ctx.run_dir
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json_atomic(run_dir / "summary.json", summary, indent=1)
     charts = _charts(run_dir, summary)
     rates = summary["stages"]
     if ctx.cfg.data.eval_suites is None:

@@ -21,23 +21,17 @@ How reruns work:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 from novalign.config import RecipeConfig
+from novalign.data.io import write_json_atomic
 from novalign.recipe.context import RecipeContext, environment, read_done, stage_key
 from novalign.recipe.stages import STAGES
 
 __all__ = ["compute_keys", "plan_stages", "run_recipe", "active_stages"]
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def active_stages(cfg: RecipeConfig) -> list[str]:
@@ -104,7 +98,7 @@ def _prepare_dir(out: Path, key: str, forced: bool, keep: bool) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "DONE.json").unlink(missing_ok=True)
-    _write_json_atomic(started, {"key": key, "started": time.time()})
+    write_json_atomic(started, {"key": key, "started": time.time()})
 
 
 def run_recipe(cfg: RecipeConfig, *, only: str | None = None, start: str | None = None,
@@ -121,8 +115,8 @@ def run_recipe(cfg: RecipeConfig, *, only: str | None = None, start: str | None 
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.runs_dir) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
-    _write_json_atomic(run_dir / "environment.json", environment())  # what the numbers depend on besides the seed
+    write_json_atomic(run_dir / "recipe.json", cfg.model_dump(mode="json"), indent=1)
+    write_json_atomic(run_dir / "environment.json", environment())  # what the numbers depend on besides the seed
     keys = compute_keys(cfg)
     status: dict[str, str] = {}
     for stage, forced in plan_stages(cfg, only, start):
@@ -140,7 +134,7 @@ def run_recipe(cfg: RecipeConfig, *, only: str | None = None, start: str | None 
         t0 = time.time()
         STAGES[stage].run(RecipeContext(cfg, run_dir, stage, keys, console_print))
         wall = time.time() - t0
-        _write_json_atomic(out / "DONE.json", {"key": keys[stage], "wall_s": wall, "finished": time.time()})
+        write_json_atomic(out / "DONE.json", {"key": keys[stage], "wall_s": wall, "finished": time.time()})
         console_print(f"[{stage}] done in {wall:.1f} s")
         status[stage] = "ran"
     return status

@@ -17,13 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from novalign.data.io import write_json_atomic, write_jsonl
 from novalign.recipe.context import RecipeContext, base_model_dir, model_stage, stage_key, stage_models
 
 __all__ = ["Stage", "STAGES", "world_verifier", "recipe_reward"]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    Path(path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def _files(given: list[str] | None, ctx: RecipeContext, world_name: str) -> list[str]:
@@ -45,8 +42,8 @@ def run_world(ctx: RecipeContext) -> None:
     files = write_world(world, ctx.out)
     counts = {split: {cap: len(tasks) for cap, tasks in world[split].items()} for split in ("sft", "rl", "eval")}
     chars = sum(len(d) for d in world["corpus"])
-    (ctx.out / "world.json").write_text(json.dumps({"files": files, "counts": counts, "corpus_documents":
-                                                    len(world["corpus"]), "corpus_chars": chars}, indent=1))
+    write_json_atomic(ctx.out / "world.json", {"files": files, "counts": counts, "corpus_documents": len(world["corpus"]),
+                                              "corpus_chars": chars}, indent=1)
     ctx.print(f"world: {len(world['corpus'])} corpus documents ({chars} characters), {counts['sft']} SFT tasks")
 
 
@@ -81,7 +78,7 @@ def _sft(ctx: RecipeContext, cfg, out: Path, model_path: str, train_files: list[
         docs = _records(ctx, _files(ctx.cfg.data.text_files, ctx, "corpus"))
         rng = random.Random(f"replay-{cfg.train.seed}")
         out.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(out / "replay.jsonl", rng.sample(docs, max(1, int(len(docs) * replay))))
+        write_jsonl(out / "replay.jsonl", rng.sample(docs, max(1, int(len(docs) * replay))))
         cfg.data.text_files = [str(out / "replay.jsonl")]
     run_sft(cfg, console_print=ctx.print)
 
@@ -189,7 +186,7 @@ def _mixed_prompts(ctx: RecipeContext) -> list[dict]:
     if not chosen:
         raise ValueError("rl_prompt_filter 'mixed': no RL prompt had samples with different scores")
     ctx.print(f"grpo: {len(chosen)} of {len(prompts)} RL prompts have mixed SFT outcomes")
-    _write_jsonl(ctx.out / "mixed_prompts.jsonl", chosen)
+    write_jsonl(ctx.out / "mixed_prompts.jsonl", chosen)
     return chosen
 
 
@@ -219,7 +216,7 @@ def _grpo_prompts(ctx: RecipeContext) -> Path:
                              f"{sorted(c for c in known if c is not None)}")
         prompts = [r for r in prompts if r.get("capability") in caps]
     path = ctx.out / "prompts.jsonl"
-    _write_jsonl(path, prompts)
+    write_jsonl(path, prompts)
     counts: dict[str, int] = {}
     for r in prompts:
         counts[r.get("capability", "all")] = counts.get(r.get("capability", "all"), 0) + 1
@@ -272,7 +269,7 @@ def run_merge(ctx: RecipeContext) -> None:
     for spec in m.specialists:
         out = ctx.out / f"spec_{spec.name}"
         out.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(out / "data.jsonl", mix_capabilities(by_capability, spec.focus, spec.other_fraction,
+        write_jsonl(out / "data.jsonl", mix_capabilities(by_capability, spec.focus, spec.other_fraction,
                                                           seed=f"spec-{spec.name}"))
         if not (out / "model").is_dir():
             _sft(ctx, m.train, out, sft_model, [str(out / "data.jsonl")], 0.0)
@@ -316,7 +313,7 @@ def _eval_world(ctx: RecipeContext, label: str, path: str, plain: bool, key: str
     if label.endswith("+pas"):
         if not behind_pas:
             tasks, augmentations = augment_tasks(ctx, ctx.read(data))
-            _write_jsonl(ctx.out / "pas_eval.jsonl", tasks)
+            write_jsonl(ctx.out / "pas_eval.jsonl", tasks)
             behind_pas.append([a["complement"] for a in augmentations])
         data, complements = str(ctx.out / "pas_eval.jsonl"), behind_pas[0]
     options = {"plain": plain, "shots": ctx.world_file("shots"), "batch_size": ctx.cfg.eval.batch_size}
@@ -364,11 +361,11 @@ def run_eval(ctx: RecipeContext) -> None:
         t0 = time.time()
         if world:
             rates, fmt, rows = _eval_world(ctx, label, path, plain, key, behind_pas)
-            _write_jsonl(ctx.out / f"{label}_replies.jsonl", rows)
+            write_jsonl(ctx.out / f"{label}_replies.jsonl", rows)
         else:
             rates, fmt, rows = _eval_suites(ctx, label, path, key)
-        out.write_text(json.dumps({"key": key, "model": path, "format": fmt, "rates": rates,
-                                   "wall_s": time.time() - t0}, indent=1))
+        write_json_atomic(out, {"key": key, "model": path, "format": fmt, "rates": rates, "wall_s": time.time() - t0},
+                          indent=1)
         ctx.print(f"eval {label}: " + ", ".join(f"{c} {r:.0%}" for c, r in rates.items()))
 
 
