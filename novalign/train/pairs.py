@@ -134,8 +134,8 @@ def make_unit_plan(
 # ------------------------------------------------------------------ per-sequence log-probabilities
 
 
-def _chunk_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return -F.cross_entropy(logits, labels, reduction="none")
+def _chunk_logps(logits: torch.Tensor, labels: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return -F.cross_entropy(logits, labels, reduction="none"), slots
 
 
 def sequence_logprobs(
@@ -160,9 +160,8 @@ def sequence_logprobs(
     keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()
     h, y, s = h.index_select(0, keep), y.index_select(0, keep), s.index_select(0, keep)
     out = hidden.new_zeros(num_slots, dtype=torch.float32)
-    step = chunk_size if chunk_size > 0 else max(1, y.numel())
-    for start, lp in zip(range(0, y.numel(), step), chunked_vocab_map(_chunk_logps, h, lm_head_weight, y, chunk_size=step)):
-        out = out.index_add(0, s[start : start + step], lp)
+    for lp, slots in chunked_vocab_map(_chunk_logps, h, lm_head_weight, y, s, chunk_size=chunk_size):
+        out = out.index_add(0, slots, lp)
     return out
 
 

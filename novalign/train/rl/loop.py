@@ -6,7 +6,7 @@ in the advantage estimate and the critic:
 * :func:`setup_rl` -- prompts, session, tokenizer, reward mix, policy + frozen reference (a copy of the
   starting model), the rollout engine ``rollout.engine`` names (:func:`~novalign.train.rl.rollout.make_rollout_engine`),
   the PTX data;
-* :func:`start_loop` -- optimizer, LR schedule, resume, metrics log, the trainable parameters;
+* :func:`start_loop` -- the optimizer engine (:mod:`novalign.train.engine`: AdamW, LR schedule, resume) and the metrics log;
 * :func:`collect_rollouts` -- one iteration's prompts, rollouts (pi_old), rewards (per source, with the LLM
   judge's failures counted) and the detached per-token top-k KL to the reference (:func:`rollout_kl`);
 * :func:`ptx_backward` -- the PTX penalty of eq. (2) on one SFT micro-batch;
