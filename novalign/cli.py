@@ -377,7 +377,8 @@ def pas_build_data_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str]
 
 
 _training_command(pas_app, "train", "PASTrainConfig", "novalign.pas.train.run_pas_train",
-                  "Fine-tune a PAS model on build-data output through the SFT trainer (report: 2 epochs, 4,096 tokens).")
+                  "Fine-tune a PAS model on build-data output through the SFT trainer (report: 2 epochs, "
+                  "4,096 tokens).")
 
 
 @pas_app.command("augment")

@@ -65,7 +65,8 @@ def test_chunked_vocab_map_by_hand():
     shifted = chunked_vocab_map(lambda logits, first: logits.sum(-1) + first, hidden, weight, chunk_size=2,
                                 prepare=lambda rows: (torch.tensor(float(rows.start)),))
     assert [p.tolist() for p in shifted] == [[1.0, 2.0], [5.0]]
-    assert [p.tolist() for p in chunked_vocab_map(lambda x: x.sum(-1), hidden, weight, chunk_size=0)] == [[1.0, 2.0, 3.0]]
+    whole = chunked_vocab_map(lambda x: x.sum(-1), hidden, weight, chunk_size=0)  # 0: one chunk of all rows
+    assert [p.tolist() for p in whole] == [[1.0, 2.0, 3.0]]
 
 
 class _Linear(nn.Module):

@@ -318,7 +318,8 @@ def pas_llm_config(pas_model: str, pas_url: str | None = None):
     return LLMConfig(backend="local", model=pas_model, no_cache=True)
 
 
-def augment_file(input_file: str | Path, output: str | Path, llm_cfg, aug_cfg, *, progress: bool = True) -> tuple[int, int]:
+def augment_file(input_file: str | Path, output: str | Path, llm_cfg, aug_cfg, *,
+                 progress: bool = True) -> tuple[int, int]:
     """``novalign pas augment``: every record of ``input_file`` (``{prompt, search_keywords?, search_results?,
     ...}``) written to ``output`` in input order with its :meth:`Augmentation.to_dict` fields added.
 

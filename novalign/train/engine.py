@@ -63,7 +63,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     return torch.optim.AdamW([g for g in groups if g["params"]], **kwargs)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The LR multiplier of :func:`~novalign.train.schedule.lr_factor` over ``total_steps`` optimizer steps, with
     ``round(warmup_ratio * total_steps)`` warmup steps."""
     warmup = int(round(cfg.warmup_ratio * total_steps))

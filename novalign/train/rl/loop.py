@@ -6,7 +6,8 @@ in the advantage estimate and the critic:
 * :func:`setup_rl` -- prompts, session, tokenizer, reward mix, policy + frozen reference (a copy of the
   starting model), the rollout engine ``rollout.engine`` names (:func:`~novalign.train.rl.rollout.make_rollout_engine`),
   the PTX data;
-* :func:`start_loop` -- the optimizer engine (:mod:`novalign.train.engine`: AdamW, LR schedule, resume) and the metrics log;
+* :func:`start_loop` -- the optimizer engine (:mod:`novalign.train.engine`: AdamW, LR schedule, resume) and
+  the metrics log;
 * :func:`collect_rollouts` -- one iteration's prompts, rollouts (pi_old), rewards (per source, with the LLM
   judge's failures counted) and the detached per-token top-k KL to the reference (:func:`rollout_kl`);
 * :func:`ptx_backward` -- the PTX penalty of eq. (2) on one SFT micro-batch;
@@ -189,9 +190,9 @@ def start_loop(run: RLRun, module: nn.Module, console_print: Callable) -> RLLoop
     """AdamW + LR schedule over ``iterations * ppo_epochs * mini_batches`` steps for ``module``'s parameters, resumed from the
     newest checkpoint when ``train.resume``; the metrics and sample logs cut back to the resumed iteration."""
     cfg, out, info = run.cfg, run.session.out, run.session.info
-    engine = start_engine(module, cfg.optim, cfg.train, total_steps=run.iterations * cfg.loss.ppo_epochs * cfg.loss.mini_batches,
-                          ckpt_root=out / "checkpoints", info=info, device=run.session.device, console_print=console_print,
-                          unit="iteration")
+    steps = run.iterations * cfg.loss.ppo_epochs * cfg.loss.mini_batches
+    engine = start_engine(module, cfg.optim, cfg.train, total_steps=steps, ckpt_root=out / "checkpoints", info=info,
+                          device=run.session.device, console_print=console_print, unit="iteration")
     metrics = MetricsLog(out, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
     metrics.truncate_after(engine.state.step)
     if info.is_main:
@@ -408,7 +409,8 @@ def finish_rl(run: RLRun, loop: RLLoop, last_loss: float | None, summary: dict, 
     loop.metrics.close()
     if run.owns_reward:
         close_reward(run.mix)
-    result = LoopResult(state=state, final_loss=last_loss, eval_loss=None, resumed_from=loop.engine.resumed_from, history=history)
+    result = LoopResult(state=state, final_loss=last_loss, eval_loss=None, resumed_from=loop.engine.resumed_from,
+                        history=history)
     summary = {"iterations": state.step, "prompts": len(run.prompts), "n": run.cfg.rollout.n, "beta": run.cfg.loss.beta,
                "ptx_coef": run.cfg.ptx.coef, "rollout_engine": run.cfg.rollout.engine, **summary}
     finish(run.session, result, run.policy, run.tokenizer, run.load, summary, console_print)

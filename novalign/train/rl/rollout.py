@@ -109,7 +109,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
         return -(logp.exp() * logp).sum(-1)
 
 
-def _token_logps_entropy(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logps_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of ``labels`` (with gradient) and the detached per-position entropy, from one projection."""
     logits = logits / temperature
     return -F.cross_entropy(logits, labels, reduction="none"), token_entropy(logits)
