@@ -55,16 +55,56 @@ def _stage_config(schema, config, set_, help_config):
         _fail(str(exc))
 
 
-@app.command("sft")
-def sft_command(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (see --help-config)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set train.epochs=2 (repeatable)."),
-    help_config: bool = typer.Option(False, "--help-config", help="List every config option with default and help."),
-) -> None:
-    """Supervised fine-tuning with sample packing (report sections 2.1-2.2). Works under torchrun."""
-    from novalign.config import SFTConfig
+_CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config (see --help-config).")
+_SET_OPT = typer.Option([], "--set", help="Override a config key, e.g. --set loss.alpha=0.5 (repeatable).")
+_HELP_CONFIG_OPT = typer.Option(False, "--help-config", help="List every config option with default and help.")
 
-    _run_stage(SFTConfig, "novalign.train.sft.run_sft", config, set_, help_config)
+
+def _run_stage(schema, runner: str, config, set_, help_config) -> None:
+    """Load a stage's config and run ``novalign.train.<module>.<function>``; bad input exits with code 2."""
+    import importlib
+
+    from novalign.data.io import DataError
+
+    cfg = _stage_config(schema, config, set_, help_config)
+    if cfg is None:
+        return
+    module, function = runner.rsplit(".", 1)
+    try:
+        result = getattr(importlib.import_module(module), function)(cfg)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"done: {result.state.step} steps, final loss {result.final_loss:.4f}" if result.final_loss is not None else "done")
+
+
+def _training_command(group: typer.Typer, name: str, schema: str, runner: str, help_text: str) -> None:
+    """Register ``novalign [group] <name> --config --set --help-config``: the ``novalign.config`` class ``schema``
+    loaded and passed to ``runner`` (``"module.function"``, imported when the command runs)."""
+
+    def command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
+                help_config: bool = _HELP_CONFIG_OPT) -> None:
+        import novalign.config
+
+        _run_stage(getattr(novalign.config, schema), runner, config, set_, help_config)
+
+    group.command(name, help=help_text)(command)
+
+
+_TRAINING_COMMANDS = (  # name, config class, runner, help; sft comes first in --help, the rest after rm
+    ("sft", "SFTConfig", "novalign.train.sft.run_sft",
+     "Supervised fine-tuning with sample packing (report sections 2.1-2.2). Works under torchrun."),
+    ("dpo", "DPOConfig", "novalign.train.preference.run_dpo",
+     "Direct preference optimization on preference pairs (a baseline of the report)."),
+    ("kto", "KTOConfig", "novalign.train.preference.run_kto",
+     "Kahneman-Tversky optimization on desirable / undesirable responses (a baseline of the report)."),
+    ("grpo", "GRPOConfig", "novalign.train.grpo.run_grpo",
+     "GRPO with the report's top-k KL kept in the token-level reward (report section 2.1, eq. 2). Works under "
+     "torchrun (data parallel: each process rolls out its share of the prompts)."),
+    ("ppo", "PPOConfig", "novalign.train.ppo.run_ppo",
+     "PPO with a value head, GAE and the report's top-k KL in the token-level reward (report section 2.1). Works "
+     "under torchrun (data parallel: each process rolls out its share of the prompts)."),
+)
+_training_command(app, *_TRAINING_COMMANDS[0])
 
 
 @app.command("init-model")
@@ -104,23 +144,18 @@ def generate_command(
 ) -> None:
     """Answer prompts with a local model. With --input records that carry an `answer`, report how often the
     reply contains it (a quick check that SFT worked; the evaluation suite does the full job)."""
-    from novalign.data.chat import normalize_messages
-    from novalign.data.io import DataError, iter_records, write_jsonl
-    from novalign.models.generate import generate_chat
+    from novalign.data.io import DataError, write_jsonl
+    from novalign.models.generate import answer_rows, conversations_from_file, generate_chat
     from novalign.models.load import load_model, load_tokenizer
 
     convs: list[list[dict]] = [[{"role": "user", "content": p}] for p in prompt]
     answers: list[str | None] = [None] * len(convs)
     if input_file is not None:
         try:
-            for line, record in iter_records(input_file):
-                messages = normalize_messages(record, path=str(input_file), line=line)
-                convs.append(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
-                answers.append(record.get("answer"))
-                if limit and len(convs) >= limit + len(prompt):
-                    break
+            more, more_answers = conversations_from_file(input_file, limit)
         except (DataError, FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
+        convs, answers = convs + more, answers + more_answers
     if not convs:
         _fail("nothing to answer: give --prompt or --input")
     try:
@@ -128,13 +163,8 @@ def generate_command(
     except ValueError as exc:
         _fail(str(exc))
     replies = generate_chat(model, tokenizer, convs, max_new_tokens=max_new_tokens, temperature=temperature)
-    rows, graded = [], []
-    for conv, reply, answer in zip(convs, replies, answers):
-        row = {"prompt": conv[-1]["content"], "reply": reply}
-        if answer is not None:
-            row.update(answer=answer, correct=answer.strip().lower() in reply.lower())
-            graded.append(row["correct"])
-        rows.append(row)
+    rows = answer_rows(convs, replies, answers)
+    graded = [row["correct"] for row in rows if "correct" in row]
     if output is not None:
         write_jsonl(output, rows)
     for row in rows[:8]:
@@ -206,28 +236,9 @@ def serve_command(
         _fail(str(exc))
 
 
-def _run_stage(schema, runner: str, config, set_, help_config) -> None:
-    """Load a stage's config and run ``novalign.train.<module>.<function>``; bad input exits with code 2."""
-    import importlib
-
-    from novalign.data.io import DataError
-
-    cfg = _stage_config(schema, config, set_, help_config)
-    if cfg is None:
-        return
-    module, function = runner.rsplit(".", 1)
-    try:
-        result = getattr(importlib.import_module(module), function)(cfg)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    typer.echo(f"done: {result.state.step} steps, final loss {result.final_loss:.4f}" if result.final_loss is not None else "done")
-
-
 rm_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, add_completion=False)
 app.add_typer(rm_app, name="rm")
-_CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config (see --help-config).")
-_SET_OPT = typer.Option([], "--set", help="Override a config key, e.g. --set loss.alpha=0.5 (repeatable).")
-_HELP_CONFIG_OPT = typer.Option(False, "--help-config", help="List every config option with default and help.")
+
 
 
 @rm_app.callback()
@@ -264,38 +275,8 @@ def rm_score_command(
     typer.echo(f"scored {n} responses -> {output}")
 
 
-@app.command("dpo")
-def dpo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
-    """Direct preference optimization on preference pairs (a baseline of the report)."""
-    from novalign.config import DPOConfig
-
-    _run_stage(DPOConfig, "novalign.train.preference.run_dpo", config, set_, help_config)
-
-
-@app.command("kto")
-def kto_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
-    """Kahneman-Tversky optimization on desirable / undesirable responses (a baseline of the report)."""
-    from novalign.config import KTOConfig
-
-    _run_stage(KTOConfig, "novalign.train.preference.run_kto", config, set_, help_config)
-
-
-@app.command("grpo")
-def grpo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
-    """GRPO with the report's top-k KL kept in the token-level reward (report section 2.1, eq. 2).
-    Works under torchrun (data parallel: each process rolls out its share of the prompts)."""
-    from novalign.config import GRPOConfig
-
-    _run_stage(GRPOConfig, "novalign.train.grpo.run_grpo", config, set_, help_config)
-
-
-@app.command("ppo")
-def ppo_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
-    """PPO with a value head, GAE and the report's top-k KL in the token-level reward (report section 2.1).
-    Works under torchrun (data parallel: each process rolls out its share of the prompts)."""
-    from novalign.config import PPOConfig
-
-    _run_stage(PPOConfig, "novalign.train.ppo.run_ppo", config, set_, help_config)
+for _command in _TRAINING_COMMANDS[1:]:
+    _training_command(app, *_command)
 
 
 @app.command("eval-ifeval")
@@ -390,13 +371,9 @@ def pas_build_data_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str]
                f"{summary['failed']} failed -> {cfg.output}")
 
 
-@pas_app.command("train")
-def pas_train_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
-                      help_config: bool = _HELP_CONFIG_OPT) -> None:
-    """Fine-tune a PAS model on build-data output through the SFT trainer (report: 2 epochs, 4,096 tokens)."""
-    from novalign.config import PASTrainConfig
-
-    _run_stage(PASTrainConfig, "novalign.pas.train.run_pas_train", config, set_, help_config)
+_training_command(pas_app, "train", "PASTrainConfig", "novalign.pas.train.run_pas_train",
+                  "Fine-tune a PAS model on build-data output through the SFT trainer (report: 2 epochs, "
+                  "4,096 tokens).")
 
 
 @pas_app.command("augment")
@@ -410,28 +387,16 @@ def pas_augment_command(
 ) -> None:
     """Augment prompts with a PAS model: prompt -> complement -> augmented prompt (joining template editable).
     Records with search_keywords run in RAG mode: the complement is kept within the keywords' scope."""
-    from novalign.config import ConfigError, LLMConfig, PASAugmentConfig, load_config
-    from novalign.data.io import DataError, iter_records, write_jsonl
-    from novalign.pas.augment import PromptAugmenter
+    from novalign.config import ConfigError, PASAugmentConfig, load_config
+    from novalign.data.io import DataError
+    from novalign.pas.augment import augment_file, pas_llm_config
 
     try:
         aug_cfg = load_config(PASAugmentConfig, config, set_)
-        records = [record for _, record in iter_records(input_file)]
-        for i, record in enumerate(records):
-            if not isinstance(record.get("prompt"), str):
-                raise DataError(input_file, i + 1, "prompt", "must be a string")
-        llm = LLMConfig(backend="openai", base_url=pas_url, model=pas_model) if pas_url else \
-            LLMConfig(backend="local", model=pas_model, no_cache=True)
-        augmenter = PromptAugmenter.from_config(llm, aug_cfg)
+        total, errors = augment_file(input_file, output, pas_llm_config(pas_model, pas_url), aug_cfg)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    try:
-        results = augmenter.augment_many(records, progress=True)
-    finally:
-        augmenter.close()
-    write_jsonl(output, (record | result.to_dict() for record, result in zip(records, results)))
-    errors = sum(r.error is not None for r in results)
-    typer.echo(f"augmented {len(results) - errors}/{len(results)} prompts -> {output}"
+    typer.echo(f"augmented {total - errors}/{total} prompts -> {output}"
                + (f" ({errors} PAS calls failed; those prompts are unchanged, see 'error')" if errors else ""))
 
 

@@ -77,6 +77,21 @@ def test_config_validation(tmp_path):
 # ---------------------------------------------------------------------------------------- scoring suites
 
 
+def test_suite_types_validate_without_importing_the_eval_layer():
+    """config/ is the bottom layer: checking a suite type reads the registry's names in config/eval.py and
+    loads nothing of novalign.eval (a fresh interpreter, so that no other test's imports count)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from novalign.config import EvalConfig; "
+            "EvalConfig.model_validate({'suites': [{'type': 'math'}, {'type': 'ifeval'}]}); "
+            "print(sorted(m for m in sys.modules if m.startswith('novalign.eval')))")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                         env=dict(os.environ, PYTHONPATH=str(root)))
+    assert out.stdout.strip() == "[]"
+
+
 def test_ifeval_suite_on_a_responses_file(tmp_path):
     """Score-only IFEval, worked by hand:
 

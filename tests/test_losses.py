@@ -47,6 +47,28 @@ def test_chunked_loss_equals_full_loss_and_grad():
         torch.testing.assert_close(a, b)
 
 
+def test_chunked_vocab_map_by_hand():
+    """hidden rows h0 = (1, 0), h1 = (0, 1), h2 = (1, 1); head W = [[1, 0], [0, 2]] (V = 2): logits = h W^T
+    = [1, 0], [0, 2], [1, 2]. fn = row sum * aligned weight a = (1, 10, 100): 1, 20, 300. chunk_size 2 -> two
+    chunks, [1, 20] and [300]. d(sum of all)/dW: sum_t a_t * h_t per output row = (1 + 100, 10 + 100) for
+    both rows -> [[101, 110], [101, 110]]; the ``prepare`` value (a chunk's first row index) is added to every
+    result of the chunk: +0 for chunk 1, +2 for chunk 2."""
+    from novalign.models.forward import chunked_vocab_map
+
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    a = torch.tensor([1.0, 10.0, 100.0])
+    parts = chunked_vocab_map(lambda logits, a: logits.sum(-1) * a, hidden, weight, a, chunk_size=2)
+    assert [p.tolist() for p in parts] == [[1.0, 20.0], [300.0]]
+    (grad,) = torch.autograd.grad(torch.cat(parts).sum(), [weight])  # through the recomputed (checkpointed) chunks
+    assert grad.tolist() == [[101.0, 110.0], [101.0, 110.0]]
+    shifted = chunked_vocab_map(lambda logits, first: logits.sum(-1) + first, hidden, weight, chunk_size=2,
+                                prepare=lambda rows: (torch.tensor(float(rows.start)),))
+    assert [p.tolist() for p in shifted] == [[1.0, 2.0], [5.0]]
+    whole = chunked_vocab_map(lambda x: x.sum(-1), hidden, weight, chunk_size=0)  # 0: one chunk of all rows
+    assert [p.tolist() for p in whole] == [[1.0, 2.0, 3.0]]
+
+
 class _Linear(nn.Module):
     """loss_sum of a batch = w * (sum of the batch's per-token values); d loss_sum / dw = that sum."""
 

@@ -340,3 +340,34 @@ def test_bundled_demo_files_match_generator(name: str, n: int, seed: int) -> Non
 def test_corpus_size() -> None:
     size = (ASSETS_DIR / "corpus.txt").stat().st_size
     assert 30_000 <= size <= 60_000
+
+
+def test_generate_command_reads_a_chat_file_and_checks_answers(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`novalign generate --input`: the first --limit records, each without its final assistant turn (the prompt
+    is the last user turn before it); `correct` only where a record has an `answer`, true when the reply
+    contains it case-insensitively. A bad third line is never read with --limit 2, and named without it."""
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+    from novalign.models.generate import answer_rows
+
+    rows = answer_rows([[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]],
+                       ["The answer is PARIS.", "no"], [" paris", None])
+    assert rows == [{"prompt": "a", "reply": "The answer is PARIS.", "answer": " paris", "correct": True},
+                    {"prompt": "b", "reply": "no"}]
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A"}],
+                                "answer": "zzzz-not-said"}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "Q0"}, {"role": "assistant", "content": "A0"},
+                                             {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]})
+                    + "\n" + "{broken\n")
+    out = tmp_path / "replies.jsonl"
+    result = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "--input", str(data), "--limit", "2",
+                                      "--output", str(out), "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in written] == ["Q1", "Q2"]
+    assert written[0]["correct"] is False and "correct" not in written[1]
+    assert "answer found in 0/1 replies" in result.output
+    result = CliRunner().invoke(app, ["generate", str(tiny_model_dir), "--input", str(data)])
+    assert result.exit_code == 2 and "in.jsonl:3" in result.output

@@ -262,3 +262,18 @@ def test_compare_with_an_llm_judge(tmp_path, tiny_model_dir, upstream):
         assert len(judge.bodies["length"]) == 6 and len(judge.bodies["broken"]) == 18
     finally:
         judge.close()
+
+
+def test_augment_names_the_real_line_of_a_bad_record(tmp_path):
+    """A record without a string prompt stops `pas augment` before any PAS call, naming its line as the file
+    counts it: line 3 here, after a blank line 2 (counting records instead would say line 2)."""
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"prompt": "fine"}) + "\n\n" + json.dumps({"prompt": 7}) + "\n")
+    result = CliRunner().invoke(app, ["pas", "augment", "--pas-model", str(tmp_path / "no-model"), "--input", str(inp),
+                                      "--output", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 2 and "in.jsonl:3" in result.output and "prompt" in result.output, result.output
+    assert not (tmp_path / "out.jsonl").exists()

@@ -128,6 +128,57 @@ def test_half_written_checkpoint_is_never_picked(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["step-00000006", "step-00000008"]
 
 
+def _engine(tmp_path, max_grad_norm=1.0):
+    from novalign.config import OptimConfig, TrainConfig
+    from novalign.train.dist import DistInfo
+    from novalign.train.engine import start_engine
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(2, 1, bias=False)
+    optim = OptimConfig(lr=0.1, weight_decay=0.0, warmup_ratio=0.0, schedule="linear", max_grad_norm=max_grad_norm)
+    return start_engine(module, optim, TrainConfig(keep_last=5), total_steps=4, ckpt_root=tmp_path / "checkpoints",
+                        info=DistInfo(), device=torch.device("cpu"), console_print=lambda *_: None)
+
+
+def _engine_step(engine, step):
+    engine.module.weight.grad = torch.tensor([[3.0, 4.0]]) * (step + 1)
+    out = engine.step()
+    engine.state.step += 1
+    return out
+
+
+def test_engine_step_clips_and_schedules_by_hand(tmp_path):
+    """Gradient (3, 4): norm 5, clipped to norm 1 -> (0.6, 0.8). lr 0.1, linear decay over 4 steps: step 0 runs at
+    0.1 and leaves 0.1 * (1 - 1/4) = 0.075. Adam's first step moves each weight by lr * g_hat / (|g_hat| + eps),
+    i.e. by -0.1 in both coordinates whatever the gradient's size (clipping does not change its sign)."""
+    engine = _engine(tmp_path)
+    before = engine.module.weight.detach().clone()
+    lr, norm = _engine_step(engine, 0)
+    assert lr == pytest.approx(0.1) and norm == pytest.approx(5.0)
+    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.075)
+    torch.testing.assert_close(engine.module.weight.detach(), before - 0.1, atol=1e-6, rtol=0)
+    assert engine.module.weight.grad is None  # zeroed for the next accumulation
+    assert _engine(tmp_path / "off", max_grad_norm=None).step()[1] is None  # no clipping: no norm measured
+
+
+def test_engine_resume_is_exact(tmp_path):
+    """4 steps straight == 2 steps, save, a fresh engine resumed from that checkpoint, 2 more steps: the same weights
+    bit for bit (Adam moments, schedule position and step counter all come back)."""
+    straight = _engine(tmp_path / "a")
+    for step in range(4):
+        _engine_step(straight, step)
+    first = _engine(tmp_path / "b")
+    for step in range(2):
+        _engine_step(first, step)
+    first.save()
+    resumed = _engine(tmp_path / "b")
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "step-00000002" and resumed.state.step == 2
+    for step in range(2, 4):
+        _engine_step(resumed, step)
+    assert torch.equal(resumed.module.weight, straight.module.weight)
+    assert resumed.scheduler.state_dict() == straight.scheduler.state_dict()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

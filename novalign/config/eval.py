@@ -9,6 +9,26 @@ from pydantic import Field, field_validator, model_validator
 from novalign.config.base import Strict
 from novalign.config.llm import LLMConfig, LocalModelConfig
 
+SUITE_TYPES: dict[str, str] = {
+    "ifeval": "novalign.eval.suites:run_ifeval",
+    "math": "novalign.eval.suites:run_math",
+    "code": "novalign.eval.suites:run_code",
+    "cfbench": "novalign.eval.checklist:run_cfbench",
+    "sysbench": "novalign.eval.checklist:run_sysbench",
+    "fbbench": "novalign.eval.checklist:run_fbbench",
+    "ux": "novalign.eval.graded:run_ux",
+    "mtbench": "novalign.eval.graded:run_mtbench",
+    "pairwise": "novalign.eval.graded:run_pairwise",
+    "humaneval": "novalign.eval.humaneval:run_humaneval",
+    "bbh": "novalign.eval.bbh:run_bbh",
+    "gpqa": "novalign.eval.gpqa:run_gpqa",
+    "arenahard": "novalign.eval.arenahard:run_arenahard",
+    "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
+    "world": "novalign.world.suite:run_world",
+}
+"""The suite registry: a config's ``type`` -> ``"module:function"`` (:func:`novalign.eval.suites.resolve_suite`
+imports it on first use). Plain names here, so that a config is checked without importing the suites above it."""
+
 
 class EvalModelConfig(Strict):
     """One model under test: a local directory (``path``), an endpoint (``llm``), a responses file
@@ -61,10 +81,8 @@ class EvalSuiteConfig(Strict):
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        from novalign.eval.suites import SUITES
-
-        if value not in SUITES and ":" not in value:
-            raise ValueError(f"unknown suite type {value!r}; known: {', '.join(SUITES)} (or 'module:function')")
+        if value not in SUITE_TYPES and ":" not in value:
+            raise ValueError(f"unknown suite type {value!r}; known: {', '.join(SUITE_TYPES)} (or 'module:function')")
         return value
 
     @model_validator(mode="after")

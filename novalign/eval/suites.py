@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from novalign.config.eval import SUITE_TYPES
 from novalign.data.io import DataError, iter_records
 from novalign.eval.ifeval import evaluate_example, read_ifeval_inputs
 from novalign.eval.metrics import ifeval_accuracy, pass_at_k
@@ -31,24 +32,9 @@ __all__ = ["SUITES", "extract_code", "read_code_data", "read_math_data", "resolv
 
 log = logging.getLogger("novalign.eval")
 
-SUITES: dict[str, str] = {
-    "ifeval": "novalign.eval.suites:run_ifeval",
-    "math": "novalign.eval.suites:run_math",
-    "code": "novalign.eval.suites:run_code",
-    "humaneval": "novalign.eval.humaneval:run_humaneval",
-    "bbh": "novalign.eval.bbh:run_bbh",
-    "gpqa": "novalign.eval.gpqa:run_gpqa",
-    "cfbench": "novalign.eval.checklist:run_cfbench",
-    "sysbench": "novalign.eval.checklist:run_sysbench",
-    "fbbench": "novalign.eval.checklist:run_fbbench",
-    "ux": "novalign.eval.graded:run_ux",
-    "mtbench": "novalign.eval.graded:run_mtbench",
-    "pairwise": "novalign.eval.graded:run_pairwise",
-    "world": "novalign.world.suite:run_world",
-    "arenahard": "novalign.eval.arenahard:run_arenahard",
-    "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
-}
-"""Suite type (the config's ``type``) -> ``"module:function"``, imported on first use."""
+SUITES = SUITE_TYPES
+"""Suite type (the config's ``type``) -> ``"module:function"``, imported on first use (the table lives in
+:mod:`novalign.config.eval`, below this layer, so that configs validate without importing suites)."""
 
 
 def resolve_suite(kind: str) -> Suite:

@@ -227,3 +227,39 @@ def generate_texts(model, tokenizer, prompts: Sequence[list[int]], *, max_new_to
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
     return replies
+# ------------------------------------------------------------------ `novalign generate`: a quick check after SFT
+
+
+def conversations_from_file(path, limit: int = 0) -> tuple[list[list[dict]], list[str | None]]:
+    """The conversations to answer in a chat JSONL/Parquet file -- each record's messages minus a final assistant
+    turn -- and each record's ``answer`` (None without one); the first ``limit`` records only when ``limit > 0``.
+
+    Raises:
+        DataError: a record that is not a chat (file, line and field named).
+    """
+    from novalign.data.chat import normalize_messages
+    from novalign.data.io import iter_records
+
+    convs: list[list[dict]] = []
+    answers: list[str | None] = []
+    for line, record in iter_records(path):
+        messages = normalize_messages(record, path=str(path), line=line)
+        convs.append(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
+        answers.append(record.get("answer"))
+        if limit and len(convs) >= limit:
+            break  # before the next line is read: a bad line after the limit is never seen
+    return convs, answers
+
+
+def answer_rows(conversations: Sequence[list[dict]], replies: Sequence[str],
+                answers: Sequence[str | None]) -> list[dict]:
+    """``{prompt, reply}`` per conversation (the prompt is its last message), plus ``answer`` and ``correct`` where
+    an answer is given: whether the reply contains it, case-insensitively -- a loose check that SFT taught the
+    facts, not a grader (``novalign eval`` is)."""
+    rows = []
+    for conv, reply, answer in zip(conversations, replies, answers):
+        row = {"prompt": conv[-1]["content"], "reply": reply}
+        if answer is not None:
+            row.update(answer=answer, correct=answer.strip().lower() in reply.lower())
+        rows.append(row)
+    return rows

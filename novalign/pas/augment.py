@@ -306,3 +306,45 @@ class PromptAugmenter:
 
     def close(self) -> None:
         self.client.close()
+
+
+def pas_llm_config(pas_model: str, pas_url: str | None = None):
+    """The PAS model's :class:`~novalign.config.LLMConfig`: a local directory run in-process (uncached), or,
+    with ``pas_url``, the model of that name behind an OpenAI-compatible ``/v1`` endpoint."""
+    from novalign.config import LLMConfig
+
+    if pas_url:
+        return LLMConfig(backend="openai", base_url=pas_url, model=pas_model)
+    return LLMConfig(backend="local", model=pas_model, no_cache=True)
+
+
+def augment_file(input_file: str | Path, output: str | Path, llm_cfg, aug_cfg, *,
+                 progress: bool = True) -> tuple[int, int]:
+    """``novalign pas augment``: every record of ``input_file`` (``{prompt, search_keywords?, search_results?,
+    ...}``) written to ``output`` in input order with its :meth:`Augmentation.to_dict` fields added.
+
+    Returns ``(records, failed PAS calls)``; a failed call leaves its prompt unchanged (``error`` says why).
+
+    Raises:
+        DataError: a record without a string ``prompt`` (file, line and field named), before any PAS call.
+    """
+    import json
+
+    from novalign.data.io import DataError, iter_records
+
+    records = []
+    for line, record in iter_records(input_file):
+        if not isinstance(record.get("prompt"), str):
+            raise DataError(input_file, line, "prompt", "must be a string")
+        records.append(record)
+    augmenter = PromptAugmenter.from_config(llm_cfg, aug_cfg)
+    try:
+        results = augmenter.augment_many(records, progress=progress)
+    finally:
+        augmenter.close()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as handle:
+        for record, result in zip(records, results):
+            handle.write(json.dumps(record | result.to_dict(), ensure_ascii=False) + "\n")
+    return len(results), sum(r.error is not None for r in results)

@@ -14,28 +14,36 @@ comparison (:func:`kl_k1`, :func:`kl_k3`). With ``k = V`` it is the exact full-v
 Memory: full-vocabulary fp32 logits of two models for every token of a batch are the largest tensors of
 RL training (150k vocabulary x 16k tokens x 4 bytes = 10 GB *per model*). :func:`chunked_topk_kl` takes
 final hidden states and output-head weights and projects ``chunk_size`` tokens at a time; the policy's
-chunk is recomputed in the backward pass (activation checkpointing), so only one chunk of logits is ever
-alive. Gradients flow to the policy only: the reference side is computed without autograd.
+chunk is recomputed in the backward pass (:func:`~novalign.models.forward.chunked_vocab_map`), so only one
+chunk of logits is ever alive. Gradients flow to the policy only: the reference side is computed without autograd.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+
+from novalign.models.forward import chunked_vocab_map, vocab_logits
 
 DEFAULT_TOP_K = 500
 
 
-def _topk_kl_rows(policy_logits: torch.Tensor, ref_logits: torch.Tensor, k: int) -> torch.Tensor:
-    """``[n, V]`` logits of each model -> ``[n]`` top-k KL (fp32); no chunking."""
-    k = min(k, ref_logits.shape[-1])
+def _ref_topk(ref_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's top-k indices ``[n, k]`` and its log-probabilities renormalized over them (no autograd)."""
     with torch.no_grad():
-        ref_top, idx = ref_logits.float().topk(k, dim=-1)  # [n, k] each
-        ref_logp = ref_top.log_softmax(-1)
+        ref_top, idx = ref_logits.float().topk(k, dim=-1)
+        return idx, ref_top.log_softmax(-1)
+
+
+def _kl_on_topk(policy_logits: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """``[n]`` KL over the k gathered outcomes; the policy's logits renormalized over the same indices."""
     pol_logp = policy_logits.float().gather(-1, idx).log_softmax(-1)  # [n, k]
     # sum_j p (log p - log q); written as a sum of terms that are each finite (p may underflow to 0)
     return (pol_logp.exp() * (pol_logp - ref_logp)).sum(-1)
+
+
+def _topk_kl_rows(policy_logits: torch.Tensor, ref_logits: torch.Tensor, k: int) -> torch.Tensor:
+    """``[n, V]`` logits of each model -> ``[n]`` top-k KL (fp32); no chunking."""
+    return _kl_on_topk(policy_logits, *_ref_topk(ref_logits, min(k, ref_logits.shape[-1])))
 
 
 def topk_kl(
@@ -63,14 +71,6 @@ def topk_kl(
     parts = [_topk_kl_rows(pol[s : s + step], ref[s : s + step], k) for s in range(0, pol.shape[0], step)]
     out = torch.cat(parts) if parts else pol.new_zeros(0, dtype=torch.float32)
     return out.reshape(lead)
-
-
-def _policy_chunk_kl(
-    hidden: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor, ref_logp: torch.Tensor
-) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()  # [n, V], the one chunk of policy logits alive at a time
-    pol_logp = logits.gather(-1, idx).log_softmax(-1)
-    return (pol_logp.exp() * (pol_logp - ref_logp)).sum(-1)
 
 
 def chunked_topk_kl(
@@ -108,18 +108,11 @@ def chunked_topk_kl(
     if k < 1:
         raise ValueError(f"top-k KL needs k >= 1, got {k}")
     k = min(k, ref_weight.shape[0])
-    num_tokens = policy_hidden.shape[0]
-    step = chunk_size if chunk_size > 0 else max(1, num_tokens)
-    parts = []
-    for start in range(0, num_tokens, step):
-        hs = policy_hidden[start : start + step]
-        with torch.no_grad():
-            ref_top, idx = F.linear(ref_hidden[start : start + step], ref_weight).float().topk(k, dim=-1)
-            ref_logp = ref_top.log_softmax(-1)
-        if torch.is_grad_enabled() and (hs.requires_grad or policy_weight.requires_grad):
-            parts.append(checkpoint(_policy_chunk_kl, hs, policy_weight, idx, ref_logp, use_reentrant=False))
-        else:
-            parts.append(_policy_chunk_kl(hs, policy_weight, idx, ref_logp))
+
+    def reference(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        return _ref_topk(vocab_logits(ref_hidden[rows], ref_weight), k)
+
+    parts = chunked_vocab_map(_kl_on_topk, policy_hidden, policy_weight, chunk_size=chunk_size, prepare=reference)
     return torch.cat(parts) if parts else policy_hidden.new_zeros(0, dtype=torch.float32)
 
 

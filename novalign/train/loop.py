@@ -27,18 +27,12 @@ import torch
 from torch import nn
 
 from novalign.config import OptimConfig, TrainConfig
+from novalign.models.packing import Batch
 from novalign.train import dist as D
+from novalign.train.engine import autocast_factory, start_engine, uses_bf16
 from novalign.train.losses import token_mean_scale
 from novalign.train.metrics_log import MetricsLog, plot_loss_curve
-from novalign.models.packing import Batch
-from novalign.train.schedule import lr_factor
-from novalign.train.state import (
-    TrainState,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
+from novalign.train.state import TrainState
 
 
 class Objective(Protocol):
@@ -85,19 +79,6 @@ class LoopResult:
     module: nn.Module | None = None  # the ObjectiveModule that was trained (FSDP-sharded if so configured)
     history: list[dict] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)  # the last eval's metrics, as logged
-
-
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norm weights (1-D parameters)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    kwargs: dict[str, Any] = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW([g for g in groups if g["params"]], **kwargs)
 
 
 def _steps_per_epoch(num_micro: int, per_step: int) -> int:
@@ -259,36 +240,19 @@ def train(
         raise ValueError("no training data: the data plan has no micro-batches")
     steps_per_epoch = _steps_per_epoch(num_micro_epoch0, per_step)
     total_steps = train_cfg.max_steps or steps_per_epoch * train_cfg.epochs
-    warmup = int(round(optim_cfg.warmup_ratio * total_steps))
-    use_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
 
     module = D.ObjectiveModule(model, objective)
     if fsdp:
         from novalign.models.checkpointing import decoder_layers
 
-        D.apply_fsdp(module, decoder_layers(model), mixed_bf16=use_bf16)
-    # FSDP2's mixed-precision policy casts parameters itself; otherwise bf16 is autocast over fp32 weights.
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 and not fsdp else contextlib.nullcontext
-
-    optimizer = build_optimizer(module, optim_cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, optim_cfg.schedule, optim_cfg.min_lr_ratio)
-    )
-    state = TrainState()
-    resumed_from = latest_checkpoint(ckpt_root) if train_cfg.resume else None
-    if resumed_from is not None:
-        state, pieces = load_checkpoint(resumed_from, info.rank)
-        D.load_state(module, optimizer, pieces.get("model"), pieces.get("optimizer"))
-        if "scheduler" in pieces:
-            scheduler.load_state_dict(pieces["scheduler"])
-        if "rng" in pieces:
-            restore_rng(pieces["rng"])
-        if info.is_main:
-            console_print(f"resumed from {resumed_from} at step {state.step}")
+        D.apply_fsdp(module, decoder_layers(model), mixed_bf16=uses_bf16(train_cfg, device))
+    autocast = autocast_factory(train_cfg, device, fsdp)
+    engine = start_engine(module, optim_cfg, train_cfg, total_steps=total_steps, ckpt_root=ckpt_root, info=info,
+                          device=device, fsdp=fsdp, console_print=console_print)
+    state, resumed_from = engine.state, engine.resumed_from
 
     metrics = MetricsLog(output_dir, enabled=info.is_main, tensorboard=train_cfg.tensorboard)
     metrics.truncate_after(state.step)
-    trainable = [p for p in module.parameters() if p.requires_grad]
     module.train()
     last_loss: float | None = None
     eval_loss: float | None = None
@@ -307,20 +271,6 @@ def train(
             record.update({f"gap_{k}": train_metrics[k] - v for k, v in metrics_now.items() if k in train_metrics})
         metrics.log(record)
         eval_metrics = {k: v for k, v in record.items() if k != "step"}
-
-    def save(step_state: TrainState) -> None:
-        model_sd, optim_sd = D.gather_state(module, optimizer)  # a collective under FSDP
-        save_checkpoint(
-            ckpt_root,
-            step_state,
-            model_state=model_sd if info.is_main else None,
-            optimizer_state=optim_sd if info.is_main else None,
-            scheduler_state=scheduler.state_dict() if info.is_main else None,
-            rank=info.rank,
-            is_main=info.is_main,
-            barrier=lambda: D.barrier(info),
-            keep_last=train_cfg.keep_last,
-        )
 
     with _progress(train_cfg.progress and info.is_main) as progress:
         task = progress.add_task("train", total=total_steps, completed=state.step, loss="-", tps="-") if progress else None
@@ -343,16 +293,7 @@ def train(
             loss_total, real_tokens, row_tokens, extra = accumulate_gradients(
                 module, mine, token_mean_scale(global_tokens, info.world_size if fsdp else 1), device, autocast, dummies=dummies
             )
-            if info.world_size > 1 and not fsdp:
-                D.all_reduce_gradients(module, info)
-            grad_norm = None
-            if optim_cfg.max_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(trainable, optim_cfg.max_grad_norm)
-                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            lr, grad_norm = engine.step()
 
             state.step += 1
             state.step_in_epoch += 1
@@ -383,12 +324,11 @@ def train(
             if eval_plan is not None and train_cfg.eval_every and state.step % train_cfg.eval_every == 0:
                 run_evals()
             if train_cfg.save_every and state.step % train_cfg.save_every == 0 and state.step < total_steps:
-                save(state)
+                engine.save()
 
     if eval_plan is not None and (not train_cfg.eval_every or state.step % train_cfg.eval_every != 0):
         run_evals()
-    if resumed_from is None or resumed_from.name != f"step-{state.step:08d}":
-        save(state)
+    engine.save_final()
     history = metrics.records()
     if info.is_main:
         plot_loss_curve(history, output_dir / "loss_curve.png")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from novalign.data.chat import IGNORE_INDEX
+from novalign.models.forward import chunked_vocab_map
 
 
 def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, shifted: bool = False) -> tuple[torch.Tensor, int]:
@@ -37,8 +37,7 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, shifted: bool
     return loss, int((shift_labels != IGNORE_INDEX).sum())
 
 
-def _chunk_ce(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight).float()
+def _chunk_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
@@ -49,9 +48,9 @@ def chunked_causal_lm_loss_sum(
     """Same value as :func:`causal_lm_loss_sum` on ``hidden @ W^T``, without materializing all logits.
 
     The vocabulary projection and the cross-entropy are computed ``chunk_size`` tokens at a time, and each
-    chunk is recomputed in the backward pass (activation checkpointing), so peak memory holds the logits of
-    one chunk instead of ``[B * L, V]`` fp32 logits -- for a 150k vocabulary and 16k-token rows that is the
-    difference between 0.6 GB and 10 GB. Only positions with a target are projected at all.
+    chunk is recomputed in the backward pass (:func:`~novalign.models.forward.chunked_vocab_map`), so peak
+    memory holds the logits of one chunk instead of ``[B * L, V]`` fp32 logits -- for a 150k vocabulary and
+    16k-token rows that is the difference between 0.6 GB and 10 GB. Only positions with a target are projected.
 
     Args:
         hidden: ``[B, L, H]`` final hidden states (after the last norm).
@@ -63,12 +62,8 @@ def chunked_causal_lm_loss_sum(
     keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()
     h, y = h.index_select(0, keep), y.index_select(0, keep)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, y.numel(), chunk_size):
-        hs, ys = h[start : start + chunk_size], y[start : start + chunk_size]
-        if torch.is_grad_enabled() and (hs.requires_grad or lm_head_weight.requires_grad):
-            total = total + checkpoint(_chunk_ce, hs, lm_head_weight, ys, use_reentrant=False)
-        else:
-            total = total + _chunk_ce(hs, lm_head_weight, ys)
+    for part in chunked_vocab_map(_chunk_ce, h, lm_head_weight, y, chunk_size=chunk_size):
+        total = total + part
     return total, int(y.numel())
 
 

@@ -29,13 +29,12 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from novalign.data.chat import IGNORE_INDEX
 from novalign.data.io import SkipReport
 from novalign.data.preference import split_by_prompt
 from novalign.train import dist as D
-from novalign.models.forward import decoder_hidden_states, output_weight
+from novalign.models.forward import chunked_vocab_map, decoder_hidden_states, output_weight
 from novalign.train.loop import DataPlan
 from novalign.models.packing import (
     Batch,
@@ -135,8 +134,8 @@ def make_unit_plan(
 # ------------------------------------------------------------------ per-sequence log-probabilities
 
 
-def _chunk_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return -F.cross_entropy(F.linear(hidden, weight).float(), labels, reduction="none")
+def _chunk_logps(logits: torch.Tensor, labels: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return -F.cross_entropy(logits, labels, reduction="none"), slots
 
 
 def sequence_logprobs(
@@ -161,14 +160,8 @@ def sequence_logprobs(
     keep = torch.nonzero(y != IGNORE_INDEX, as_tuple=False).flatten()
     h, y, s = h.index_select(0, keep), y.index_select(0, keep), s.index_select(0, keep)
     out = hidden.new_zeros(num_slots, dtype=torch.float32)
-    step = chunk_size if chunk_size > 0 else max(1, y.numel())
-    for start in range(0, y.numel(), step):
-        hs, ys, ss = h[start : start + step], y[start : start + step], s[start : start + step]
-        if torch.is_grad_enabled() and (hs.requires_grad or lm_head_weight.requires_grad):
-            lp = checkpoint(_chunk_logps, hs, lm_head_weight, ys, use_reentrant=False)
-        else:
-            lp = _chunk_logps(hs, lm_head_weight, ys)
-        out = out.index_add(0, ss, lp)
+    for lp, slots in chunked_vocab_map(_chunk_logps, h, lm_head_weight, y, s, chunk_size=chunk_size):
+        out = out.index_add(0, slots, lp)
     return out
 
 

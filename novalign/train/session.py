@@ -8,7 +8,6 @@ write ``<output_dir>/model`` and ``summary.json``.
 
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from novalign.models.checkpointing import (
     enable_multi_layer_checkpointing,
 )
 from novalign.train import dist as D
+from novalign.train.engine import autocast_factory
 from novalign.train.loop import LoopResult, uses_fsdp
 
 
@@ -94,11 +94,8 @@ class Session:
         return uses_fsdp(self.cfg.train, self.info, self.device)
 
     def autocast(self) -> Callable:
-        """The loop's precision rule for forwards outside it (e.g. reference log-probs): bf16 autocast on GPU."""
-        t = self.cfg.train
-        if t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda"):
-            return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext
+        """The loop's precision rule for forwards outside it (e.g. reference log-probs on an unsharded model)."""
+        return autocast_factory(self.cfg.train, self.device)
 
 
 def start(cfg: Any) -> Session:

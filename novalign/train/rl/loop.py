@@ -6,7 +6,8 @@ in the advantage estimate and the critic:
 * :func:`setup_rl` -- prompts, session, tokenizer, reward mix, policy + frozen reference (a copy of the
   starting model), the rollout engine ``rollout.engine`` names (:func:`~novalign.train.rl.rollout.make_rollout_engine`),
   the PTX data;
-* :func:`start_loop` -- optimizer, LR schedule, resume, metrics log, the trainable parameters;
+* :func:`start_loop` -- the optimizer engine (:mod:`novalign.train.engine`: AdamW, LR schedule, resume) and
+  the metrics log;
 * :func:`collect_rollouts` -- one iteration's prompts, rollouts (pi_old), rewards (per source, with the LLM
   judge's failures counted) and the detached per-token top-k KL to the reference (:func:`rollout_kl`);
 * :func:`ptx_backward` -- the PTX penalty of eq. (2) on one SFT micro-batch;
@@ -24,7 +25,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +35,8 @@ from novalign.train.rl.rewards import RewardFn
 from novalign.train import dist as D
 from novalign.models.forward import output_weight
 from novalign.train.kl import chunked_topk_kl
-from novalign.train.loop import LoopResult, build_optimizer
+from novalign.train.engine import Engine, start_engine
+from novalign.train.loop import LoopResult
 from novalign.train.metrics_log import MetricsLog
 from novalign.models.packing import plan_padded_batches
 from novalign.train.rl.algorithms import ptx_loss_sum
@@ -61,21 +62,14 @@ from novalign.train.rl.rollout import (
     label_hidden,
     make_rollout_engine,
 )
-from novalign.train.schedule import lr_factor
 from novalign.train.session import finish, start
-from novalign.train.state import (
-    TrainState,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
+from novalign.train.state import TrainState
 
 __all__ = [
     "PTXData", "RLLoop", "RLRun", "RolloutBatch", "base_record", "close_step", "collect_rollouts", "end_iteration",
     "mini_batch_bounds", "mini_batch_tokens", "optimizer_steps",
     "finish_rl", "gather_batch", "tensor_all_reduce",
-    "log_samples", "optimizer_step", "ptx_backward", "ptx_data", "rollout_kl", "setup_rl", "start_loop",
+    "log_samples", "ptx_backward", "ptx_data", "rollout_kl", "setup_rl", "start_loop",
 ]
 
 
@@ -136,16 +130,15 @@ class RolloutBatch:
 
 @dataclass
 class RLLoop:
-    """The training state of a run (:func:`start_loop`); ``save()`` writes an atomic checkpoint."""
+    """The training state of a run (:func:`start_loop`): the optimizer engine (``engine.save()`` writes an atomic
+    checkpoint) and the metrics log."""
 
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    state: TrainState
-    resumed_from: Path | None
-    save: Callable[[], None]
+    engine: Engine  # trains the policy, or PPO's actor-critic
     metrics: MetricsLog
-    params: list[torch.nn.Parameter]
-    module: nn.Module  # what the optimizer trains (the policy, or PPO's actor-critic)
+
+    @property
+    def state(self) -> TrainState:
+        return self.engine.state
 
 
 def ptx_data(cfg: Any, tokenizer: Any) -> PTXData:
@@ -195,35 +188,16 @@ def setup_rl(cfg: Any, reward: RewardFn | None, stage: str) -> RLRun:
 def start_loop(run: RLRun, module: nn.Module, console_print: Callable) -> RLLoop:
     """AdamW + LR schedule over ``iterations * ppo_epochs * mini_batches`` steps for ``module``'s parameters, resumed from the
     newest checkpoint when ``train.resume``; the metrics and sample logs cut back to the resumed iteration."""
-    cfg, out = run.cfg, run.session.out
-    total_steps = run.iterations * cfg.loss.ppo_epochs * cfg.loss.mini_batches
-    optimizer = build_optimizer(module, cfg.optim, run.session.device)
-    warmup = int(round(cfg.optim.warmup_ratio * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.optim.schedule, cfg.optim.min_lr_ratio))
-    state = TrainState()
-    resumed_from = latest_checkpoint(out / "checkpoints") if cfg.train.resume else None
-    info = run.session.info
-    if resumed_from is not None:
-        state, pieces = load_checkpoint(resumed_from, rank=info.rank)
-        module.load_state_dict(pieces["model"])
-        optimizer.load_state_dict(pieces["optimizer"])
-        scheduler.load_state_dict(pieces["scheduler"])
-        restore_rng(pieces["rng"])
-        console_print(f"resumed from {resumed_from} at iteration {state.step}")
-
-    def save() -> None:
-        save_checkpoint(out / "checkpoints", state, model_state=module.state_dict(), optimizer_state=optimizer.state_dict(),
-                        scheduler_state=scheduler.state_dict(), rank=info.rank, is_main=info.is_main,
-                        barrier=lambda: D.barrier(info), keep_last=cfg.train.keep_last)
-
+    cfg, out, info = run.cfg, run.session.out, run.session.info
+    steps = run.iterations * cfg.loss.ppo_epochs * cfg.loss.mini_batches
+    engine = start_engine(module, cfg.optim, cfg.train, total_steps=steps, ckpt_root=out / "checkpoints", info=info,
+                          device=run.session.device, console_print=console_print, unit="iteration")
     metrics = MetricsLog(out, enabled=info.is_main, tensorboard=cfg.train.tensorboard)
-    metrics.truncate_after(state.step)
+    metrics.truncate_after(engine.state.step)
     if info.is_main:
-        truncate_samples_after(run, state.step)
-    params = [p for p in module.parameters() if p.requires_grad]
+        truncate_samples_after(run, engine.state.step)
     module.train()
-    return RLLoop(optimizer, scheduler, state, resumed_from, save, metrics, params, module)
+    return RLLoop(engine, metrics)
 
 
 # ------------------------------------------------------------------ one iteration
@@ -303,18 +277,6 @@ def ptx_backward(policy: nn.Module, ref: nn.Module, ptx: PTXData, step: int, cfg
     return D.all_reduce_sum(ptx_sum, info, device) / total
 
 
-def optimizer_step(run: RLRun, loop: RLLoop) -> tuple[float, float]:
-    """Clip gradients (``optim.max_grad_norm``), step, schedule, zero; returns ``(lr, grad_norm)`` of the step."""
-    grad_norm = 0.0
-    if run.cfg.optim.max_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(loop.params, run.cfg.optim.max_grad_norm))
-    lr = loop.optimizer.param_groups[0]["lr"]
-    loop.optimizer.step()
-    loop.scheduler.step()
-    loop.optimizer.zero_grad(set_to_none=True)
-    return lr, grad_norm
-
-
 def mini_batch_bounds(num_rows: int, mini_batches: int) -> list[tuple[int, int]]:
     """``mini_batches`` contiguous row ranges covering ``num_rows`` rollouts, as equal as possible.
 
@@ -350,14 +312,14 @@ def mini_batch_tokens(run: RLRun, batch: RolloutBatch, lo: int, hi: int) -> floa
 
 def close_step(run: RLRun, loop: RLLoop, policy: nn.Module, index: int) -> tuple[float, float, float]:
     """End of the iteration's optimizer step number ``index`` (its position in :func:`optimizer_steps`): the PTX
-    backward (when ``ptx.coef > 0``) on this optimizer step's SFT samples, then :func:`optimizer_step`.
+    backward (when ``ptx.coef > 0``) on this optimizer step's SFT samples, then the engine's step (gradients
+    summed over ranks -- each loss was divided by the global count --, clipped, stepped).
     Returns ``(ptx_loss or 0, lr, grad_norm)``."""
     ptx = 0.0
     if run.ptx is not None:
         step = loop.state.step * run.cfg.loss.ppo_epochs * run.cfg.loss.mini_batches + index
         ptx = ptx_backward(policy, run.ref, run.ptx, step, run.cfg, run.autocast, run.session.info)
-    D.all_reduce_gradients(loop.module, run.session.info)  # sums over ranks: each loss was divided by the global count
-    return (ptx, *optimizer_step(run, loop))
+    return (ptx, *loop.engine.step())
 
 
 def tensor_all_reduce(run: RLRun) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -431,7 +393,7 @@ def end_iteration(run: RLRun, loop: RLLoop, chosen: list[PromptRecord], batch: R
         log_samples(run, loop.metrics, loop.state.step, chosen, batch)
     t = run.cfg.train
     if t.save_every and loop.state.step % t.save_every == 0 and loop.state.step < run.iterations:
-        loop.save()
+        loop.engine.save()
     return record
 
 
@@ -441,13 +403,13 @@ def end_iteration(run: RLRun, loop: RLLoop, chosen: list[PromptRecord], batch: R
 def finish_rl(run: RLRun, loop: RLLoop, last_loss: float | None, summary: dict, console_print: Callable) -> LoopResult:
     """Final checkpoint (unless resumed at the end), ``model/`` and ``summary.json``; closes the judges' clients."""
     state = loop.state
-    if loop.resumed_from is None or loop.resumed_from.name != f"step-{state.step:08d}":
-        loop.save()
+    loop.engine.save_final()
     history = loop.metrics.records()
     loop.metrics.close()
     if run.owns_reward:
         close_reward(run.mix)
-    result = LoopResult(state=state, final_loss=last_loss, eval_loss=None, resumed_from=loop.resumed_from, history=history)
+    result = LoopResult(state=state, final_loss=last_loss, eval_loss=None, resumed_from=loop.engine.resumed_from,
+                        history=history)
     summary = {"iterations": state.step, "prompts": len(run.prompts), "n": run.cfg.rollout.n, "beta": run.cfg.loss.beta,
                "ptx_coef": run.cfg.ptx.coef, "rollout_engine": run.cfg.rollout.engine, **summary}
     finish(run.session, result, run.policy, run.tokenizer, run.load, summary, console_print)

@@ -25,6 +25,7 @@ end token) has none -- its reward is the trainer's decision (issue 5, "bad input
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ from novalign.models.generate import (
     generate_batch,
     stop_token_ids,
 )
-from novalign.models.forward import decoder_hidden_states, output_weight
+from novalign.models.forward import chunked_vocab_map, decoder_hidden_states, output_weight
 from novalign.models.packing import best_fit_decreasing, collate_packed, collate_padded
 
 __all__ = [
@@ -97,8 +98,8 @@ def _check_args(prompts: Sequence[Messages], n: int, temperature: float, top_p: 
             raise ValueError(message)
 
 
-def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
-    return -F.cross_entropy(F.linear(hidden, weight).float() / temperature, labels, reduction="none")
+def _token_logps(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    return -F.cross_entropy(logits / temperature, labels, reduction="none")
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -108,25 +109,24 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
         return -(logp.exp() * logp).sum(-1)
 
 
-def _chunk_token_logps_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logps_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of ``labels`` (with gradient) and the detached per-position entropy, from one projection."""
-    logits = F.linear(hidden, weight).float() / temperature
+    logits = logits / temperature
     return -F.cross_entropy(logits, labels, reduction="none"), token_entropy(logits)
 
 
 def chunked_logps_entropy(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, temperature: float, chunk_size: int,
                           with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(logps [N], entropy [N] or None)`` of ``[N, H]`` hidden states, ``chunk_size`` positions per projection."""
+    """``(logps [N], entropy [N] or None)`` of ``[N, H]`` hidden states, ``chunk_size`` positions per projection
+    (:func:`~novalign.models.forward.chunked_vocab_map`: recomputed in the backward pass when trained)."""
     if y.numel() == 0:
         empty = h.new_zeros(0, dtype=torch.float32)
         return empty, (empty if with_entropy else None)
-    step = chunk_size if chunk_size > 0 else max(1, y.numel())
+    fn = functools.partial(_token_logps_entropy if with_entropy else _token_logps, temperature=temperature)
+    parts = chunked_vocab_map(fn, h, weight, y, chunk_size=chunk_size)
     if not with_entropy:
-        return torch.cat([_chunk_token_logps(h[i : i + step], weight, y[i : i + step], temperature)
-                          for i in range(0, y.numel(), step)]), None
-    parts = [_chunk_token_logps_entropy(h[i : i + step], weight, y[i : i + step], temperature)
-             for i in range(0, y.numel(), step)]
+        return torch.cat(parts), None
     return torch.cat([lp for lp, _ in parts]), torch.cat([e for _, e in parts])
 
 
