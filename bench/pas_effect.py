@@ -101,11 +101,6 @@ def pas_records(topics: list[str], held_out: set[str] = frozenset()) -> list[dic
             for t in topics for category in _categories(t, held_out) for template in TEMPLATES[category]]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def tokenizer_texts(topics: list[str]) -> Iterator[str]:
     """The demo corpus plus this task's own text (the PAS template, prompts, answers), so the tokenizer has
     merges for them and sequences stay short -- the main cost on a CPU."""
@@ -131,6 +126,7 @@ def run(work: Path, *, num_topics: int, held_out: int, main_steps: int, pas_step
         seed: int = 0) -> dict:
     """Train both tiny models in ``work`` and measure the main model's JSON pass rate without / with PAS."""
     from novalign.config import PASTrainConfig, SFTConfig
+    from novalign.data.io import write_jsonl
     from novalign.eval.benchmarks import gsb, ux_pass_rate
     from novalign.eval.ifeval import format_json_format
     from novalign.models.generate import generate_chat
@@ -150,7 +146,8 @@ def run(work: Path, *, num_topics: int, held_out: int, main_steps: int, pas_step
 
     log(f"main model: {len(main_sft_records(topics, held))} SFT samples, {main_steps} steps")
     init_tiny_model(work / "main-base", seed=seed, **dims)
-    main_file = write_jsonl(work / "main_sft.jsonl", main_sft_records(topics, held))
+    main_file = work / "main_sft.jsonl"
+    write_jsonl(main_file, main_sft_records(topics, held))
     main_cfg = SFTConfig.model_validate({"output_dir": str(work / "main"), "model": {"path": str(work / "main-base"), "gradient_checkpointing": "off"},
                                          "data": {"train_files": [str(main_file)], "max_length": 256},
                                          **train_settings(main_steps, 5e-3)})
@@ -159,7 +156,8 @@ def run(work: Path, *, num_topics: int, held_out: int, main_steps: int, pas_step
     log(f"main model trained in {time.perf_counter() - start:.1f} s")
     log(f"PAS model: {len(pas_records(topics, held))} PAS samples, {pas_steps} steps")
     init_tiny_model(work / "pas-base", seed=seed + 1, **dims)
-    pas_file = write_jsonl(work / "pas_data.jsonl", pas_records(topics, held))
+    pas_file = work / "pas_data.jsonl"
+    write_jsonl(pas_file, pas_records(topics, held))
     pas_cfg = PASTrainConfig.model_validate({"output_dir": str(work / "pas"), "model": {"path": str(work / "pas-base"), "gradient_checkpointing": "off"},
                                              "pas_files": [str(pas_file)], "max_length": 512,
                                              **train_settings(pas_steps, 5e-3)})

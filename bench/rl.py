@@ -284,6 +284,7 @@ def main(argv=None) -> None:
         print(json.dumps(out), flush=True)
         return
 
+    from novalign.data.io import write_jsonl
     from novalign.models.tiny import init_tiny_model
 
     t_start = time.perf_counter()
@@ -291,7 +292,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="novalign-bench-rl-") as tmp:
         model_dir = init_tiny_model(Path(tmp) / "tiny", seed=0)
         prompts = Path(tmp) / "prompts.jsonl"
-        prompts.write_text("".join(json.dumps({"prompt": f"Say something about topic {i}"}) + "\n" for i in range(8)))
+        write_jsonl(prompts, ({"prompt": f"Say something about topic {i}"} for i in range(8)))
         rl_args = [*common_args, "--model-dir", str(model_dir), "--prompts", str(prompts), "--workdir", tmp,
                    "--iterations", str(args.iterations), "--prompts-per-iteration", str(args.prompts_per_iteration),
                    "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens)]

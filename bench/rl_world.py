@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from novalign.config import RecipeConfig  # noqa: E402
+from novalign.data.io import write_jsonl  # noqa: E402
 from novalign.recipe.stages import world_verifier  # noqa: E402
 from novalign.train.rl.rewards import reward_model_reward, verifier_reward, weighted_mix  # noqa: E402
 from novalign.world.generator import build_world, prompt_pool  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> None:
     prompts = [{"messages": t["messages"], "capability": cap, "check": t["check"]} for cap in caps for t in pool[cap]]
     out = Path(a.out or run / f"bench_rl_seed{a.seed}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    write_jsonl(out / "prompts.jsonl", prompts)
 
     from novalign.train.grpo import run_grpo
     from novalign.world.evaluate import evaluate_model

@@ -171,15 +171,15 @@ def main(argv=None) -> None:
     if args.quick:
         args.prompts, args.held_out, args.epochs = 150, 80, 1
     torch.set_num_threads(args.threads)
-    from novalign.data.demo import write_jsonl
+    from novalign.data.io import write_jsonl
     from novalign.models.tiny import init_tiny_model
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rm_mse-") as tmp:
         work = Path(tmp)
         model_dir = init_tiny_model(work / "base", seed=args.seed)
-        write_jsonl(make_pairs(args.prompts, args.label_noise, args.seed + 1), work / "train.jsonl")
-        write_jsonl(make_pairs(args.held_out, args.label_noise, args.seed + 2), work / "eval.jsonl")
+        write_jsonl(work / "train.jsonl", make_pairs(args.prompts, args.label_noise, args.seed + 1))
+        write_jsonl(work / "eval.jsonl", make_pairs(args.held_out, args.label_noise, args.seed + 2))
         rng = random.Random(args.seed + 3)
         held = [triplet(rng) for _ in range(args.held_out)]
         truth = np.array([[resp[t][1] for t in TIERS] for _, resp in held])

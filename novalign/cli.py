@@ -104,10 +104,8 @@ def generate_command(
 ) -> None:
     """Answer prompts with a local model. With --input records that carry an `answer`, report how often the
     reply contains it (a quick check that SFT worked; the evaluation suite does the full job)."""
-    import json
-
     from novalign.data.chat import normalize_messages
-    from novalign.data.io import DataError, iter_records
+    from novalign.data.io import DataError, iter_records, write_jsonl
     from novalign.models.generate import generate_chat
     from novalign.models.load import load_model, load_tokenizer
 
@@ -138,8 +136,7 @@ def generate_command(
             graded.append(row["correct"])
         rows.append(row)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(output, rows)
     for row in rows[:8]:
         typer.echo(f"> {row['prompt']}\n{row['reply']}\n")
     if graded:
@@ -309,12 +306,10 @@ def eval_ifeval_command(
 ) -> None:
     """Score responses with IFEval's 25 verifiable instructions: prompt- and instruction-level accuracy,
     strict and loose, overall and per instruction type (like IFEval's evaluation_main)."""
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
-    from novalign.data.io import DataError
+    from novalign.data.io import DataError, write_jsonl
     from novalign.eval import evaluate, ifeval_accuracy
 
     try:
@@ -325,8 +320,7 @@ def eval_ifeval_command(
         _fail(f"{input_path}: no prompts")
     rows = [r.to_dict() for r in results]
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        write_jsonl(output, rows)
     acc = ifeval_accuracy(rows)
     strict, loose = acc["strict"], acc["loose"]
     table = Table(title=f"IFEval: {acc['num_prompts']} prompts, {acc['num_instructions']} instructions")
@@ -416,10 +410,8 @@ def pas_augment_command(
 ) -> None:
     """Augment prompts with a PAS model: prompt -> complement -> augmented prompt (joining template editable).
     Records with search_keywords run in RAG mode: the complement is kept within the keywords' scope."""
-    import json
-
     from novalign.config import ConfigError, LLMConfig, PASAugmentConfig, load_config
-    from novalign.data.io import DataError, iter_records
+    from novalign.data.io import DataError, iter_records, write_jsonl
     from novalign.pas.augment import PromptAugmenter
 
     try:
@@ -437,10 +429,7 @@ def pas_augment_command(
         results = augmenter.augment_many(records, progress=True)
     finally:
         augmenter.close()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as handle:
-        for record, result in zip(records, results):
-            handle.write(json.dumps(record | result.to_dict(), ensure_ascii=False) + "\n")
+    write_jsonl(output, (record | result.to_dict() for record, result in zip(records, results)))
     errors = sum(r.error is not None for r in results)
     typer.echo(f"augmented {len(results) - errors}/{len(results)} prompts -> {output}"
                + (f" ({errors} PAS calls failed; those prompts are unchanged, see 'error')" if errors else ""))

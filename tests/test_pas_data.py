@@ -285,3 +285,34 @@ def test_pas_train_data_from_records(tmp_path):
     bad.write_text(json.dumps({"prompt": "a"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl.*1.*complement"):
         write_pas_sft_file([str(bad)], tmp_path / "x.jsonl", template, rag)
+
+
+def test_build_data_resume_drops_a_torn_line_and_decides_a_repeated_prompt_once(tmp_path):
+    """Pool: P1, P1 again, P2, P3 (each with the GOOD complement, so only the check step asks). The output an
+    interrupted run left holds P3 and a torn line for P2. The rerun: P3 done (1), the torn P2 line dropped and
+    counted (dropped_truncated 1), P1's repeat decided once (repeated_prompts 1), so 2 check requests (P1, P2),
+    both kept by the scripted 'keep' verdict. The output is then P3, P1, P2 as whole lines; no failed file."""
+    from scripted_llm import ScriptedLLM
+
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"prompt": p, "category": "math", "complement": GOOD} for p in ("P1", "P1", "P2", "P3")]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "pas.jsonl"
+    out.write_text(json.dumps({"prompt": "P3", "category": "math", "complement": GOOD, "check": {}}) + "\n"
+                   + '{"prompt": "P2", "comple')
+    llm = ScriptedLLM(lambda route, messages: json.dumps({"verdict": "keep", "reason": "fine"}))
+    client = llm.client("check")
+    cfg = PASDataConfig.model_validate({"pool_files": [str(pool)], "output": str(out),
+                                        "llm": {"base_url": llm.base_url("check"), "model": "check"}})
+    try:
+        summary = run_build_data(cfg, console_print=lambda *a: None, client=client)
+    finally:
+        client.close()
+        llm.close()
+    assert summary | {"balance": None} == {"pool": 4, "processed": 2, "kept": 2, "rewritten": 0, "dropped": 0,
+                                            "failed": 0, "skipped_invalid": 0, "repeated_prompts": 1,
+                                            "dropped_truncated": 1, "balance": None}
+    assert len(llm.bodies["check"]) == 2
+    prompts = [json.loads(x)["prompt"] for x in out.read_text().splitlines()]
+    assert prompts[0] == "P3" and sorted(prompts[1:]) == ["P1", "P2"]
+    assert not (tmp_path / "pas.jsonl.failed.jsonl").exists()

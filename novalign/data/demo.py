@@ -17,17 +17,17 @@ so a model can only learn it from this data. Regenerate the bundled files with::
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable
+
+from novalign.data.io import write_jsonl
 
 __all__ = [
     "COUNTRIES",
     "FACT_FIELDS",
     "make_demo_conversations",
     "make_corpus_text",
-    "write_jsonl",
     "ASSETS_DIR",
 ]
 
@@ -306,18 +306,11 @@ def make_corpus_text(seed: int = 0, *, arithmetic: int = 140, instructions: int 
 CORPUS_MARKER = "=== generated section (python -m novalign.data.demo rewrites everything below) ==="
 
 
-def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
-    """Write records as UTF-8 JSON lines."""
-    with open(path, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
 def _regenerate(assets: Path = ASSETS_DIR, log: Callable[[str], None] = print) -> None:
     """Rewrite the bundled jsonl files and the generated section of ``corpus.txt``."""
     assets.mkdir(parents=True, exist_ok=True)
-    write_jsonl(make_demo_conversations(1500, seed=0), assets / "demo_sft.jsonl")
-    write_jsonl(make_demo_conversations(100, seed=1), assets / "demo_sft_eval.jsonl")
+    write_jsonl(assets / "demo_sft.jsonl", make_demo_conversations(1500, seed=0))
+    write_jsonl(assets / "demo_sft_eval.jsonl", make_demo_conversations(100, seed=1))
     corpus = assets / "corpus.txt"
     head = corpus.read_text(encoding="utf-8").split(CORPUS_MARKER)[0] if corpus.exists() else ""
     corpus.write_text(head.rstrip("\n") + "\n\n" + CORPUS_MARKER + "\n\n" + make_corpus_text(0), encoding="utf-8")

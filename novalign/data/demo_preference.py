@@ -20,7 +20,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from novalign.data.demo import ASSETS_DIR, make_demo_conversations, write_jsonl
+from novalign.data.demo import ASSETS_DIR, make_demo_conversations
+from novalign.data.io import write_jsonl
 
 __all__ = ["QUALITY", "SCORE_DIMENSIONS", "make_preference_records", "response_versions"]
 
@@ -91,8 +92,8 @@ def make_preference_records(n: int, seed: int, *, form: str = "pairs", scored_fr
 
 
 def _regenerate() -> None:
-    write_jsonl(make_preference_records(600, seed=10), ASSETS_DIR / "demo_pref.jsonl")
-    write_jsonl(make_preference_records(120, seed=11), ASSETS_DIR / "demo_pref_eval.jsonl")
+    write_jsonl(ASSETS_DIR / "demo_pref.jsonl", make_preference_records(600, seed=10))
+    write_jsonl(ASSETS_DIR / "demo_pref_eval.jsonl", make_preference_records(120, seed=11))
     print(f"wrote demo_pref.jsonl and demo_pref_eval.jsonl under {ASSETS_DIR}")
 
 

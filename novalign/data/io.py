@@ -1,20 +1,35 @@
-"""Reading raw training records from JSON-lines and Parquet files.
+"""Records in and out: JSON-lines and Parquet readers, and the one place that writes record files.
 
-Every problem with the data is reported as a :class:`DataError` that names the
+Reading: every problem with the data is reported as a :class:`DataError` that names the
 file, the line (JSON-lines) or row (Parquet), the offending field and what is
 wrong with it, so that a bad record in a million-line file can be found and
 fixed directly. :class:`SkipReport` collects such errors when the caller has
 chosen to skip invalid records instead of stopping at the first one.
+
+Writing (every stage writes through these, so that a kill never leaves a half-written file behind):
+
+* :func:`write_jsonl` / :func:`write_json_atomic` -- a whole file, written to a hidden temporary file beside
+  it, fsynced and renamed over it: readers see the old file or the new one, never a mix.
+* :func:`atomic_directory` -- the same for a folder (a saved model, a merge).
+* :class:`KeyedAppender` -- a resumable JSON-lines file keyed by one field, one durable line (flush + fsync)
+  per record, for runs that write results as they finish and skip finished keys on a rerun;
+  :func:`append_jsonl` appends without a key (logs) and :func:`filter_jsonl` cuts a log back on resume.
+* :func:`repair_tail` -- what a kill mid-write leaves is a last line without its newline: it is cut off with
+  a warning and counted. Damage anywhere else is a :class:`DataError` naming file and line, never skipped.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "DataError",
@@ -22,7 +37,17 @@ __all__ = [
     "iter_records",
     "JSONL_SUFFIXES",
     "PARQUET_SUFFIXES",
+    "write_jsonl",
+    "write_json_atomic",
+    "atomic_directory",
+    "append_jsonl",
+    "filter_jsonl",
+    "repair_tail",
+    "read_keyed",
+    "KeyedAppender",
 ]
+
+log = logging.getLogger("novalign.data.io")
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -241,3 +266,258 @@ def _json_type_name(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return type(value).__name__
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _json_line(record: Any, default: Callable[[Any], Any] | None, where: str) -> bytes:
+    """One record as a UTF-8 JSON line; a value JSON cannot hold fails here, before anything is written."""
+    try:
+        return (json.dumps(record, ensure_ascii=False, default=default) + "\n").encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: cannot be written as JSON: {exc}") from exc
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """A binary handle on a hidden temporary file beside ``path``; on success it is fsynced and renamed over
+    ``path`` (one ``os.replace``), on any error deleted. The name carries pid and thread, so two writers of
+    the same file never share a temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[Any], *,
+                default: Callable[[Any], Any] | None = None) -> int:
+    """Write ``records`` as UTF-8 JSON lines (non-ASCII kept as is), atomically; returns how many.
+
+    ``default`` is passed to :func:`json.dumps` (e.g. ``str`` for values JSON has no type for); without it
+    such a value is a ``TypeError`` naming the file and the record's index, and the old file is untouched.
+    """
+    path = Path(path)
+    n = 0
+    with _atomic_file(path) as fh:
+        for n, record in enumerate(records, start=1):
+            fh.write(_json_line(record, default, f"{path}: record {n}"))
+    return n
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, sort_keys: bool = False,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """Write one JSON document (with a final newline), atomically; returns ``path``."""
+    path = Path(path)
+    try:
+        text = json.dumps(obj, indent=indent, sort_keys=sort_keys, ensure_ascii=False, default=default) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{path}: cannot be written as JSON: {exc}") from exc
+    with _atomic_file(path) as fh:
+        fh.write(text.encode("utf-8"))
+    return path
+
+
+@contextmanager
+def atomic_directory(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temp folder beside ``out``; on success it replaces ``out`` in one rename, on any error
+    (or Ctrl-C) it is deleted. A SIGKILL leaves only a hidden ``.<name>.tmp-<pid>`` folder, never a partial
+    ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ appending, resuming
+
+_TAIL_BLOCK = 1 << 16  # bytes read at a time when looking backwards for the last newline
+
+
+def _end_of_last_line(fh: IO[bytes], size: int) -> int:
+    """Offset just after the file's last ``\\n`` (0 if there is none), reading backwards block by block so
+    that a large file is not read whole."""
+    pos = size
+    while pos > 0:
+        start = max(0, pos - _TAIL_BLOCK)
+        fh.seek(start)
+        i = fh.read(pos - start).rfind(b"\n")
+        if i >= 0:
+            return start + i + 1
+        pos = start
+    return 0
+
+
+def repair_tail(path: str | os.PathLike[str]) -> int:
+    """Make a JSON-lines file safe to append to; returns how many torn last lines were dropped (0 or 1).
+
+    Every writer here ends a record with its newline, so a last line without one was cut short by a kill
+    mid-write. If that line still parses as JSON (only the newline was lost) the newline is added; otherwise
+    the line is cut off the file, with a warning naming file and line. Nothing else is looked at: damage
+    before the last line is found by the reader, which names it as a :class:`DataError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return 0
+        cut = _end_of_last_line(fh, size)
+        fh.seek(cut)
+        tail = fh.read()
+        try:
+            json.loads(tail.decode("utf-8"))
+            complete = True
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if complete:
+            fh.write(b"\n")
+        else:
+            fh.seek(0)
+            lineno = fh.read(cut).count(b"\n") + 1  # only on this rare path is the file read whole
+            log.warning("%s:%d: dropped a truncated last record (%d bytes, cut short by an interrupted write)",
+                        path, lineno, len(tail))
+            fh.truncate(cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return 0 if complete else 1
+
+
+def read_keyed(path: str | os.PathLike[str], key: str) -> tuple[dict[str, dict[str, Any]], int]:
+    """The records a resumable file holds, by ``str(record[key])``, and how many torn last lines were dropped.
+
+    The tail is repaired first (:func:`repair_tail`). A missing file is no records. Any other bad line -- not
+    JSON, not an object, no ``key``, a key written twice -- is a :class:`DataError` naming file and line.
+    """
+    path = Path(path)
+    dropped = repair_tail(path)
+    done: dict[str, dict[str, Any]] = {}
+    first: dict[str, int] = {}
+    if not path.is_file():
+        return done, dropped
+    for line, record in _iter_jsonl(path, None):
+        if key not in record:
+            raise DataError(path, line, key, f"a record without its key field {key!r}", reason="record without key")
+        value = str(record[key])
+        if value in done:
+            raise DataError(path, line, key, f"{key} {value!r} written twice (also on line {first[value]}; two runs "
+                            "writing at once?)", reason="duplicate key")
+        done[value], first[value] = record, line
+    return done, dropped
+
+
+def append_jsonl(path: str | os.PathLike[str], records: Iterable[Any], *,
+                 default: Callable[[Any], Any] | None = None) -> int:
+    """Append ``records`` to a JSON-lines log (no key, no read-back); durable when it returns (one fsync).
+
+    A torn last line left by an earlier kill is dropped first (:func:`repair_tail`), so the new lines do not
+    glue onto it. Returns how many records were written.
+    """
+    path = Path(path)
+    lines = [_json_line(r, default, f"{path}: appended record {i}") for i, r in enumerate(records, start=1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repair_tail(path)
+    with open(path, "ab") as fh:
+        fh.writelines(lines)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(lines)
+
+
+def filter_jsonl(path: str | os.PathLike[str], keep: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite a JSON-lines file (atomically) with only the records ``keep`` accepts; returns how many went.
+
+    Used on resume to cut a log back to its checkpoint. A torn last line is dropped first (:func:`repair_tail`);
+    any other bad line is a :class:`DataError`. A missing file is left missing (0).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    repair_tail(path)
+    records = [record for _, record in _iter_jsonl(path, None)]
+    kept = [r for r in records if keep(r)]
+    if len(kept) < len(records):
+        write_jsonl(path, kept)
+    return len(records) - len(kept)
+
+
+class KeyedAppender:
+    """A resumable JSON-lines file keyed by one field: each :meth:`append` is on disk when it returns.
+
+    Opening reads back what an earlier run wrote (:func:`read_keyed`): ``done`` maps each finished key to its
+    record and ``dropped`` counts the torn last line cut off (0 or 1), so a rerun asks only for the keys not in
+    ``done``. ``fresh=True`` starts the file over instead. The file is created by its first record.
+
+    >>> import tempfile; path = Path(tempfile.mkdtemp()) / "out.jsonl"
+    >>> with KeyedAppender(path, "id") as sink:
+    ...     sink.append({"id": 1, "answer": "4"})
+    >>> sorted(KeyedAppender(path, "id").done)
+    ['1']
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: str, *, fresh: bool = False,
+                 default: Callable[[Any], Any] | None = None) -> None:
+        self.path, self.key, self.default = Path(path), key, default
+        if fresh:
+            self.path.unlink(missing_ok=True)
+            self.done, self.dropped = {}, 0
+        else:
+            self.done, self.dropped = read_keyed(self.path, key)
+        self.count = 0  # records appended through this object
+        self._seen = set(self.done)  # apart from ``done``, which callers may be iterating while we append
+        self._fh: IO[bytes] | None = None
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record as one line, then flush and fsync. A record without the key, or with a key
+        already in the file, is a ``ValueError`` and writes nothing."""
+        if not isinstance(record, dict):
+            raise TypeError(f"{self.path}: a record must be a dict, got {type(record).__name__}")
+        if self.key not in record:
+            raise ValueError(f"{self.path}: a record without its key field {self.key!r}")
+        value = str(record[self.key])
+        if value in self._seen:
+            raise ValueError(f"{self.path}: {self.key} {value!r} written twice")
+        line = _json_line(record, self.default, f"{self.path}: the record with {self.key} {value!r}")
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "ab")  # noqa: SIM115 - held until close(); see __exit__
+        self._fh.write(line)
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._seen.add(value)
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> KeyedAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -382,15 +382,9 @@ def read_ratings(path: str | Path) -> list[dict]:
 
 def write_ratings(path: str | Path, rows: Sequence[dict]) -> None:
     """Write ratings as JSONL (atomically: a temporary file renamed into place)."""
-    import json
-    import os
+    from novalign.data.io import write_jsonl
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(tmp, path)
+    write_jsonl(path, rows)
 
 
 def ux_ratings(records: Sequence[dict], model: str, rater: str) -> list[dict]:

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from novalign.data.io import DataError, iter_records
+from novalign.data.io import DataError, KeyedAppender, iter_records, read_keyed, write_json_atomic
 from novalign.eval.suite_api import Conversation, SuiteContext
 from novalign.eval.suites import resolve_suite
 
@@ -43,52 +42,25 @@ class EvalError(RuntimeError):
 def read_done(path: Path) -> tuple[dict[str, dict], int]:
     """Records an earlier run wrote to ``path``, by id, and how many truncated last lines were dropped (0/1).
 
-    A last line without its newline that is not valid JSON is what a kill mid-write leaves: it is cut off the
-    file (so appending continues cleanly), logged, and counted. Any other bad line is a :class:`DataError`.
+    The resume rules are :func:`novalign.data.io.read_keyed`'s: a torn last line (a kill mid-write) is cut off,
+    logged and counted; any other bad line, or an id written twice, is a :class:`DataError` naming the line.
     """
-    if not path.exists():
-        return {}, 0
-    raw = path.read_bytes()
-    dropped = 0
-    if raw and not raw.endswith(b"\n"):
-        cut = raw.rfind(b"\n") + 1
-        try:
-            json.loads(raw[cut:].decode("utf-8"))
-            complete = True
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            complete = False
-        if complete:
-            with open(path, "ab") as fh:
-                fh.write(b"\n")
-        else:
-            log.warning("%s:%d: dropped a truncated last record (%d bytes; an interrupted write) -- it is asked again",
-                        path, raw.count(b"\n") + 1, len(raw) - cut)
-            with open(path, "r+b") as fh:
-                fh.truncate(cut)
-            dropped = 1
-    done: dict[str, dict] = {}
-    for line, record in iter_records(path):
-        if "id" not in record:
-            raise DataError(path, line, "id", "a result record without an id", reason="bad result record")
-        key = str(record["id"])
-        if key in done:
-            raise DataError(path, line, "id", f"id {key!r} written twice (two runs writing at once?)",
-                            reason="duplicate result")
-        done[key] = record
-    return done, dropped
+    return read_keyed(path, "id")
 
 
 class RecordWriter:
-    """Appends one JSON line per record to a suite's output file; each write is durable when it returns."""
+    """A suite's record sink: checks the fields every suite record must have (see novalign.eval.suite_api),
+    then appends it to the suite's :class:`~novalign.data.io.KeyedAppender` (durable when the call returns)."""
 
     REQUIRED = ("id", "category", "failed")
 
-    def __init__(self, path: Path, suite: str, done: dict[str, dict]):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.suite = path, suite
-        self.seen = set(done)
-        self.count = 0
-        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - open for the suite's whole run; see close()
+    def __init__(self, sink: KeyedAppender, suite: str):
+        self.sink, self.suite = sink, suite
+        self.seen = set(sink.done)
+
+    @property
+    def count(self) -> int:
+        return self.sink.count
 
     def __call__(self, record: dict) -> None:
         missing = [k for k in self.REQUIRED if k not in record]
@@ -98,13 +70,10 @@ class RecordWriter:
         if key in self.seen:
             raise ValueError(f"suite {self.suite!r} wrote id {key!r} twice")
         self.seen.add(key)
-        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.count += 1
+        self.sink.append(record)
 
     def close(self) -> None:
-        self._fh.close()
+        self.sink.close()
 
 
 # ------------------------------------------------------------------------------------------- responders
@@ -311,22 +280,16 @@ def check_inputs(cfg) -> None:
             raise FileNotFoundError(f"model {model.name!r}: responses not found: {model.responses}")
 
 
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _run_suite(cfg, model, suite, respond, judge, peers) -> dict[str, Any]:
-    out = Path(cfg.output_dir) / model.name / f"{suite.name}.jsonl"
-    done, dropped = read_done(out)
+    sink = KeyedAppender(Path(cfg.output_dir) / model.name / f"{suite.name}.jsonl", "id", default=str)
+    done, dropped = sink.done, sink.dropped
     options = dict(suite.options)
     options.setdefault("batch_size", cfg.batch_size)  # samples per respond call (ifeval, math, code)
     options.setdefault("chunk_size", cfg.batch_size)  # the same, for the judged suites (novalign.eval.checklist)
     if cfg.judge is not None:
         options.setdefault("judge_attempts", 1 + cfg.judge.max_reasks)
         options.setdefault("judge_max_tokens", cfg.judge.max_tokens)
-    writer = RecordWriter(out, suite.name, done)
+    writer = RecordWriter(sink, suite.name)
     asked_before = _model_requests(respond, peers), _judge_requests(judge)
     ctx = SuiteContext(
         name=suite.name, data=Path(suite.data) if suite.data else None, respond=respond, judge=judge,
@@ -390,7 +353,7 @@ def run_eval(cfg) -> dict[str, dict[str, dict]]:
                 peers = {name: r for name, r in responders.items() if name != model.name and r is not None}
                 summary = _run_suite(cfg, model, suite, responders[model.name], judge, peers)
                 summaries.setdefault(model.name, {})[suite.name] = summary
-                _write_json_atomic(summary_path, summaries)
+                write_json_atomic(summary_path, summaries, default=str)
             for responder in generators.values():  # peers used by a pairwise suite are released too
                 if responder is not None:
                     responder.close()
@@ -401,6 +364,6 @@ def run_eval(cfg) -> dict[str, dict[str, dict]]:
         if judge is not None:
             judge.close()
     ordered = {m.name: {s.name: summaries[m.name][s.name] for s in cfg.suites} for m in cfg.models}
-    _write_json_atomic(summary_path, ordered)
+    write_json_atomic(summary_path, ordered, default=str)
     write_report(ordered, out_dir)
     return ordered

@@ -8,12 +8,13 @@ Cache hits cost nothing and are counted apart. A model with no price has cost ``
 from __future__ import annotations
 
 import fnmatch
-import json
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from novalign.data.io import write_json_atomic
 
 __all__ = ["Price", "ModelUsage", "Accounting"]
 
@@ -83,10 +84,7 @@ class Accounting:
                 "models": models, "total": total}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     def print(self, console=None) -> None:
         """A table of the run's usage (stderr by default)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import queue
 import random
@@ -26,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Protocol
 
+from novalign.data.io import KeyedAppender
 from novalign.llm.accounting import Accounting, Price
 from novalign.llm.cache import CachedSample, RequestCache, cache_key
 from novalign.llm.limits import RateLimiter, RetryPolicy, estimate_tokens
@@ -207,23 +207,20 @@ class LLMClient:
                   progress: bool | None = None) -> list[Result]:
         """Answer all ``requests``; returns results in input order.
 
-        With ``output``, each result is appended to that JSONL file as it finishes, and the run's usage is
-        written beside it (``<output>.usage.json``) and printed at the end.
+        With ``output``, the file is started over and each result is appended to it (one durable JSON line,
+        keyed by ``index``) as it finishes; the run's usage is written beside it (``<output>.usage.json``) and
+        printed at the end.
         """
         results: dict[int, Result] = {}
-        handle = None
-        if output is not None:
-            Path(output).parent.mkdir(parents=True, exist_ok=True)
-            handle = open(output, "w", encoding="utf-8")
+        sink = KeyedAppender(output, "index", fresh=True, default=str) if output is not None else None
         try:
             for result in self.batch(requests, progress=progress):
                 results[result.index] = result
-                if handle is not None:
-                    handle.write(json.dumps(result.to_dict(), ensure_ascii=False, default=str) + "\n")
-                    handle.flush()
+                if sink is not None:
+                    sink.append(result.to_dict())
         finally:
-            if handle is not None:
-                handle.close()
+            if sink is not None:
+                sink.close()
         if output is not None:
             self.usage.save(Path(str(output) + ".usage.json"))
             self.usage.print()

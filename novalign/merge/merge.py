@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from novalign.config import MergeConfig, dump_config, load_config
-from novalign.fsutil import atomic_directory
+from novalign.data.io import atomic_directory
 from novalign.merge.methods import METHODS, Linear, MergeMethod, ModelStock, TaskArithmetic, Ties
 from novalign.merge.shards import Checkpoint, CheckpointError, OutputTensor, ShardWriter, parse_size, plan_shards
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from novalign.fsutil import atomic_directory
+from novalign.data.io import atomic_directory
 
 __all__ = ["ModelDirError", "resolve_dtype", "load_tokenizer", "load_model", "save_pretrained_dir"]
 

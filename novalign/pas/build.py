@@ -1,18 +1,18 @@
 """The ``novalign pas build-data`` run: pool -> synthesis -> self-correction -> JSONL (see :mod:`novalign.pas.data`).
 
 Resumable: prompts already in the output (or in its ``.dropped.jsonl``) are skipped, new records are
-appended as each finishes, and every LLM call goes through the client's cache. Prompts whose LLM call
-failed are written to ``.failed.jsonl`` with the reason and tried again on the next run.
+appended durably as each finishes (:class:`~novalign.data.io.KeyedAppender`, keyed by prompt), and every LLM
+call goes through the client's cache. Prompts whose LLM call failed are written to ``.failed.jsonl`` with the
+reason and tried again on the next run. A pool prompt given twice is decided once (the first occurrence).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from novalign.config import PASDataConfig
-from novalign.data.io import SkipReport
+from novalign.data.io import KeyedAppender, SkipReport, iter_records, write_json_atomic
 from novalign.llm import ChatRequest, LLMClient
 from novalign.pas.data import (
     CheckReply, category_balance, check_messages, decide, load_categories, load_seeds, pick_shots, read_pool,
@@ -20,27 +20,26 @@ from novalign.pas.data import (
 )
 from novalign.pas.rules import rule_problems
 
-__all__ = ["done_prompts", "run_build_data"]
+__all__ = ["run_build_data"]
 
 
 def _side(output: Path, kind: str) -> Path:
     return output.with_name(output.name + f".{kind}.jsonl")
 
 
-def done_prompts(output: Path) -> set[str]:
-    """Prompts already decided (kept, rewritten or dropped) by an earlier run."""
-    done = set()
-    for path in (output, _side(output, "dropped")):
-        if path.exists():
-            for raw in path.read_text(encoding="utf-8").splitlines():
-                if raw.strip():
-                    done.add(json.loads(raw)["prompt"])
-    return done
-
-
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+def _todo(pool: list[dict], done: set[str]) -> tuple[list[dict], int, int]:
+    """The pool items still to decide, how many are done already, and how many repeat an earlier pool prompt
+    (decided once: the output is keyed by prompt)."""
+    todo, seen, num_done, repeats = [], set(), 0, 0
+    for item in pool:
+        if item["prompt"] in done:
+            num_done += 1
+        elif item["prompt"] in seen:
+            repeats += 1
+        else:
+            seen.add(item["prompt"])
+            todo.append(item)
+    return todo, num_done, repeats
 
 
 def run_build_data(cfg: PASDataConfig, console_print: Callable[[str], None] = print,
@@ -55,34 +54,39 @@ def run_build_data(cfg: PASDataConfig, console_print: Callable[[str], None] = pr
     pool = read_pool(cfg.pool_files, categories, skip)
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    done = done_prompts(output)
-    todo = [item for item in pool if item["prompt"] not in done]
-    console_print(f"{len(pool)} pool prompts, {len(pool) - len(todo)} already done, {len(todo)} to go"
+    sinks = {"kept": KeyedAppender(output, "prompt"), "dropped": KeyedAppender(_side(output, "dropped"), "prompt"),
+             "failed": KeyedAppender(_side(output, "failed"), "prompt", fresh=True)}  # earlier failures: retried now
+    torn = sinks["kept"].dropped + sinks["dropped"].dropped
+    todo, num_done, repeats = _todo(pool, set(sinks["kept"].done) | set(sinks["dropped"].done))
+    console_print(f"{len(pool)} pool prompts, {num_done} already done, {len(todo)} to go"
+                  + (f", {repeats} repeated prompts decided once" if repeats else "")
                   + (f"; {skip.summary()}" if skip is not None and skip.total else ""))
-    failed_path = _side(output, "failed")
-    failed_path.unlink(missing_ok=True)  # failures of earlier runs are retried now
     own = client is None
     client = client or LLMClient.from_config(cfg.llm)
     own_check = check_client is None and cfg.check_llm is not None
     check_client = check_client or (LLMClient.from_config(cfg.check_llm) if cfg.check_llm is not None else client)
     counts = {"kept": 0, "rewritten": 0, "dropped": 0, "failed": 0}
     try:
-        candidates = _synthesize(client, cfg, todo, categories, seeds, failed_path, counts)
-        _self_correct(check_client, cfg, candidates, by_name, output, failed_path, counts)
+        candidates = _synthesize(client, cfg, todo, categories, seeds, sinks["failed"], counts)
+        _self_correct(check_client, cfg, candidates, by_name, sinks, counts)
     finally:
+        for sink in sinks.values():
+            sink.close()
         if own_check:
             check_client.close()
         if own:
             client.close()
-    kept = [json.loads(x) for x in output.read_text(encoding="utf-8").splitlines() if x.strip()] if output.exists() else []
+    kept = [record for _, record in iter_records(output)] if output.exists() else []
     summary = {"pool": len(pool), "processed": len(todo), **counts, "skipped_invalid": skip.total if skip else 0,
+               **({"repeated_prompts": repeats} if repeats else {}),
+               **({"dropped_truncated": torn} if torn else {}),  # torn last lines of a killed run, redone now
                "balance": category_balance(kept, categories)}
-    output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(output.with_name(output.name + ".summary.json"), summary)
     _print_balance(summary, console_print)
     return summary
 
 
-def _synthesize(client, cfg: PASDataConfig, todo: list[dict], categories, seeds, failed_path: Path,
+def _synthesize(client, cfg: PASDataConfig, todo: list[dict], categories, seeds, failed: KeyedAppender,
                 counts: dict) -> list[dict]:
     """Step 2: one structured request per prompt; returns ``{item, category, complement}`` candidates."""
     schema = synthesis_schema(categories)
@@ -100,7 +104,7 @@ def _synthesize(client, cfg: PASDataConfig, todo: list[dict], categories, seeds,
         item = todo[result.index]
         if not result.ok:
             counts["failed"] += 1
-            _append(failed_path, item | {"step": "synthesis", "error": str(result), "last_reply": result.last_text})
+            failed.append(item | {"step": "synthesis", "error": str(result), "last_reply": result.last_text})
             continue
         # a prompt given with its category keeps it; the LLM only chooses when the pool did not say
         category = item.get("category") or result.parsed.category
@@ -108,8 +112,8 @@ def _synthesize(client, cfg: PASDataConfig, todo: list[dict], categories, seeds,
     return candidates
 
 
-def _self_correct(client, cfg: PASDataConfig, candidates: list[dict], by_name: dict, output: Path, failed_path: Path,
-                  counts: dict) -> None:
+def _self_correct(client, cfg: PASDataConfig, candidates: list[dict], by_name: dict,
+                  sinks: dict[str, KeyedAppender], counts: dict) -> None:
     """Step 3: rules + LLM check per candidate; write kept / rewritten / dropped records as they finish."""
     findings = []
     requests = []
@@ -125,7 +129,8 @@ def _self_correct(client, cfg: PASDataConfig, candidates: list[dict], by_name: d
         cand, found = candidates[result.index], findings[result.index]
         if not result.ok and cfg.on_check_failure == "fail":
             counts["failed"] += 1
-            _append(failed_path, cand["item"] | {"step": "check", "complement": cand["complement"], "error": str(result)})
+            sinks["failed"].append(cand["item"] | {"step": "check", "complement": cand["complement"],
+                                                   "error": str(result)})
             continue
         final, check = decide(cand["complement"], found, result.parsed if result.ok else None,
                               None if result.ok else str(result), max_words=cfg.max_words, min_words=cfg.min_words)
@@ -134,10 +139,10 @@ def _self_correct(client, cfg: PASDataConfig, candidates: list[dict], by_name: d
                                  "category": cand["category"], "check": check}
         if final is None:
             counts["dropped"] += 1
-            _append(_side(output, "dropped"), record)
+            sinks["dropped"].append(record)
         else:
             counts["rewritten" if check["verdict"] == "rewrite" else "kept"] += 1
-            _append(output, record)
+            sinks["kept"].append(record)
 
 
 def _print_balance(summary: dict, console_print) -> None:

@@ -16,11 +16,10 @@ failed, not guessed. A prompt whose upstream call failed is reported, not scored
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from novalign.data.io import DataError, iter_records
+from novalign.data.io import DataError, iter_records, write_json_atomic, write_jsonl
 from novalign.eval.benchmarks import gsb, ux_pass_rate
 from novalign.eval.ifeval import INSTRUCTIONS, check_instruction
 
@@ -103,8 +102,7 @@ def run_compare(cfg, upstream=None, augmenter=None, console_print: Callable[[str
     if cfg.judge is not None:
         summary_judge = _judge_gsb(cfg, prompts, [r for r in rows if "error" not in r])
     output = Path(cfg.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(output, rows)
     summary: dict[str, Any] = {"prompts": len(prompts), "scored": len(verdicts), "failed": len(prompts) - len(verdicts)}
     if verdicts:
         summary |= {"without_pas": ux_pass_rate(scored["without"], ("checks",)),
@@ -117,7 +115,7 @@ def run_compare(cfg, upstream=None, augmenter=None, console_print: Callable[[str
         if summary_judge["total"]:
             console_print(f"LLM judge GSB {summary_judge['score']:+.3f} over {summary_judge['total']} prompts "
                           f"({summary_judge['num_failed']} judgments failed)")
-    output.with_name(output.name + ".summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(output.with_name(output.name + ".summary.json"), summary)
     return summary
 
 

@@ -7,12 +7,11 @@ trainer does the rest (report: two epochs, 4,096-token sequences -- the defaults
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from novalign.config import DataConfig, PASTrainConfig, SFTConfig
-from novalign.data.io import DataError, iter_records
+from novalign.data.io import DataError, iter_records, write_jsonl
 from novalign.pas.augment import load_text, pas_input
 
 __all__ = ["pas_sft_record", "read_pas_records", "run_pas_train", "write_pas_sft_file"]
@@ -47,17 +46,9 @@ def pas_sft_record(record: dict[str, Any], template: str, rag_template: str) -> 
 
 
 def write_pas_sft_file(files: list[str], out: Path, template: str, rag_template: str) -> int:
-    """Write the chat samples of all ``files`` to ``out`` (JSONL); returns how many."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    tmp = out.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for path in files:
-            for _, record in read_pas_records(path):
-                handle.write(json.dumps(pas_sft_record(record, template, rag_template), ensure_ascii=False) + "\n")
-                n += 1
-    tmp.replace(out)
-    return n
+    """Write the chat samples of all ``files`` to ``out`` (JSONL, atomically); returns how many."""
+    return write_jsonl(out, (pas_sft_record(record, template, rag_template)
+                             for path in files for _, record in read_pas_records(path)))
 
 
 def run_pas_train(cfg: PASTrainConfig, console_print=print):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from novalign.data.io import append_jsonl, filter_jsonl, iter_records
 
 
 class MetricsLog:
@@ -29,16 +30,14 @@ class MetricsLog:
                     self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        if not self.enabled or not self.path.exists():
+        if not self.enabled:
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+        filter_jsonl(self.path, lambda r: r.get("step", 0) <= step)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, [record])
         if self._tb is not None:
             step = int(record.get("step", 0))
             for key, value in record.items():
@@ -48,7 +47,7 @@ class MetricsLog:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+        return [record for _, record in iter_records(self.path)]
 
     def close(self) -> None:
         if self._tb is not None:

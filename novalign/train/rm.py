@@ -15,7 +15,6 @@ train-vs-eval gap (``gap_accuracy``) -- the report's worry is that a BT reward m
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +150,7 @@ def score_file(
     Raises:
         DataError: a record that is not valid, naming file, line and field.
     """
-    from novalign.data.io import DataError, iter_records
+    from novalign.data.io import DataError, iter_records, write_jsonl
     from novalign.data.preference import parse_prompt_response
     from novalign.models.load import load_tokenizer
     from novalign.models.reward import score_conversations
@@ -173,9 +172,4 @@ def score_file(
             except ValueError as bad:
                 raise DataError(str(input_path), line, None, str(bad), reason="cannot tokenize") from exc
         raise
-    out = Path(output_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as fh:
-        for (_, record), reward in zip(records, rewards):
-            fh.write(json.dumps({**record, "reward": reward}, ensure_ascii=False) + "\n")
-    return len(records)
+    return write_jsonl(output_path, ({**record, "reward": reward} for (_, record), reward in zip(records, rewards)))

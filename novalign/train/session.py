@@ -9,7 +9,6 @@ write ``<output_dir>/model`` and ``summary.json``.
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from novalign.config import ModelConfig, dump_config
+from novalign.data.io import write_json_atomic
 from novalign.models.checkpointing import (
     decoder_layers,
     enable_multi_layer_checkpointing,
@@ -139,7 +139,7 @@ def finish(
         save_pretrained_dir(model, tokenizer, session.out / "model")
         summary = {"steps": result.state.step, "final_loss": result.final_loss, "eval_loss": result.eval_loss,
                    **summary, "model_dir": str(session.out / "model")}
-        (session.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(session.out / "summary.json", summary)
         console_print(f"model saved to {session.out / 'model'}")
     D.barrier(session.info)
     D.shutdown(session.info)

@@ -24,6 +24,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable
 
+from novalign.data.io import write_json_atomic, write_jsonl
 from novalign.world.implicit import ABSTAIN, make_implicit
 from novalign.world.kb import QUESTIONS, build_kb, fact_sentences
 from novalign.world.tasks import (
@@ -192,10 +193,6 @@ def prompt_pool(cfg, world: dict[str, Any], per_capability: int, rng: random.Ran
     return {cap: _draw(makers[cap][0], rng, per_capability, set(held_out), f"pool {cap}") for cap in capabilities}
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
 def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
     """Write the world's files into ``out``; returns {name: path}.
 
@@ -208,7 +205,7 @@ def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
     files: dict[str, str] = {}
 
     def put(name: str, rows: list[dict]) -> None:
-        _write_jsonl(out / name, rows)
+        write_jsonl(out / name, rows)
         files[name.removesuffix(".jsonl")] = str(out / name)
 
     put("corpus.jsonl", [{"text": d} for d in world["corpus"]])
@@ -226,6 +223,6 @@ def write_world(world: dict[str, Any], out: Path) -> dict[str, str]:
     put("eval.jsonl", [t for cap in world["eval"] for t in world["eval"][cap]])
     put("shots.jsonl", [t for cap in world["shots"] for t in world["shots"][cap]])
     put("pas.jsonl", world.get("pas", []))
-    (out / "kb.json").write_text(json.dumps([c.__dict__ for c in world["kb"]], indent=1))
+    write_json_atomic(out / "kb.json", [c.__dict__ for c in world["kb"]], indent=1)
     files["kb"] = str(out / "kb.json")
     return files

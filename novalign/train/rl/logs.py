@@ -7,12 +7,12 @@ rollouts as prompt / completion / reward rows (``samples.jsonl`` and a TensorBoa
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from novalign.data.io import append_jsonl, filter_jsonl
 from novalign.train.metrics_log import MetricsLog
 
 __all__ = ["base_record", "log_iteration", "log_samples", "truncate_samples_after"]
@@ -69,8 +69,7 @@ def log_samples(run: Any, metrics: MetricsLog, step: int, chosen: list, batch: A
              "reward": float(reward), "truncated": bool(r.truncated),
              **{f"reward_{name}": values[i] for name, values in batch.parts.items()}}
             for i, (r, reward) in enumerate(zip(batch.rollouts, batch.rewards.tolist()))]
-    with open(run.session.out / "samples.jsonl", "a") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in rows)
+    append_jsonl(run.session.out / "samples.jsonl", rows)
     tb = getattr(metrics, "_tb", None)
     if tb is not None:
         table = ["| prompt | completion | reward |", "| --- | --- | --- |"]
@@ -80,7 +79,4 @@ def log_samples(run: Any, metrics: MetricsLog, step: int, chosen: list, batch: A
 
 def truncate_samples_after(run: Any, step: int) -> None:
     """On resume, drop sample rows newer than the checkpoint (as the metrics log does)."""
-    path = run.session.out / "samples.jsonl"
-    if path.exists():
-        kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        path.write_text("".join(ln + "\n" for ln in kept))
+    filter_jsonl(run.session.out / "samples.jsonl", lambda r: r.get("step", 0) <= step)
