@@ -41,7 +41,7 @@ class PipelineConfig(Strict):
 
     run_dir: str = Field("runs/flywheel", description="Step folders (steps/<name>-<hash>/), report.md, funnel.png.")
     executor: Literal["local", "ray"] = Field("local", description="'local': threads for LLM steps, processes for "
-                                              "CPU steps; 'ray': Ray Data (pip install novalign[ray]).")
+                                              "CPU steps; 'ray': Ray Data (the `ray` extra of novalign).")
     workers: int = Field(2, ge=1, description="Processes (local) or Ray tasks for CPU-bound work.")
     ray_address: str | None = Field(None, description="Ray cluster address (None: a local Ray with `workers` CPUs).")
     batch_size: int = Field(256, ge=1, description="Records per executor task (CPU steps; Ray batches).")
