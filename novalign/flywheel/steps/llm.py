@@ -41,14 +41,20 @@ def llm_identity(cfg: LLMConfig) -> dict[str, Any]:
     return {"backend": cfg.backend, "model": cfg.model, "base_url": cfg.cache_namespace or cfg.base_url}
 
 
-def fitting_samples(samples: dict, max_tokens: int | None) -> dict:
-    """Of cached samples (index -> CachedSample), the ones still valid under limit ``max_tokens``: finished
-    with a reason other than ``length`` (so the old limit did not cut them) and, under a lower limit, no
-    longer than it. Only the leading run of indices 0, 1, ... is returned, so sample k stays sample k."""
+def fitting_samples(samples: dict, max_tokens: int | None, old_max_tokens: int | None, exact_counts: bool) -> dict:
+    """Of samples cached under limit ``old_max_tokens`` (index -> CachedSample), the ones still valid under
+    ``max_tokens``: finished with a reason other than ``length`` (the old limit did not cut them) and, when the
+    new limit is lower, no longer than it. That length is known only if the cache holds each sample's own
+    token count (``exact_counts``; an OpenAI server reports one total for n samples, which the client splits
+    evenly): without it nothing is reused under a lower limit. Only the leading run of indices 0, 1, ... is
+    returned, so sample k stays sample k."""
+    lower = max_tokens is not None and (old_max_tokens is None or max_tokens < old_max_tokens)
+    if lower and not exact_counts:
+        return {}
     out = {}
     for i in range(len(samples)):
         s = samples.get(i)
-        if s is None or s.finish_reason == "length" or (max_tokens is not None and s.completion_tokens > max_tokens):
+        if s is None or s.finish_reason == "length" or (lower and s.completion_tokens > max_tokens):
             break
         out[i] = s
     return out
@@ -156,8 +162,10 @@ class LLMGenerate(_LLMStep):
             if len(cache.get(key, 0, request.n)) == request.n:
                 continue
             for old in self.config.reuse_max_tokens:
-                found = fitting_samples(cache.get(cache_key(model_id, dataclasses.replace(request, max_tokens=old)),
-                                                  0, request.n), request.max_tokens)
+                stored = cache.get(cache_key(model_id, dataclasses.replace(request, max_tokens=old)), 0, request.n)
+                # one sample per call: the server's token count is that sample's own (assumes the earlier run
+                # asked with the same n, as a rerun of the same step does)
+                found = fitting_samples(stored, request.max_tokens, old, exact_counts=request.n == 1)
                 if found:
                     cache.put(key, found, model_id=model_id, request=request)
                     break
