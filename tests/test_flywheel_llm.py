@@ -156,10 +156,13 @@ def test_judge_failures_are_recorded_not_guessed(tmp_path):
 
 
 def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_path):
-    """8 prompts, generate (n=2) then judge: 8 + 16 = 24 distinct requests, with 30 % 429s. The pipeline runs
-    as a `novalign data run` subprocess; the server SIGKILLs it when its 3rd, 11th and 20th requests arrive
-    (in generation, at the step boundary's far side, in judging) and the test starts it again each time.
-    The output equals an uninterrupted run's byte for byte and the server answered no request twice."""
+    """8 prompts, generate (n=2) then judge (16 judgments), with 30 % 429s; the judge's first reply to the
+    judgments of odd-numbered prompts has no rating, so they are re-asked (8 more requests): 32 distinct
+    requests. The pipeline runs as a `novalign data run` subprocess; the server SIGKILLs it when its 3rd and
+    11th requests arrive (in generation; in the judge's first round) and when the 3rd re-ask arrives -- then
+    the first-round replies of the judgments still open are in no record, only in the request cache -- and the
+    test starts it again each time. The output equals an uninterrupted run's byte for byte and the server
+    answered no request twice. (With llm.no_cache: true the same test sees 9 requests answered twice.)"""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1,localhost"}
 
     def config(folder, server):
@@ -177,23 +180,31 @@ def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_pat
         return subprocess.Popen([sys.executable, "-m", "novalign.cli", "data", "run", str(path)], env=env, cwd=tmp_path,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
-    plain = CountingLLM(p429=0.3, seed=1)
+    def reply(body, i):
+        text = json.dumps(body["messages"])
+        odd = any(f"question {k}?" in text for k in (1, 3, 5, 7))
+        if "Rating: [[N]]" in text and len(body["messages"]) == 1 and odd:
+            return "A fine answer, I would say."
+        return default_reply(body, i)
+
+    plain = CountingLLM(reply, p429=0.3, seed=1)
     try:
         proc = start(config("plain", plain))
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode == 0, out
-        assert plain.requests_answered == 24 and plain.duplicates == 0
+        assert plain.requests_answered == 32 and plain.duplicates == 0
     finally:
         plain.close()
 
-    current: dict = {}
+    current: dict = {"reasks": 0}
 
-    def kill_at(count):
-        if count in (3, 11, 20):
+    def kill_at(count, body):
+        current["reasks"] += len(body["messages"]) == 3
+        if count in (3, 11) or (len(body["messages"]) == 3 and current["reasks"] == 3):
             os.kill(current["proc"].pid, signal.SIGKILL)
             return False  # the request dies with its client, unanswered
 
-    killed = CountingLLM(p429=0.3, seed=1, on_request=kill_at)
+    killed = CountingLLM(reply, p429=0.3, seed=1, on_request=kill_at)
     try:
         path, kills = config("killed", killed), 0
         while True:
@@ -205,7 +216,7 @@ def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_pat
             kills += 1
             assert kills <= 3
         assert kills == 3
-        assert killed.duplicates == 0 and killed.requests_answered == 24
+        assert killed.duplicates == 0 and killed.requests_answered == 32
         assert set(killed.answered) == set(plain.answered)
     finally:
         killed.close()
