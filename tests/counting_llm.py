@@ -38,6 +38,7 @@ class CountingLLM:
                  pdrop: float = 0.0, pslow: float = 0.0, slow_s: float = 0.05, delay_s: float = 0.0,
                  retry_after: str = "0", seed: int = 0, on_request: Callable[[int, dict], bool | None] | None = None):
         self.answered: Counter[str] = Counter()
+        self.first_answered: dict[str, float] = {}  # body -> time.monotonic() of its first answer
         self.received = 0
         self.faults: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -58,8 +59,13 @@ class CountingLLM:
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(data)
-                self.wfile.flush()
+                try:
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):  # the client was killed: nothing was delivered
+                    self.close_connection = True
+                    return False
+                return True
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -88,7 +94,10 @@ class CountingLLM:
                     return self._send(500, {"error": {"message": "boom"}})
                 if fault == "drop":
                     self.close_connection = True
-                    self.connection.shutdown(2)
+                    try:
+                        self.connection.shutdown(2)
+                    except OSError:
+                        pass
                     return
                 if fault == "slow":
                     time.sleep(slow_s)
@@ -102,10 +111,11 @@ class CountingLLM:
                     tokens += len(words)
                     choices.append({"index": i, "message": {"role": "assistant", "content": " ".join(words)},
                                     "finish_reason": reason})
-                self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"], "choices": choices,
-                                 "usage": {"prompt_tokens": 10, "completion_tokens": tokens}})
-                with server._lock:
-                    server.answered[key] += 1
+                if self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"], "choices": choices,
+                                    "usage": {"prompt_tokens": 10, "completion_tokens": tokens}}):
+                    with server._lock:
+                        server.answered[key] += 1
+                        server.first_answered.setdefault(key, time.monotonic())
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

@@ -69,8 +69,13 @@ def signatures(texts: Sequence[str], *, ngram: int, unit: str, num_perm: int, se
     so the executor may compute chunks of it anywhere."""
     from datasketch import MinHash
 
-    sets = [shingles(normalize(t), ngram, unit) for t in texts]
-    return [m.hashvalues for m in MinHash.bulk([list(s) for s in sets], num_perm=num_perm, seed=seed, scheme=_SCHEME)]
+    m = MinHash(num_perm=num_perm, seed=seed, scheme=_SCHEME)  # its permutations are drawn once, reused per text
+    out = []
+    for t in texts:
+        m.clear()
+        m.update_batch(list(shingles(normalize(t), ngram, unit)))
+        out.append(m.hashvalues.copy())
+    return out
 
 
 def near_duplicates(sigs: Sequence[np.ndarray], *, threshold: float, num_perm: int, seed: int
@@ -81,21 +86,22 @@ def near_duplicates(sigs: Sequence[np.ndarray], *, threshold: float, num_perm: i
     estimated Jaccard is ``>= threshold`` (LSH alone admits some false positives). Of several, the most similar
     is the cluster (ties: the earliest).
     """
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import LeanMinHash, MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     kept: dict[int, np.ndarray] = {}
     out: list[tuple[int, float] | None] = []
     for i, sig in enumerate(sigs):
         best: tuple[int, float] | None = None
-        for j in sorted(lsh.query(MinHash(num_perm=num_perm, seed=seed, hashvalues=sig, scheme=_SCHEME))):
+        lean = LeanMinHash(seed=seed, hashvalues=sig, scheme=_SCHEME)  # no permutations: only compared, never updated
+        for j in sorted(lsh.query(lean)):
             similarity = float(np.count_nonzero(kept[j] == sig)) / num_perm
             if similarity >= threshold and (best is None or similarity > best[1]):
                 best = (j, similarity)
         out.append(best)
         if best is None:
             kept[i] = sig
-            lsh.insert(i, MinHash(num_perm=num_perm, seed=seed, hashvalues=sig, scheme=_SCHEME))
+            lsh.insert(i, lean)
     return out
 
 
