@@ -192,3 +192,35 @@ def test_cli_data_run_and_config_errors(tmp_path):
     assert top.exit_code == 2 and "did you mean 'workers'?" in top.output
     helped = runner.invoke(app, ["data", "run", "--help-config"])
     assert helped.exit_code == 0 and "threshold" in helped.output and "run_dir" in helped.output
+
+
+def test_parquet_and_datasets_folder_sources(tmp_path):
+    """The same three records as Parquet and as a `datasets` save_to_disk folder (state.json naming its Arrow
+    stream files, as datasets writes them) read alike; ids from id_field."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from novalign.config.pipeline import SourceConfig
+    from novalign.flywheel.pipeline import read_source
+
+    table = pa.table({"uid": ["a", "b", "c"], "prompt": ["one", "two", "three"]})
+    pq.write_table(table, tmp_path / "p.parquet")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    _, _, parquet_rows = read_source("p", SourceConfig(path=str(tmp_path / "p.parquet"), id_field="uid"))
+    _, _, hf_rows = read_source("p", SourceConfig(path=str(folder), id_field="uid"))
+    assert parquet_rows == hf_rows and [r["_id"] for _, r in hf_rows] == ["a", "b", "c"]
+    with pytest.raises(FileNotFoundError, match="state.json"):
+        read_source("p", SourceConfig(path=str(tmp_path)))
+
+
+def test_duplicate_source_ids_are_an_error(tmp_path):
+    from novalign.config.pipeline import SourceConfig
+    from novalign.flywheel.pipeline import read_source
+
+    src = _jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "a"}, {"id": 2, "prompt": "b"}, {"id": 1, "prompt": "c"}])
+    with pytest.raises(DataError, match=r"p\.jsonl:3: field 'id': id '1' also on line 1"):
+        read_source("p", SourceConfig(path=str(src), id_field="id"))
