@@ -571,9 +571,8 @@ def data_run_command(pipeline: Optional[Path] = typer.Argument(None, help="Pipel
     from novalign.config.pipeline import PipelineConfig
 
     if help_config:  # the pipeline's keys, then each step type's `config` keys
-        from novalign.flywheel.step import STEP_TYPES, make_step  # noqa: F401 - make_step registers the steps
+        from novalign.flywheel.steps import STEP_TYPES  # importing the package registers the built-in steps
 
-        import novalign.flywheel.steps  # noqa: F401
         for schema in [PipelineConfig, *(STEP_TYPES[t].Config for t in sorted(STEP_TYPES))]:
             _print_config_help(schema)
         return

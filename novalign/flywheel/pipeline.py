@@ -39,7 +39,8 @@ from novalign.config.base import ConfigError
 from novalign.config.llm import LLMConfig
 from novalign.config.pipeline import PipelineConfig, SourceConfig
 from novalign.data.io import DataError, KeyedAppender, SkipReport, iter_records, write_json_atomic, write_jsonl
-from novalign.flywheel.step import STEP_TYPES, Step, dumps_key, make_step
+from novalign.flywheel.step import STEP_TYPES, Step, dumps_key
+from novalign.flywheel.steps import make_step
 
 __all__ = ["Pipeline", "RunResult", "read_source"]
 
@@ -225,8 +226,6 @@ class Pipeline:
     def from_config(cls, cfg: PipelineConfig, source: str = "pipeline") -> Pipeline:
         """Build from a :class:`PipelineConfig`; a bad step is a :class:`ConfigError` naming it (did-you-mean)."""
         from novalign.config.loading import format_validation_error
-
-        import novalign.flywheel.steps  # noqa: F401 - registers the built-in steps
 
         p = cls(cfg.run_dir, llm=cfg.llm, executor=cfg.executor, workers=cfg.workers, batch_size=cfg.batch_size,
                 ray_address=cfg.ray_address, skip_invalid=cfg.skip_invalid, progress=cfg.progress)

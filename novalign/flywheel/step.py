@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-__all__ = ["Outcome", "Step", "STEP_TYPES", "register", "make_step", "text_of", "dumps_key"]
+__all__ = ["Outcome", "Step", "STEP_TYPES", "register", "text_of", "dumps_key"]
 
 # An outcome: {"_id": input record id, "out": [output records], "drop": reason or None, "detail": {...} or None,
 # "usage": {"requests": backend calls, "cached": cache hits, "cost": estimated spend}}. Plain dicts, so they
@@ -43,21 +43,6 @@ def register(cls: type[Step]) -> type[Step]:
         raise ValueError(f"step type {cls.type!r} registered twice")
     STEP_TYPES[cls.type] = cls
     return cls
-
-
-def make_step(type_name: str, config: dict[str, Any] | BaseModel, **kwargs: Any) -> Step:
-    """A step of a registered type; ``config`` is validated against its config class."""
-    import novalign.flywheel.steps  # noqa: F401 - registers the built-in steps
-
-    if type_name not in STEP_TYPES:
-        import difflib
-
-        close = difflib.get_close_matches(type_name, list(STEP_TYPES), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown step type {type_name!r}{hint}; known: {', '.join(sorted(STEP_TYPES))}")
-    cls = STEP_TYPES[type_name]
-    cfg = config if isinstance(config, cls.Config) else cls.Config.model_validate(config)
-    return cls(cfg, **kwargs)
 
 
 def dumps_key(obj: Any) -> str:
