@@ -82,8 +82,7 @@ def test_parser_change_makes_no_requests(tmp_path):
         def run(parser):
             p = Pipeline(tmp_path / "run", llm=_llm(server, cache), progress=False).source("p", _prompts(tmp_path))
             p.step("gen", "llm_generate", _gen())
-            p.step("judge", "llm_judge", {"template": "rl_rating", "parser": parser,
-                                          "fields": None} if False else {"template": "rl_rating", "parser": parser})
+            p.step("judge", "llm_judge", {"template": "rl_rating", "parser": parser})
             return p.run()
 
         first = run("rating")
@@ -144,7 +143,7 @@ def test_judge_failures_are_recorded_not_guessed(tmp_path):
     server = CountingLLM(reply)
     try:
         p = Pipeline(tmp_path / "run", llm=_llm(server, tmp_path / "c.sqlite"), progress=False)
-        p.source("p", _prompts(tmp_path)).step("gen", "llm_generate", _gen(n=1) | {"n": 1})
+        p.source("p", _prompts(tmp_path)).step("gen", "llm_generate", _gen() | {"n": 1})
         result = p.step("judge", "llm_judge", {"attempts": 3}).run()
         recs = {r["_id"]: r for r in result.records("judge")}
         bad = recs["p-2/a/0"]
