@@ -5,7 +5,7 @@ Replies are a pure function of the request body (``reply(body, i)`` for sample `
 pipeline get the same answers whatever the timing. The server counts, per canonical body, how many times it
 *answered* it (a full 200 response written) -- the server-side measure of a request paid twice -- and how
 many requests it received in all. Faults, drawn from a seeded RNG: 429 with ``Retry-After``, 500, a dropped
-connection (closed without a response), a slow answer. ``on_request(count, body)`` runs before each answer (tests
+connection (closed without a response), a slow answer. ``status(body)`` may script an HTTP error for a body; ``on_request(count, body)`` runs before each answer (tests
 SIGKILL the client from it at chosen points); returning ``False`` drops that connection unanswered.
 """
 
@@ -36,7 +36,7 @@ def default_reply(body: dict, i: int) -> str:
 class CountingLLM:
     def __init__(self, reply: Callable[[dict, int], str] = default_reply, *, p429: float = 0.0, p500: float = 0.0,
                  pdrop: float = 0.0, pslow: float = 0.0, slow_s: float = 0.05, delay_s: float = 0.0,
-                 retry_after: str = "0", seed: int = 0, on_request: Callable[[int, dict], bool | None] | None = None):
+                 retry_after: str = "0", seed: int = 0, status: Callable[[dict], int | None] | None = None, on_request: Callable[[int, dict], bool | None] | None = None):
         self.answered: Counter[str] = Counter()
         self.first_answered: dict[str, float] = {}  # body -> time.monotonic() of its first answer
         self.received = 0
@@ -79,6 +79,8 @@ class CountingLLM:
                     return
                 if delay_s:
                     time.sleep(delay_s)
+                if status is not None and (code := status(body)) is not None:  # a scripted HTTP error
+                    return self._send(code, {"error": {"message": f"scripted {code}"}})
                 fault = None
                 for name, p in (("429", p429), ("500", p500), ("drop", pdrop), ("slow", pslow)):
                     if roll < p:

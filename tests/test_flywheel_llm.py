@@ -223,3 +223,24 @@ def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_pat
         a = next((tmp_path / "plain" / "steps").glob(f"{step}-*")) / "records.jsonl"
         b = next((tmp_path / "killed" / "steps").glob(f"{step}-*")) / "records.jsonl"
         assert a.read_bytes() == b.read_bytes()
+
+
+def test_generate_failure_is_dropped_with_its_reason(tmp_path):
+    """The server rejects 'question 1?' with HTTP 400 (not retried). With drop_failed (the default) that prompt
+    is dropped as 'llm failed: bad_request', its error in drops.jsonl; without it, it is kept as an error
+    record (response null, response_error). The other prompts are answered."""
+    server = CountingLLM(status=lambda body: 400 if "question 1?" in json.dumps(body["messages"]) else None)
+    try:
+        def run(folder, **kw):
+            p = Pipeline(tmp_path / folder, llm=_llm(server, tmp_path / "c.sqlite"), progress=False)
+            return p.source("p", _prompts(tmp_path)).step("gen", "llm_generate", _gen(**kw) | {"n": 1}).run()
+
+        dropped = run("drop")
+        assert dropped.steps[0]["dropped_by_reason"] == {"llm failed: bad_request": 1}
+        drops = [json.loads(x) for x in (dropped.outputs["gen"].parent / "drops.jsonl").read_text().splitlines()]
+        assert drops[0]["_id"] == "p-2" and "HTTP 400" in drops[0]["detail"]["errors"]["a"]
+        assert [r["_id"] for r in dropped.records("gen")] == ["p-1/a/0", "p-3/a/0"]
+        kept = run("keep", drop_failed=False).records("gen")
+        assert kept[1]["_id"] == "p-2/a/error" and kept[1]["response"] is None and "HTTP 400" in kept[1]["response_error"]
+    finally:
+        server.close()
