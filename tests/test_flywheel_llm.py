@@ -50,23 +50,26 @@ def test_fitting_samples_by_hand():
 
 def test_generate_models_quotas_and_the_cache(tmp_path):
     """3 prompts; model a: 2 samples each (3 requests, 6 records); model b (n=1) has a quota of 1 prompt:
-    the first (1 request, 1 record). 7 records, 4 requests. The same pipeline in a new run folder on the
-    same cache: 0 new requests, the same bytes."""
+    the first (1 request, 1 record). 7 records, 4 requests. Priced at 1 per million prompt tokens x 10^6 (the
+    server reports 10 prompt tokens a call): cost 4 x 10 = 40. The same pipeline in a new run folder on the
+    same cache: 0 new requests, cost 0, the same bytes."""
     server = CountingLLM()
     try:
         cache = tmp_path / "cache.sqlite"
         models = [{"name": "a"}, {"name": "b", "n": 1, "max_prompts": 1, "llm": {"model": "m2"}}]
 
         def run(folder):
-            p = Pipeline(tmp_path / folder, llm=_llm(server, cache), progress=False)
+            llm = _llm(server, cache, prices={"m*": {"prompt_per_million": 1e6}})
+            p = Pipeline(tmp_path / folder, llm=llm, progress=False)
             return p.source("p", _prompts(tmp_path)).step("gen", "llm_generate", _gen(models)).run()
 
         first = run("one")
         recs = first.records("gen")
         assert [r["_id"] for r in recs] == ["p-1/a/0", "p-1/a/1", "p-1/b/0", "p-2/a/0", "p-2/a/1", "p-3/a/0", "p-3/a/1"]
-        assert server.requests_answered == 4 and first.steps[0]["requests"] == 4
+        assert server.requests_answered == 4 and first.steps[0]["requests"] == 4 and first.steps[0]["cost"] == 40
         again = run("two")
         assert server.requests_answered == 4 and again.steps[0]["cache_hits"] == 4 and again.steps[0]["requests"] == 0
+        assert again.steps[0]["cost"] == 0
         assert again.outputs["gen"].read_bytes() == first.outputs["gen"].read_bytes()
     finally:
         server.close()
