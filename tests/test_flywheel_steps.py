@@ -224,3 +224,22 @@ def test_duplicate_source_ids_are_an_error(tmp_path):
     src = _jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "a"}, {"id": 2, "prompt": "b"}, {"id": 1, "prompt": "c"}])
     with pytest.raises(DataError, match=r"p\.jsonl:3: field 'id': id '1' also on line 1"):
         read_source("p", SourceConfig(path=str(src), id_field="id"))
+
+
+def test_pref_groups_by_hand(tmp_path):
+    """Judge scale 1..10 mapped to [0, 1]. Prompt A: '4' (10 -> 1.0), '5' (1 -> 0.0), '4' again -> a group of
+    ['4' 1.0, '5' 0.0] carried by A's first sample; '5' merged into it; the repeat of '4' dropped as a
+    near-duplicate. Prompt B: 'seven' (5), 'seven' (5): one kept, one score -> both dropped, no difference.
+    Prompt C: its judgment failed (null) -> dropped, no score. 6 in, 1 out, 4 dropped, 1 merged."""
+    rows = [("A", "4", 10), ("A", "5", 1), ("A", "4", 10), ("B", "seven", 5), ("B", "seven", 5), ("C", "x", None)]
+    src = _jsonl(tmp_path / "s.jsonl", [{"prompt": p, "response": r, "judgment": j, "capability": "math"}
+                                        for p, r, j in rows])
+    p = Pipeline(tmp_path / "run", progress=False, workers=1).source("s", src)
+    result = p.step("groups", "pref_groups", {}).run()
+    stats = result.steps[0]
+    assert (stats["records_in"], stats["records_out"], stats["dropped"], stats["merged"]) == (6, 1, 4, 1)
+    assert stats["dropped_by_reason"] == {"no score difference in its group": 2, "near-duplicate response": 1,
+                                          "no score": 1}
+    assert result.records("groups") == [{"_id": "s-1/group", "prompt": [{"role": "user", "content": "A"}],
+                                         "capability": "math",
+                                         "responses": [{"content": "4", "score": 1.0}, {"content": "5", "score": 0.0}]}]

@@ -28,7 +28,7 @@ class StepSpec(Strict):
 
     name: str = Field(..., description="The step's name: its output folder, its row in the report.")
     type: str = Field(..., description="A registered step type (exact_dedup, minhash_dedup, filter, language, "
-                      "llm_generate, llm_judge, sample, balance).")
+                      "llm_generate, llm_judge, sample, balance, pref_groups).")
     input: str | None = Field(None, description="A source or an earlier step (default: the step before, or the "
                               "only source).")
     config: dict[str, Any] = Field(default_factory=dict, description="The step type's options (see the README).")
@@ -169,3 +169,17 @@ class BalanceConfig(Strict):
                                              "shares over the values present. Values not named are dropped.")
     total: int | None = Field(None, ge=1, description="Records wanted (default: the most the targets allow).")
     seed: int = Field(0)
+
+
+class PrefGroupsConfig(Strict):
+    """Preference groups from scored samples (report section 3.3, via novalign.flywheel.prefs.build_groups):
+    the samples of one prompt, near-duplicates (ROUGE-L) and empty ones out, kept if their scores differ."""
+
+    prompt_field: str = Field("prompt", description="The prompt (string or chat messages) the samples answer; "
+                              "samples with the same prompt form one group.")
+    response_field: str = Field("response", description="The sampled text.")
+    score_field: str = Field("judgment", description="The sample's score (e.g. llm_judge's output).")
+    low: float = Field(1, description="Score that maps to 0 (the judge's scale); the rm group format wants [0, 1].")
+    high: float = Field(10, description="Score that maps to 1.")
+    rouge_threshold: float = Field(0.9, gt=0, le=1, description="ROUGE-L F1 at which a response is a near-duplicate.")
+    group_key: str = Field("capability", description="Prompt field copied to the group (when present).")

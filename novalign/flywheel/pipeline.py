@@ -331,12 +331,13 @@ def _run_step(node: _Node, key: str, in_key: str, rows: Rows, in_path: str, fold
 
 
 def _assemble(node: _Node, folder: Path, items, outcomes, invalid, started, resumed, torn, executor) -> dict:
-    out, drops, reasons = [], [], Counter()
+    out, drops, reasons, merged = [], [], Counter(), 0
     usage = {"requests": 0, "cached": 0, "cost": 0.0}
     seen: set[str] = set()
     for (_, record), o in zip(items, outcomes, strict=True):
         for k in usage:
             usage[k] += (o.get("usage") or {}).get(k, 0)
+        merged += not o["out"] and o["drop"] is None  # folded into another record's output (a group)
         if o["drop"] is not None:
             reasons[o["drop"]] += 1
             drops.append({"_id": record["_id"], "reason": o["drop"], "detail": o.get("detail"), "record": record})
@@ -353,6 +354,6 @@ def _assemble(node: _Node, folder: Path, items, outcomes, invalid, started, resu
     write_jsonl(folder / "drops.jsonl", drops)
     return {"name": node.name, "type": node.step.type, "key": folder.name.rsplit("-", 1)[1], "executor": executor,
             "records_in": len(items) + len(invalid), "records_out": len(out), "dropped": sum(reasons.values()),
-            "dropped_by_reason": dict(reasons.most_common()), "resumed_records": resumed, "torn_lines_dropped": torn,
+            "dropped_by_reason": dict(reasons.most_common()), "merged": merged, "resumed_records": resumed, "torn_lines_dropped": torn,
             "requests": usage["requests"], "cache_hits": usage["cached"], "cost": round(usage["cost"], 6),
             "wall_s": round(time.time() - started, 3), "skipped": False}

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from novalign.flywheel.step import STEP_TYPES, Step
-from novalign.flywheel.steps import dedup, filters, llm, sampling  # noqa: F401 - registers them
+from novalign.flywheel.steps import dedup, filters, llm, preference, sampling  # noqa: F401 - registers them
 
 __all__ = ["make_step"]
 
