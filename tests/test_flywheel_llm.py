@@ -247,3 +247,24 @@ def test_generate_failure_is_dropped_with_its_reason(tmp_path):
         assert kept[1]["_id"] == "p-2/a/error" and kept[1]["response"] is None and "HTTP 400" in kept[1]["response_error"]
     finally:
         server.close()
+
+
+def test_judge_max_tokens_reuse(tmp_path):
+    """The judge's replies ('Reasons. Rating: [[r]]', 3 words) fit any limit >= 3: a rerun at max_tokens 256
+    with reuse_max_tokens [512] asks nothing and gives the same verdicts; without the option, all 3 again."""
+    server = CountingLLM()
+    try:
+        def run(folder, **kw):
+            p = Pipeline(tmp_path / folder, llm=_llm(server, tmp_path / "c.sqlite"), progress=False)
+            p.source("p", _prompts(tmp_path)).step("gen", "llm_generate", _gen() | {"n": 1})
+            return p.step("judge", "llm_judge", kw).run()
+
+        first = run("one")
+        before = server.requests_answered
+        again = run("two", max_tokens=256, reuse_max_tokens=[512])
+        assert server.requests_answered == before
+        assert [r["judgment"] for r in again.records("judge")] == [r["judgment"] for r in first.records("judge")]
+        run("three", max_tokens=128)
+        assert server.requests_answered == before + 3
+    finally:
+        server.close()

@@ -146,6 +146,8 @@ class LLMJudgeConfig(Strict):
     high: float = Field(10, description="Highest valid score.")
     attempts: int = Field(3, ge=1, description="Tries per judgment: the first ask plus re-asks quoting the error.")
     max_tokens: int | None = Field(512, ge=1)
+    reuse_max_tokens: list[int] = Field(default_factory=list, description="Explicit opt-in, as in llm_generate: "
+                                        "first-round replies cached under these max_tokens that fit are reused.")
     llm: dict[str, Any] = Field(default_factory=dict, description="LLMConfig keys over the pipeline's llm.")
     output_field: str = Field("judgment", description="Field the parsed verdict is written to (null when failed).")
     drop_failed: bool = Field(False, description="Drop records whose judgment failed (counted) instead of keeping "

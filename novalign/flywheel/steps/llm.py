@@ -22,7 +22,7 @@ from novalign.config.llm import LLMConfig
 from novalign.config.pipeline import LLMGenerateConfig, LLMJudgeConfig
 from novalign.flywheel.step import TEXT, Outcome, Step, drop, register
 
-__all__ = ["fitting_samples", "LLMGenerate", "LLMJudge", "merged_llm"]
+__all__ = ["fitting_samples", "reuse_fitting", "LLMGenerate", "LLMJudge", "merged_llm"]
 
 _END = object()
 
@@ -58,6 +58,32 @@ def fitting_samples(samples: dict, max_tokens: int | None, old_max_tokens: int |
             break
         out[i] = s
     return out
+
+
+def reuse_fitting(client, requests: Sequence, old_limits: Sequence[int]) -> int:
+    """Copy the replies cached under earlier ``max_tokens`` values (``old_limits``, tried in order) that fit each
+    request's limit (:func:`fitting_samples`) to the request's own cache key, so the client finds them there.
+    Returns how many requests got samples this way."""
+    from novalign.llm.cache import cache_key
+
+    cache, model_id = client.cache, client.backend.model_id
+    if cache is None or not old_limits:
+        return 0
+    copied = 0
+    for request in requests:
+        key = cache_key(model_id, request)
+        if len(cache.get(key, 0, request.n)) == request.n:
+            continue
+        for old in old_limits:
+            stored = cache.get(cache_key(model_id, dataclasses.replace(request, max_tokens=old)), 0, request.n)
+            # one sample per call: the server's token count is that sample's own (assumes the earlier run asked
+            # with the same n, as a rerun of the same step does)
+            found = fitting_samples(stored, request.max_tokens, old, exact_counts=request.n == 1)
+            if found:
+                cache.put(key, found, model_id=model_id, request=request)
+                copied += 1
+                break
+    return copied
 
 
 def _usage(client, result) -> dict[str, Any]:
@@ -150,26 +176,6 @@ class LLMGenerate(_LLMStep):
         return ChatRequest(messages=messages, n=n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                            max_tokens=c.max_tokens, seed=c.seed, tag=tag)
 
-    def _reuse(self, client, requests) -> None:
-        """Copy replies cached under ``reuse_max_tokens`` that fit the current limit to the current key."""
-        from novalign.llm.cache import cache_key
-
-        cache, model_id = client.cache, client.backend.model_id
-        if cache is None or not self.config.reuse_max_tokens:
-            return
-        for request in requests:
-            key = cache_key(model_id, request)
-            if len(cache.get(key, 0, request.n)) == request.n:
-                continue
-            for old in self.config.reuse_max_tokens:
-                stored = cache.get(cache_key(model_id, dataclasses.replace(request, max_tokens=old)), 0, request.n)
-                # one sample per call: the server's token count is that sample's own (assumes the earlier run
-                # asked with the same n, as a rerun of the same step does)
-                found = fitting_samples(stored, request.max_tokens, old, exact_counts=request.n == 1)
-                if found:
-                    cache.put(key, found, model_id=model_id, request=request)
-                    break
-
     def process(self, items: Sequence[tuple[int, dict]]) -> Iterator[Outcome]:
         c = self.config
         plan: dict[str, list] = {}  # model name -> requests
@@ -185,7 +191,7 @@ class LLMGenerate(_LLMStep):
                 yield drop(r, "past every model's quota")
         clients = {name: self._client(name, self.model_llm[name]) for name in plan}
         for name, requests in plan.items():
-            self._reuse(clients[name], requests)
+            reuse_fitting(clients[name], requests, c.reuse_max_tokens)
 
         def run(deliver):
             threads = [threading.Thread(target=lambda n=name: [deliver((n, res)) for res in
@@ -282,6 +288,12 @@ class LLMJudge(_LLMStep):
                    for r in records]
         parse = self.parser()
         asked = {"before": 0}
+        if c.reuse_max_tokens:  # the first round's requests, exactly as ask_judge builds them
+            from novalign.llm.types import ChatRequest
+
+            first = [ChatRequest(messages=[{"role": "user", "content": p}], temperature=0.0, max_tokens=c.max_tokens)
+                     for p in prompts]
+            reuse_fitting(client, first, c.reuse_max_tokens)
 
         def run(deliver):
             ask_judge(client, prompts, [parse] * len(prompts), attempts=c.attempts, lang=c.lang,
