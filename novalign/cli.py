@@ -527,6 +527,33 @@ def data_prefs_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _
         _fail(str(exc))
 
 
+@data_app.command("run")
+def data_run_command(pipeline: Optional[Path] = typer.Argument(None, help="Pipeline YAML (see --help-config, README)."),
+                     set_: list[str] = _SET_OPT, help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Run a record pipeline (report section 3, Figure 4): sources, then steps (dedup, filters, llm_generate,
+    llm_judge, sample, balance ...), each into run_dir/steps/<name>-<key>/; a killed run resumes where it stopped
+    with no LLM request repeated. Writes run_dir/report.md and funnel.png."""
+    from novalign.config.pipeline import PipelineConfig
+
+    if help_config:  # the pipeline's keys, then each step type's `config` keys
+        from novalign.flywheel.steps import STEP_TYPES  # importing the package registers the built-in steps
+
+        for schema in [PipelineConfig, *(STEP_TYPES[t].Config for t in sorted(STEP_TYPES))]:
+            _print_config_help(schema)
+        return
+    if pipeline is None:
+        _fail("give the pipeline YAML: novalign data run pipeline.yaml (see --help-config)")
+    cfg = _stage_config(PipelineConfig, pipeline, set_, False)
+    from novalign.config import ConfigError
+    from novalign.data.io import DataError
+    from novalign.flywheel.pipeline import Pipeline
+
+    try:
+        Pipeline.from_config(cfg, str(pipeline)).run(console_print=typer.echo)
+    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

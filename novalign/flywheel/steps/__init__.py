@@ -1,0 +1,24 @@
+"""The built-in steps; importing this package registers them (``novalign.flywheel.step.STEP_TYPES``)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from pydantic import BaseModel
+
+from novalign.flywheel.step import STEP_TYPES, Step
+from novalign.flywheel.steps import dedup, filters, llm, preference, sampling  # noqa: F401 - registers them
+
+__all__ = ["make_step"]
+
+
+def make_step(type_name: str, config: dict[str, Any] | BaseModel, **kwargs: Any) -> Step:
+    """A step of a registered type; ``config`` is validated against its config class (pydantic errors)."""
+    if type_name not in STEP_TYPES:
+        close = difflib.get_close_matches(type_name, list(STEP_TYPES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown step type {type_name!r}{hint}; known: {', '.join(sorted(STEP_TYPES))}")
+    cls = STEP_TYPES[type_name]
+    cfg = config if isinstance(config, cls.Config) else cls.Config.model_validate(config)
+    return cls(cfg, **kwargs)
