@@ -77,19 +77,18 @@ def _given(ctx: SuiteContext, option: str) -> dict | None:
 
 def _judge_conversations(ctx: SuiteContext, template_name: str, units: Callable[[dict, str], list[kit.Unit]],
                          finish: Callable[[dict, list[Judgment]], dict]) -> list[dict]:
-    """The multi-turn judge loop shared by UX and MT-Bench: per chunk of pending samples, ask (or look up) every
-    turn's reply into ``s["replies"]``, judge ``units(s, template)`` and keep ``finish``'s record; returns the
-    records of all samples, resumed ones included, in data order."""
+    """The set-up UX and MT-Bench share: read the data, then :func:`~novalign.eval.suite_kit.judge_samples` with
+    every turn's reply asked (or looked up) into ``s["replies"]`` and ``units(s, template)`` judged."""
     kit.require(ctx, "data")
     samples = read_prompts(ctx.data)
     given = _given(ctx, "responses")
     template = load_template(template_name, ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, samples), kit.chunk_size(ctx)):
+
+    def answer(chunk: list[dict]) -> None:
         for s, replies in zip(chunk, _ask_turns(ctx, ctx.respond, chunk, given)):
             s["replies"] = replies
-        new += kit.judge_all(ctx, chunk, lambda s: units(s, template), finish)
-    return kit.all_records(ctx, new, [s["id"] for s in samples])
+
+    return kit.judge_samples(ctx, samples, answer, lambda s: units(s, template), finish)
 
 
 # ------------------------------------------------------------------------------------- user experience
@@ -220,19 +219,18 @@ def run_pairwise(ctx: SuiteContext) -> dict:
         raise ValueError(f"suite {ctx.name!r}: options.baseline must name a peer model ({sorted(ctx.peers)}) "
                          "or options.baseline_responses a file")
     template = load_template("pairwise", ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, samples), kit.chunk_size(ctx)):
+
+    def answer(chunk: list[dict]) -> None:
         mine = _ask_turns(ctx, ctx.respond, chunk, given)
         theirs = _ask_turns(ctx, None if baseline_given is not None else ctx.peers[peer], chunk, baseline_given)
         for s, a, b in zip(chunk, mine, theirs):
             s["answer"], s["baseline"] = a[-1], b[-1]
 
-        def units(s: dict, t: str = template) -> list[kit.Unit]:
-            question = _transcript(s["turns"], [], 0) if len(s["turns"]) == 1 else "\n\n".join(s["turns"])
-            return pairwise_units(t, question, s["answer"], s["baseline"])
+    def units(s: dict) -> list[kit.Unit]:
+        question = _transcript(s["turns"], [], 0) if len(s["turns"]) == 1 else "\n\n".join(s["turns"])
+        return pairwise_units(template, question, s["answer"], s["baseline"])
 
-        new += kit.judge_all(ctx, chunk, units, _pairwise_record)
-    return _pairwise_summary(kit.all_records(ctx, new, [s["id"] for s in samples]))
+    return _pairwise_summary(kit.judge_samples(ctx, samples, answer, units, _pairwise_record))
 
 
 _FIRST_SHOWN = {"A": "good", "B": "bad", "tie": "same"}  # a verdict on the answer shown first
