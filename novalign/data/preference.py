@@ -45,7 +45,7 @@ from novalign.data.chat import (
     normalize_messages,
     tokenize_conversation,
 )
-from novalign.data.io import DataError, SkipReport, iter_records
+from novalign.data.io import DataError, SkipReport, read_valid
 from novalign.data.scores import ScoreObservation, ScoreProblem, normalize_scores, parse_score
 
 __all__ = [
@@ -401,22 +401,15 @@ def _read_records(
     """Pass 1: parse, check and tokenize every record; then fill in normalized targets (pass 2). ``scores``
     defaults to one number, minmax. Returns the records and the report of those skipped (with ``skip_invalid``)."""
     scores = scores or ScoreConfig()
-    report = SkipReport()
-    records: list[_Record] = []
-    for raw_path in paths:
-        path = str(raw_path)
-        for line, raw in iter_records(path, skip=report if skip_invalid else None):
-            try:
-                rec = _parse_record(raw, path, line)
-                _check_scores(rec, scores, want_scores)
-                for resp in rec.responses:
-                    resp.sample = _tokenize(rec, resp, tokenizer, max_length)
-            except DataError as err:
-                if not skip_invalid:
-                    raise
-                report.add(err)
-                continue
-            records.append(rec)
+
+    def parse(raw: dict, path: str, line: int) -> _Record:
+        rec = _parse_record(raw, path, line)
+        _check_scores(rec, scores, want_scores)
+        for resp in rec.responses:
+            resp.sample = _tokenize(rec, resp, tokenizer, max_length)
+        return rec
+
+    records, report = read_valid(paths, parse, skip_invalid=skip_invalid)
     scored = [r for rec in records if rec.scores_used for r in rec.responses]
     observations = [
         ScoreObservation(r.raw_score, r.annotator if scores.group_by == "annotator" else rec.path)
