@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 from typing import Optional
@@ -41,18 +42,30 @@ def _print_config_help(schema) -> None:
     Console().print(table)
 
 
-def _stage_config(schema, config, set_, help_config):
-    """The command's typed config from YAML + ``--set`` overrides; None after printing ``--help-config``.
-    A bad config exits with code 2 and the loader's message (file, key, did-you-mean)."""
-    from novalign.config import ConfigError, load_config
+def _stage_config(schema, config, set_, help_config, flags: dict | None = None):
+    """The command's typed config from YAML + ``--set`` overrides, then the command-line ``flags`` (dotted key ->
+    value; None means not given); None after printing ``--help-config``. A flag is assigned, not YAML-parsed, so
+    a value like "0123" stays a string. A bad config or flag exits with code 2 and the loader's message (file,
+    key, did-you-mean)."""
+    from novalign.config import load_config
 
     if help_config:
         _print_config_help(schema)
         return None
     try:
-        return load_config(schema, config, set_)
-    except ConfigError as exc:
+        cfg = load_config(schema, config, set_)
+        for key, value in (flags or {}).items():
+            if value is not None:
+                *parents, leaf = key.split(".")
+                setattr(functools.reduce(getattr, parents, cfg), leaf, value)
+        return cfg
+    except ValueError as exc:  # ConfigError, and a flag's pydantic ValidationError
         _fail(str(exc))
+
+
+def _endpoint_flags(section: str, backend: str, key: str, value: str | None) -> dict:
+    """``--pas-model PATH`` / ``--upstream URL``: the value and the backend that reads it, or nothing if not given."""
+    return {} if value is None else {f"{section}.backend": backend, f"{section}.{key}": value}
 
 
 _CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config (see --help-config).")
@@ -215,19 +228,12 @@ def serve_command(
 ) -> None:
     """OpenAI-compatible server for a local model: /v1/chat/completions, /v1/completions, /v1/models, /health.
     Concurrent requests are batched into one generate call."""
-    from novalign.config import ConfigError, ServeConfig, load_config
+    from novalign.config import ServeConfig
 
-    if help_config:
-        _print_config_help(ServeConfig)
-        return
     flags = {"model": model, "host": host, "port": port, "api_key": api_key, "served_model_name": served_model_name}
-    try:
-        cfg = load_config(ServeConfig, config, set_)
-        for key, value in flags.items():  # assigned, not YAML-parsed: a key like "0123" stays a string
-            if value is not None:
-                setattr(cfg, key, value)
-    except (ConfigError, ValueError) as exc:
-        _fail(str(exc))
+    cfg = _stage_config(ServeConfig, config, set_, help_config, flags)
+    if cfg is None:
+        return
     from novalign.llm.server import serve
 
     try:
@@ -354,18 +360,17 @@ def pas_build_data_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str]
                            help_config: bool = _HELP_CONFIG_OPT) -> None:
     """Build PAS data: categories + seeds -> few-shot synthesis -> LLM self-correction (with rule checks).
     Writes prompt/complement/category/check JSONL (resumable) and prints the category balance."""
-    from novalign.config import ConfigError, PASDataConfig, load_config
+    from novalign.config import PASDataConfig
     from novalign.data.io import DataError
 
-    if help_config:
-        _print_config_help(PASDataConfig)
+    cfg = _stage_config(PASDataConfig, config, set_, help_config)
+    if cfg is None:
         return
     try:
-        cfg = load_config(PASDataConfig, config, set_)
         from novalign.pas.build import run_build_data
 
         summary = run_build_data(cfg, console_print=typer.echo)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     typer.echo(f"done: {summary['kept']} kept, {summary['rewritten']} rewritten, {summary['dropped']} dropped, "
                f"{summary['failed']} failed -> {cfg.output}")
@@ -413,24 +418,20 @@ def pas_serve_command(
 ) -> None:
     """OpenAI-compatible proxy: augments the last user message with PAS, forwards to the upstream, streams back.
     Per request, `X-PAS: off` (header) or `"pas": false` (body) turns PAS off; the added latency is logged."""
-    from novalign.config import ConfigError, PASServeConfig, load_config
+    from novalign.config import PASServeConfig
 
-    if help_config:
-        _print_config_help(PASServeConfig)
+    flags = {**_endpoint_flags("pas_llm", "local", "model", pas_model), "upstream": upstream, "host": host,
+             "port": port, "upstream_api_key": upstream_api_key}
+    cfg = _stage_config(PASServeConfig, config, set_, help_config, flags)
+    if cfg is None:
         return
     try:
-        cfg = load_config(PASServeConfig, config, set_)
-        if pas_model is not None:
-            cfg.pas_llm.backend, cfg.pas_llm.model = "local", pas_model
-        for key, value in {"upstream": upstream, "host": host, "port": port, "upstream_api_key": upstream_api_key}.items():
-            if value is not None:
-                setattr(cfg, key, value)
         if not cfg.pas_llm.model:
             raise ValueError("no PAS model: give --pas-model PATH (or pas_llm.model in the config)")
         from novalign.pas.proxy import serve_proxy
 
         serve_proxy(cfg)
-    except (ConfigError, ValueError) as exc:
+    except ValueError as exc:
         _fail(str(exc))
 
 
@@ -446,29 +447,21 @@ def pas_compare_command(
     help_config: bool = _HELP_CONFIG_OPT,
 ) -> None:
     """Compare an upstream model with vs without PAS: pass rate of verifier checks and GSB (report 5.1)."""
-    from novalign.config import ConfigError, PASCompareConfig, load_config
+    from novalign.config import PASCompareConfig
     from novalign.data.io import DataError
 
-    if help_config:
-        _print_config_help(PASCompareConfig)
+    flags = {**_endpoint_flags("upstream", "openai", "base_url", upstream), "upstream.model": upstream_model,
+             **_endpoint_flags("pas_llm", "local", "model", pas_model), "prompts": prompts, "output": output}
+    cfg = _stage_config(PASCompareConfig, config, set_, help_config, flags)
+    if cfg is None:
         return
     try:
-        cfg = load_config(PASCompareConfig, config, set_)
-        if upstream is not None:
-            cfg.upstream.backend, cfg.upstream.base_url = "openai", upstream
-        if upstream_model is not None:
-            cfg.upstream.model = upstream_model
-        if pas_model is not None:
-            cfg.pas_llm.backend, cfg.pas_llm.model = "local", pas_model
-        for key, value in {"prompts": prompts, "output": output}.items():
-            if value is not None:
-                setattr(cfg, key, value)
         if not cfg.prompts:
             raise ValueError("no prompt set: give --prompts FILE")
         from novalign.pas.compare import run_compare
 
         run_compare(cfg, console_print=typer.echo)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
 
 

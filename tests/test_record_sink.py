@@ -176,3 +176,25 @@ def test_filter_jsonl_cuts_a_log_back_to_its_checkpoint(tmp_path):
     with pytest.raises(DataError, match=r"metrics\.jsonl:2: malformed JSON"):
         io.filter_jsonl(path, lambda r: r["step"] <= 2)
     assert path.read_bytes() == b'{"step": 1}\n{"st\n{"step": 3}\n'
+
+
+# ------------------------------------------------------------------------------------------- reading
+
+
+def test_read_valid_raises_or_counts_each_bad_record(tmp_path):
+    """a.jsonl holds 4 lines: {"n": 1}, "not json", {"n": -2}, {"n": 3}; convert returns n * 10 and raises a
+    DataError for a negative n. Without skip_invalid the first bad line (2, not JSON) raises naming a.jsonl:2.
+    With it: [10, 30] in file order, the report counts 2 (line 2 unparsable, line 3 rejected by convert)."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"n": 1}\nnot json\n{"n": -2}\n{"n": 3}\n')
+
+    def convert(record, where, line):
+        if record["n"] < 0:
+            raise DataError(where, line, "n", "negative", reason="negative n")
+        return record["n"] * 10
+
+    with pytest.raises(DataError, match=r"a\.jsonl:2"):
+        io.read_valid([path], convert, skip_invalid=False)
+    values, report = io.read_valid([path], convert, skip_invalid=True)
+    assert values == [10, 30]
+    assert report.total == 2 and report.counts["negative n"] == 1

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from jinja2 import TemplateError
 
-from novalign.data.io import DataError, SkipReport, iter_records
+from novalign.data.io import DataError, SkipReport, read_valid
 from novalign.data.tools import check_tool_calls, normalize_tools
 
 __all__ = [
@@ -458,21 +458,8 @@ def load_chat_dataset(
     if max_length <= 0:
         raise ValueError(f"max_length must be positive, got {max_length}")
     check_chat_tokenizer(tokenizer)
-    report = SkipReport()
-    samples: list[TokenizedSample] = []
-    for raw_path in paths:
-        path = str(raw_path)
-        for line, record in iter_records(path, skip=report if skip_invalid else None):
-            try:
-                samples.append(
-                    _record_to_sample(record, tokenizer, path=path, line=line,
-                                      max_length=max_length, train_on=train_on)
-                )
-            except DataError as err:
-                if not skip_invalid:
-                    raise
-                report.add(err)
-    return samples, report
+    return read_valid(paths, lambda record, path, line: _record_to_sample(
+        record, tokenizer, path=path, line=line, max_length=max_length, train_on=train_on), skip_invalid=skip_invalid)
 
 
 def _record_to_sample(

@@ -29,12 +29,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 __all__ = [
     "DataError",
     "SkipReport",
     "iter_records",
+    "read_valid",
     "JSONL_SUFFIXES",
     "PARQUET_SUFFIXES",
     "write_jsonl",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("novalign.data.io")
+T = TypeVar("T")
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
@@ -185,6 +187,25 @@ def iter_records(
     else:
         supported = ", ".join(JSONL_SUFFIXES + PARQUET_SUFFIXES)
         raise ValueError(f"{p}: unsupported data file extension {p.suffix!r} (supported: {supported})")
+
+
+def read_valid(paths: Iterable[str | os.PathLike[str]], convert: Callable[[dict[str, Any], str, int], T], *,
+               skip_invalid: bool) -> tuple[list[T], SkipReport]:
+    """``convert(record, path, line)`` of every record of ``paths``, in order. A :class:`DataError` (a line that
+    is not a JSON object, or one ``convert`` raises) is raised, or with ``skip_invalid`` counted in the returned
+    report and its record left out: the one skip-or-raise rule of the loaders."""
+    report = SkipReport()
+    out: list[T] = []
+    for raw_path in paths:
+        path = str(raw_path)
+        for line, record in iter_records(path, skip=report if skip_invalid else None):
+            try:
+                out.append(convert(record, path, line))
+            except DataError as err:
+                if not skip_invalid:
+                    raise
+                report.add(err)
+    return out, report
 
 
 def _iter_jsonl(path: Path, skip: SkipReport | None) -> Iterator[tuple[int, dict[str, Any]]]:

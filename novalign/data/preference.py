@@ -45,7 +45,7 @@ from novalign.data.chat import (
     normalize_messages,
     tokenize_conversation,
 )
-from novalign.data.io import DataError, SkipReport, iter_records
+from novalign.data.io import DataError, SkipReport, read_valid
 from novalign.data.scores import ScoreObservation, ScoreProblem, normalize_scores, parse_score
 
 __all__ = [
@@ -395,25 +395,21 @@ def _tokenize(rec: _Record, resp: _Response, tokenizer: Any, max_length: int) ->
 
 
 def _read_records(
-    paths: Sequence[str | os.PathLike[str]], tokenizer: Any, *, max_length: int, scores: ScoreConfig,
-    want_scores: bool, skip_invalid: bool, report: SkipReport,
-) -> list[_Record]:
-    """Pass 1: parse, check and tokenize every record; then fill in normalized targets (pass 2)."""
-    records: list[_Record] = []
-    for raw_path in paths:
-        path = str(raw_path)
-        for line, raw in iter_records(path, skip=report if skip_invalid else None):
-            try:
-                rec = _parse_record(raw, path, line)
-                _check_scores(rec, scores, want_scores)
-                for resp in rec.responses:
-                    resp.sample = _tokenize(rec, resp, tokenizer, max_length)
-            except DataError as err:
-                if not skip_invalid:
-                    raise
-                report.add(err)
-                continue
-            records.append(rec)
+    paths: Sequence[str | os.PathLike[str]], tokenizer: Any, *, max_length: int, scores: ScoreConfig | None,
+    want_scores: bool, skip_invalid: bool,
+) -> tuple[list[_Record], SkipReport]:
+    """Pass 1: parse, check and tokenize every record; then fill in normalized targets (pass 2). ``scores``
+    defaults to one number, minmax. Returns the records and the report of those skipped (with ``skip_invalid``)."""
+    scores = scores or ScoreConfig()
+
+    def parse(raw: dict, path: str, line: int) -> _Record:
+        rec = _parse_record(raw, path, line)
+        _check_scores(rec, scores, want_scores)
+        for resp in rec.responses:
+            resp.sample = _tokenize(rec, resp, tokenizer, max_length)
+        return rec
+
+    records, report = read_valid(paths, parse, skip_invalid=skip_invalid)
     scored = [r for rec in records if rec.scores_used for r in rec.responses]
     observations = [
         ScoreObservation(r.raw_score, r.annotator if scores.group_by == "annotator" else rec.path)
@@ -421,7 +417,7 @@ def _read_records(
     ]
     for r, target in zip(scored, normalize_scores(observations, scores)):
         r.target = target
-    return records
+    return records, report
 
 
 def _record_pairs(rec: _Record, mode: PairMode) -> list[tuple[int, int]]:
@@ -459,10 +455,8 @@ def load_preference_dataset(
     Raises:
         DataError: an invalid record (unless ``skip_invalid``), naming file, line and field.
     """
-    scores = scores or ScoreConfig()
-    report = SkipReport()
-    records = _read_records(paths, tokenizer, max_length=max_length, scores=scores, want_scores=use_scores,
-                            skip_invalid=skip_invalid, report=report)
+    records, report = _read_records(paths, tokenizer, max_length=max_length, scores=scores, want_scores=use_scores,
+                                    skip_invalid=skip_invalid)
     out: list[PreferencePair] = []
     seen: set[tuple[str, str, str]] = set()
     duplicates = 0
@@ -499,10 +493,8 @@ def load_unpaired_dataset(
     """KTO samples: unpaired records as they are; every pair (also from groups) gives its chosen response
     as desirable and its rejected one as undesirable. Identical (prompt, response, label) samples are kept once.
     """
-    scores = scores or ScoreConfig()
-    report = SkipReport()
-    records = _read_records(paths, tokenizer, max_length=max_length, scores=scores, want_scores=False,
-                            skip_invalid=skip_invalid, report=report)
+    records, report = _read_records(paths, tokenizer, max_length=max_length, scores=scores, want_scores=False,
+                                    skip_invalid=skip_invalid)
     out: list[UnpairedSample] = []
     seen: set[tuple[str, str, bool]] = set()
     duplicates = 0

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from novalign.data.chat import TokenizedSample
-from novalign.data.io import DataError, SkipReport, iter_records
+from novalign.data.io import DataError, SkipReport, read_valid
 
 __all__ = ["end_of_text_id", "split_document", "load_text_dataset"]
 
@@ -54,19 +54,13 @@ def load_text_dataset(
         DataError: a record without a non-empty string ``text`` (unless ``skip_invalid``), naming file and line.
     """
     eot = end_of_text_id(tokenizer)
-    report = SkipReport()
-    samples: list[TokenizedSample] = []
-    for raw_path in paths:
-        path = str(raw_path)
-        for line, record in iter_records(path, skip=report if skip_invalid else None):
-            text = record.get("text")
-            if not isinstance(text, str) or not text.strip():
-                err = DataError(path, line, "text", f"expected a non-empty string, got {text!r}"[:200],
-                                reason="missing or empty text")
-                if not skip_invalid:
-                    raise err
-                report.add(err)
-                continue
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [eot]
-            samples.extend(split_document(ids, max_length))
-    return samples, report
+
+    def pieces(record: dict, path: str, line: int) -> list[TokenizedSample]:
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(path, line, "text", f"expected a non-empty string, got {text!r}"[:200],
+                            reason="missing or empty text")
+        return split_document(tokenizer(text, add_special_tokens=False)["input_ids"] + [eot], max_length)
+
+    documents, report = read_valid(paths, pieces, skip_invalid=skip_invalid)
+    return [piece for document in documents for piece in document], report

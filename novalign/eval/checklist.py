@@ -53,20 +53,19 @@ def run_cfbench(ctx: SuiteContext) -> dict:
     samples = read_cfbench(ctx.data)
     given = _cfbench_responses(ctx.options["responses"]) if "responses" in ctx.options else None
     template = load_template("cfbench", ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, samples), kit.chunk_size(ctx)):
+
+    def answer(chunk: list[dict]) -> None:
         replies = kit.responses(ctx, chunk, lambda s: [{"role": "user", "content": s["prompt"]}], given)
         for sample, reply in zip(chunk, replies):
             sample["response"] = reply
 
-        def units(s: dict, t: str = template) -> list[kit.Unit]:
-            n = len(s["criteria"])
-            prompt = render(t, prompt=s["prompt"], reference=s["reference"], response=s["response"],
-                            criteria=kit.numbered([c[0] for c in s["criteria"]]), num_criteria=n)
-            return [(prompt, lambda text, n=n: parse_checklist(text, n))]
+    def units(s: dict) -> list[kit.Unit]:
+        n = len(s["criteria"])
+        prompt = render(template, prompt=s["prompt"], reference=s["reference"], response=s["response"],
+                        criteria=kit.numbered([c[0] for c in s["criteria"]]), num_criteria=n)
+        return [(prompt, lambda text, n=n: parse_checklist(text, n))]
 
-        new += kit.judge_all(ctx, chunk, units, _cfbench_record)
-    return _cfbench_summary(kit.all_records(ctx, new, [s["id"] for s in samples]))
+    return _cfbench_summary(kit.judge_samples(ctx, samples, answer, units, _cfbench_record))
 
 
 def _cfbench_responses(path: str | Path) -> dict[str, str]:
@@ -131,26 +130,25 @@ def run_sysbench(ctx: SuiteContext) -> dict:
     sessions = read_sysbench(ctx.data)
     given = _sysbench_responses(ctx.options["responses"]) if "responses" in ctx.options else None
     template = load_template("sysbench", ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, sessions), kit.chunk_size(ctx)):
+
+    def answer(chunk: list[dict]) -> None:
         for session, replies in zip(chunk, _sysbench_replies(ctx, chunk, history, given)):
             session["replies"] = replies
 
-        def units(s: dict, t: str = template) -> list[kit.Unit]:
-            out = []
-            for k, turn in enumerate(s["turns"]):
-                seen = s["replies"] if history == "model" else [x["gold"] for x in s["turns"]]
-                past = "\n".join(f"<round-{i + 1}>\n<user>\n{s['turns'][i]['user']}\n</user>\n<assistant>\n{seen[i]}\n"
-                                 f"</assistant>\n</round-{i + 1}>" for i in range(k)) or "(none)"
-                n = len(turn["criteria"])
-                prompt = render(t, system=s["system"], history=past, question=turn["user"], response=s["replies"][k],
-                                criteria=kit.numbered([f"{c['content']} | {c['type']}" for c in turn["criteria"]]),
-                                num_criteria=n)
-                out.append((prompt, lambda text, n=n: parse_checklist(text, n)))
-            return out
+    def units(s: dict) -> list[kit.Unit]:
+        out = []
+        for k, turn in enumerate(s["turns"]):
+            seen = s["replies"] if history == "model" else [x["gold"] for x in s["turns"]]
+            past = "\n".join(f"<round-{i + 1}>\n<user>\n{s['turns'][i]['user']}\n</user>\n<assistant>\n{seen[i]}\n"
+                             f"</assistant>\n</round-{i + 1}>" for i in range(k)) or "(none)"
+            n = len(turn["criteria"])
+            prompt = render(template, system=s["system"], history=past, question=turn["user"], response=s["replies"][k],
+                            criteria=kit.numbered([f"{c['content']} | {c['type']}" for c in turn["criteria"]]),
+                            num_criteria=n)
+            out.append((prompt, lambda text, n=n: parse_checklist(text, n)))
+        return out
 
-        new += kit.judge_all(ctx, chunk, units, _sysbench_record)
-    return _sysbench_summary(kit.all_records(ctx, new, [s["id"] for s in sessions]), history)
+    return _sysbench_summary(kit.judge_samples(ctx, sessions, answer, units, _sysbench_record), history)
 
 
 def _conversation(system: str, pairs: list[tuple[str, str]], question: str) -> list[dict]:
@@ -252,23 +250,23 @@ def run_fbbench(ctx: SuiteContext) -> dict:
     if "responses" in ctx.options:
         given = {s["id"]: s.get("second_response") for s in read_fbbench(ctx.options["responses"])}
     template = load_template("fbbench", ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, samples), kit.chunk_size(ctx)):
+
+    def answer(chunk: list[dict]) -> None:
         replies = kit.responses(ctx, chunk, lambda s: [
             {"role": "user", "content": s["user_query"]}, {"role": "assistant", "content": s["origin_first_response"]},
             {"role": "user", "content": s["feedback"]}], given)
         for sample, reply in zip(chunk, replies):
             sample["second_response"] = reply
 
-        def units(s: dict, t: str = template) -> list[kit.Unit]:
-            n = len(s["checklist"])
-            prompt = render(t, query=s["user_query"], first_response=s["origin_first_response"], feedback=s["feedback"],
-                            reference=s.get("reference_second_response") or "", second_response=s["second_response"],
-                            criteria=kit.numbered([c[0] for c in s["checklist"]]), num_criteria=n)
-            return [(prompt, lambda text, n=n: parse_checklist(text, n))]
+    def units(s: dict) -> list[kit.Unit]:
+        n = len(s["checklist"])
+        prompt = render(template, query=s["user_query"], first_response=s["origin_first_response"],
+                        feedback=s["feedback"], reference=s.get("reference_second_response") or "",
+                        second_response=s["second_response"], criteria=kit.numbered([c[0] for c in s["checklist"]]),
+                        num_criteria=n)
+        return [(prompt, lambda text, n=n: parse_checklist(text, n))]
 
-        new += kit.judge_all(ctx, chunk, units, _fbbench_record)
-    return _fbbench_summary(kit.all_records(ctx, new, [s["id"] for s in samples]), mode)
+    return _fbbench_summary(kit.judge_samples(ctx, samples, answer, units, _fbbench_record), mode)
 
 
 def _fbbench_record(sample: dict, judgments: list[Judgment]) -> dict:

@@ -75,6 +75,22 @@ def _given(ctx: SuiteContext, option: str) -> dict | None:
     return read_answers(ctx.options[option]) if option in ctx.options else None
 
 
+def _judge_conversations(ctx: SuiteContext, template_name: str, units: Callable[[dict, str], list[kit.Unit]],
+                         finish: Callable[[dict, list[Judgment]], dict]) -> list[dict]:
+    """The set-up UX and MT-Bench share: read the data, then :func:`~novalign.eval.suite_kit.judge_samples` with
+    every turn's reply asked (or looked up) into ``s["replies"]`` and ``units(s, template)`` judged."""
+    kit.require(ctx, "data")
+    samples = read_prompts(ctx.data)
+    given = _given(ctx, "responses")
+    template = load_template(template_name, ctx.lang, ctx.template_dir)
+
+    def answer(chunk: list[dict]) -> None:
+        for s, replies in zip(chunk, _ask_turns(ctx, ctx.respond, chunk, given)):
+            s["replies"] = replies
+
+    return kit.judge_samples(ctx, samples, answer, lambda s: units(s, template), finish)
+
+
 # ------------------------------------------------------------------------------------- user experience
 
 
@@ -92,27 +108,18 @@ def run_ux(ctx: SuiteContext) -> dict:
         rows = ratings_to_ux_records(read_ratings(ctx.options["ratings"]), ctx.options.get("model", ctx.model_name))
         records = [{**r, "id": f"{r['id']}@{r['rater']}", "category": r["capability"], "failed": False} for r in rows]
         return _ux_summary(kit.replay(ctx, records), dimensions)
-    kit.require(ctx, "data")
-    samples = read_prompts(ctx.data)
-    given = _given(ctx, "responses")
-    template = load_template("ux", ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, samples), kit.chunk_size(ctx)):
-        for s, replies in zip(chunk, _ask_turns(ctx, ctx.respond, chunk, given)):
-            s["replies"] = replies
 
-        def units(s: dict, t: str = template) -> list[kit.Unit]:
-            last = len(s["turns"]) - 1
-            prompt = render(t, question=_transcript(s["turns"], s["replies"], last), answer=s["replies"][last],
-                            dimensions=", ".join(dimensions))
-            return [(prompt, lambda text: parse_ux(text, dimensions))]
+    def units(s: dict, t: str) -> list[kit.Unit]:
+        last = len(s["turns"]) - 1
+        prompt = render(t, question=_transcript(s["turns"], s["replies"], last), answer=s["replies"][last],
+                        dimensions=", ".join(dimensions))
+        return [(prompt, lambda text: parse_ux(text, dimensions))]
 
-        def finish(s: dict, js: list[Judgment]) -> dict:
-            return {"id": s["id"], "category": s["category"], "capability": s["category"], "response": s["replies"][-1],
-                    "dimensions": js[0].parsed, "failed": js[0].failed, "error": js[0].error}
+    def finish(s: dict, js: list[Judgment]) -> dict:
+        return {"id": s["id"], "category": s["category"], "capability": s["category"], "response": s["replies"][-1],
+                "dimensions": js[0].parsed, "failed": js[0].failed, "error": js[0].error}
 
-        new += kit.judge_all(ctx, chunk, units, finish)
-    return _ux_summary(kit.all_records(ctx, new, [s["id"] for s in samples]), dimensions)
+    return _ux_summary(_judge_conversations(ctx, "ux", units, finish), dimensions)
 
 
 def _ux_summary(records: list[dict], dimensions: Sequence[str]) -> dict:
@@ -140,28 +147,19 @@ def run_mtbench(ctx: SuiteContext) -> dict:
     """
     if "judgments" in ctx.options:
         return _mtbench_summary(kit.replay(ctx, _mtbench_judged(ctx)))
-    kit.require(ctx, "data")
-    samples = read_prompts(ctx.data)
-    given = _given(ctx, "responses")
-    template = load_template("mtbench", ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, samples), kit.chunk_size(ctx)):
-        for s, replies in zip(chunk, _ask_turns(ctx, ctx.respond, chunk, given)):
-            s["replies"] = replies
 
-        def units(s: dict, t: str = template) -> list[kit.Unit]:
-            return [(render(t, conversation=_transcript(s["turns"], s["replies"], k), answer=s["replies"][k],
-                            reference=s["references"][k] or "(none)"), parse_rating) for k in range(len(s["turns"]))]
+    def units(s: dict, t: str) -> list[kit.Unit]:
+        return [(render(t, conversation=_transcript(s["turns"], s["replies"], k), answer=s["replies"][k],
+                        reference=s["references"][k] or "(none)"), parse_rating) for k in range(len(s["turns"]))]
 
-        def finish(s: dict, js: list[Judgment]) -> dict:
-            ratings = [None if j.failed else j.parsed for j in js]
-            ok = [r for r in ratings if r is not None]
-            return {"id": s["id"], "category": s["category"], "responses": s["replies"], "ratings": ratings,
-                    "score": sum(ok) / len(ok) if ok else None, "failed": any(j.failed for j in js),
-                    "error": next((j.error for j in js if j.failed), None)}
+    def finish(s: dict, js: list[Judgment]) -> dict:
+        ratings = [None if j.failed else j.parsed for j in js]
+        ok = [r for r in ratings if r is not None]
+        return {"id": s["id"], "category": s["category"], "responses": s["replies"], "ratings": ratings,
+                "score": sum(ok) / len(ok) if ok else None, "failed": any(j.failed for j in js),
+                "error": next((j.error for j in js if j.failed), None)}
 
-        new += kit.judge_all(ctx, chunk, units, finish)
-    return _mtbench_summary(kit.all_records(ctx, new, [s["id"] for s in samples]))
+    return _mtbench_summary(_judge_conversations(ctx, "mtbench", units, finish))
 
 
 def _mtbench_judged(ctx: SuiteContext) -> list[dict]:
@@ -221,19 +219,18 @@ def run_pairwise(ctx: SuiteContext) -> dict:
         raise ValueError(f"suite {ctx.name!r}: options.baseline must name a peer model ({sorted(ctx.peers)}) "
                          "or options.baseline_responses a file")
     template = load_template("pairwise", ctx.lang, ctx.template_dir)
-    new: list[dict] = []
-    for chunk in kit.chunks(kit.pending(ctx, samples), kit.chunk_size(ctx)):
+
+    def answer(chunk: list[dict]) -> None:
         mine = _ask_turns(ctx, ctx.respond, chunk, given)
         theirs = _ask_turns(ctx, None if baseline_given is not None else ctx.peers[peer], chunk, baseline_given)
         for s, a, b in zip(chunk, mine, theirs):
             s["answer"], s["baseline"] = a[-1], b[-1]
 
-        def units(s: dict, t: str = template) -> list[kit.Unit]:
-            question = _transcript(s["turns"], [], 0) if len(s["turns"]) == 1 else "\n\n".join(s["turns"])
-            return pairwise_units(t, question, s["answer"], s["baseline"])
+    def units(s: dict) -> list[kit.Unit]:
+        question = _transcript(s["turns"], [], 0) if len(s["turns"]) == 1 else "\n\n".join(s["turns"])
+        return pairwise_units(template, question, s["answer"], s["baseline"])
 
-        new += kit.judge_all(ctx, chunk, units, _pairwise_record)
-    return _pairwise_summary(kit.all_records(ctx, new, [s["id"] for s in samples]))
+    return _pairwise_summary(kit.judge_samples(ctx, samples, answer, units, _pairwise_record))
 
 
 _FIRST_SHOWN = {"A": "good", "B": "bad", "tie": "same"}  # a verdict on the answer shown first

@@ -139,17 +139,19 @@ class ModelResponder:
 
     def __call__(self, convs: list[Conversation], *, stop: Sequence[str] | None = None, max_tokens: int | None = None,
                  together: bool = False) -> list[str]:
-        if not convs:
-            return []
-        requests = self._requests(convs, raw=False, stop=stop, max_tokens=max_tokens)
-        return [texts[0] for texts in self._ask(requests, 1, together)]
+        return self._one_each(convs, False, stop, max_tokens, together)
 
     def complete(self, prompts: list[str], *, stop: Sequence[str] | None = None, max_tokens: int | None = None,
                  together: bool = False) -> list[str]:
         """Raw text continuations of ``prompts`` (see :mod:`novalign.eval.suite_api`)."""
-        if not prompts:
+        return self._one_each(prompts, True, stop, max_tokens, together)
+
+    def _one_each(self, items: list, raw: bool, stop: Sequence[str] | None, max_tokens: int | None,
+                  together: bool) -> list[str]:
+        """One reply per chat conversation (``raw=False``) or raw-text prompt (``raw=True``)."""
+        if not items:
             return []
-        requests = self._requests(prompts, raw=True, stop=stop, max_tokens=max_tokens)
+        requests = self._requests(items, raw=raw, stop=stop, max_tokens=max_tokens)
         return [texts[0] for texts in self._ask(requests, 1, together)]
 
     def prompt_tokens(self, items: list[Conversation | str]) -> list[int] | None:

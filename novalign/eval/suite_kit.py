@@ -68,6 +68,18 @@ def judge_all(ctx: SuiteContext, samples: list[dict], units: Callable[[dict], li
     return records
 
 
+def judge_samples(ctx: SuiteContext, samples: list[dict], answer: Callable[[list[dict]], None],
+                  units: Callable[[dict], list[Unit]], finish: Callable[[dict, list[Judgment]], dict]) -> list[dict]:
+    """The loop of every LLM-judged suite: per chunk of the samples not yet done, ``answer(chunk)`` puts the
+    model's replies on the samples, then their ``units`` are judged and ``finish`` makes each record (written
+    as soon as it is complete). Returns the records of all samples, resumed ones included, in data order."""
+    new: list[dict] = []
+    for chunk in chunks(pending(ctx, samples), chunk_size(ctx)):
+        answer(chunk)
+        new += judge_all(ctx, chunk, units, finish)
+    return all_records(ctx, new, [s["id"] for s in samples])
+
+
 def replay(ctx: SuiteContext, records: list[dict]) -> list[dict]:
     """Score-only from existing judgments: write the records not already done; return all of them."""
     out = []

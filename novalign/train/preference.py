@@ -190,20 +190,29 @@ def _run(cfg, session: Session, objective, units: UnitSet, held: UnitSet, tokeni
     return result
 
 
-def run_dpo(cfg: DPOConfig, console_print=print) -> LoopResult:
-    """``novalign dpo``: DPO against the starting policy (or ``reference_path``); writes ``<output_dir>/model``."""
+def _start_with_data(cfg: DPOConfig | KTOConfig, load_dataset, field: str, console_print):
+    """The set-up DPO and KTO share: start the session, load the policy's tokenizer, and read the train and
+    held-out splits with ``load_dataset`` (its ``field`` holds the examples). Returns
+    ``(session, tokenizer, train, held_out, stats)``."""
     from novalign.models.load import load_tokenizer
 
     session = start(cfg)
     tokenizer = load_tokenizer(cfg.model.path)
 
     def read(files):
-        d = load_preference_dataset(files, tokenizer, max_length=cfg.data.max_length, pairs=cfg.data.pairs,
-                                    scores=cfg.scores, skip_invalid=cfg.data.skip_invalid)
-        return d.pairs, d.skipped, d.num_duplicates
+        d = load_dataset(files, tokenizer, max_length=cfg.data.max_length, pairs=cfg.data.pairs,
+                         scores=cfg.scores, skip_invalid=cfg.data.skip_invalid)
+        return getattr(d, field), d.skipped, d.num_duplicates
 
-    train_pairs, eval_pairs, stats = read_splits(cfg.data, read, seed=cfg.train.seed, console_print=console_print,
-                                                 is_main=session.info.is_main)
+    train_part, held, stats = read_splits(cfg.data, read, seed=cfg.train.seed, console_print=console_print,
+                                          is_main=session.info.is_main)
+    return session, tokenizer, train_part, held, stats
+
+
+def run_dpo(cfg: DPOConfig, console_print=print) -> LoopResult:
+    """``novalign dpo``: DPO against the starting policy (or ``reference_path``); writes ``<output_dir>/model``."""
+    session, tokenizer, train_pairs, eval_pairs, stats = _start_with_data(cfg, load_preference_dataset, "pairs",
+                                                                          console_print)
     if session.info.is_main:
         console_print(f"{len(train_pairs)} training pairs, {len(eval_pairs)} held out")
     objective = DPOObjective(cfg.loss.beta, cfg.loss.label_smoothing, cfg.train.loss_chunk_size)
@@ -212,18 +221,8 @@ def run_dpo(cfg: DPOConfig, console_print=print) -> LoopResult:
 
 def run_kto(cfg: KTOConfig, console_print=print) -> LoopResult:
     """``novalign kto``: KTO against the starting policy (or ``reference_path``); writes ``<output_dir>/model``."""
-    from novalign.models.load import load_tokenizer
-
-    session = start(cfg)
-    tokenizer = load_tokenizer(cfg.model.path)
-
-    def read(files):
-        d = load_unpaired_dataset(files, tokenizer, max_length=cfg.data.max_length, pairs=cfg.data.pairs,
-                                  scores=cfg.scores, skip_invalid=cfg.data.skip_invalid)
-        return d.samples, d.skipped, d.num_duplicates
-
-    train_samples, eval_samples, stats = read_splits(cfg.data, read, seed=cfg.train.seed, console_print=console_print,
-                                                     is_main=session.info.is_main)
+    session, tokenizer, train_samples, eval_samples, stats = _start_with_data(cfg, load_unpaired_dataset, "samples",
+                                                                              console_print)
     num_good = sum(s.desirable for s in train_samples)
     if session.info.is_main:
         console_print(f"{len(train_samples)} training samples ({num_good} desirable), {len(eval_samples)} held out")
