@@ -95,7 +95,8 @@ def test_runner_reproduces_evaluate_model_exactly_and_resumes(setup, batches, tm
         assert list(summary["rates"].items()) == list(direct.rates.items())  # the table: same keys, order, values
         assert summary["metrics"]["pass_rate"] == direct.rates["mean"]
         assert summary["format"] == ("plain" if plain else "chat")
-        assert summary["resume"] == {"reused": 0, "asked": 34, "dropped_truncated": 0}
+        assert summary["resume"] == {"reused": 0, "written": 34, "model_requests": 34, "judge_requests": 0,
+                                     "dropped_truncated": 0}
         assert sum(bool(r["reply"]) for r in direct.rows) > 20  # the comparison is not of empty replies
         assert 0 < direct.rates["brief"] < 1  # nor of verdicts that are all the same
     # the same batches, row for row: sorted by length, 16 + 16 + 2, plain (with the stop strings) then chat
@@ -107,7 +108,8 @@ def test_runner_reproduces_evaluate_model_exactly_and_resumes(setup, batches, tm
     again = run_eval(_config(files, model, tmp_path))  # resume: everything is stored, nothing is asked
     assert batches == []
     for name in ("base", "chat"):
-        assert again[name]["world"]["resume"] == {"reused": 34, "asked": 0, "dropped_truncated": 0}
+        assert again[name]["world"]["resume"] == {"reused": 34, "written": 0, "model_requests": 0, "judge_requests": 0,
+                                                   "dropped_truncated": 0}
         assert again[name]["world"]["rates"] == summaries[name]["world"]["rates"]
 
 
