@@ -4,6 +4,7 @@ honours ``skip_invalid``; none is silently dropped or silently accepted."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -61,3 +62,25 @@ def test_pas_pool_honours_skip_invalid_for_malformed_lines_and_names_an_empty_fi
     empty.write_text("\n", encoding="utf-8")
     with pytest.raises(DataError, match="empty.jsonl.*no records"):
         read_pool([str(empty)], categories)
+
+
+def test_stale_temp_folders_of_killed_writers_are_cleaned(tmp_path):
+    """A dead pid's ``.model.tmp-<pid>`` goes; its ``.model.old-<pid>`` is restored when ``model`` is missing
+    (killed between the two renames); a live pid's folders stay."""
+    import subprocess
+
+    from novalign.fsutil import atomic_directory
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "model"
+    (tmp_path / f".model.tmp-{dead.pid}").mkdir()
+    (tmp_path / f".model.old-{dead.pid}").mkdir()
+    (tmp_path / f".model.old-{dead.pid}" / "weights").write_text("previous")
+    live = tmp_path / f".model.tmp-{os.getppid()}"
+    live.mkdir()
+    with atomic_directory(out) as tmp:
+        assert (out / "weights").read_text() == "previous"  # restored before the new write starts
+        (tmp / "weights").write_text("new")
+    assert (out / "weights").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", live.name])
