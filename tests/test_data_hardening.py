@@ -84,3 +84,34 @@ def test_stale_temp_folders_of_killed_writers_are_cleaned(tmp_path):
         (tmp / "weights").write_text("new")
     assert (out / "weights").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", live.name])
+
+
+def test_a_huge_record_is_refused_before_tokenizing(tmp_path, tiny_model_dir):
+    """With max_length 64 and the tiny tokenizer's longest token string of L characters, a record of more
+    than 64 * L characters cannot fit: it is a DataError naming file and line, and no tokenizer call is
+    made for it (the 2 MB record would otherwise be tokenized in full first)."""
+    from novalign.data.chat import load_chat_dataset, longest_token_chars
+    from novalign.models.load import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    limit = 64 * longest_token_chars(tok)
+    path = _write(tmp_path / "sft.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "user", "content": "x" * 2_000_000}, {"role": "assistant", "content": "ok"}]},
+    ])
+    small = _write(tmp_path / "small.jsonl", [json.loads(path.read_text().splitlines()[0])])
+    calls = []
+    original = tok.apply_chat_template
+    tok.apply_chat_template = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    try:
+        load_chat_dataset([small], tok, max_length=64)
+        per_small = len(calls)
+        calls.clear()
+        with pytest.raises(DataError) as info:
+            load_chat_dataset([path], tok, max_length=64)
+        samples, report = load_chat_dataset([path], tok, max_length=64, skip_invalid=True)
+    finally:
+        tok.apply_chat_template = original
+    assert info.value.line == 2 and str(limit) in info.value.problem
+    assert len(samples) == 1 and report.total == 1
+    assert len(calls) == 2 * per_small  # the huge record was never rendered, in either load

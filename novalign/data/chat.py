@@ -401,6 +401,20 @@ def _special_token_strings(tokenizer: Any) -> list[str]:
 # --------------------------------------------------------------------------- datasets
 
 
+def longest_token_chars(tokenizer: Any) -> int:
+    """Characters in the tokenizer's longest token string: a text of more than ``n`` times this many
+    characters cannot be ``n`` tokens or fewer (a token's decoded text is no longer than its string)."""
+    cached = getattr(tokenizer, "_novalign_longest_token", None)
+    if cached is None:
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        cached = max([len(t) for t in tokens if isinstance(t, str)] + [1])
+        try:
+            tokenizer._novalign_longest_token = cached
+        except AttributeError:
+            pass
+    return cached
+
+
 def load_chat_dataset(
     paths: Sequence[str | os.PathLike[str]],
     tokenizer: Any,
@@ -435,13 +449,14 @@ def load_chat_dataset(
     check_chat_tokenizer(tokenizer)
     report = SkipReport()
     samples: list[TokenizedSample] = []
+    max_chars = max_length * longest_token_chars(tokenizer)
     for raw_path in paths:
         path = str(raw_path)
         for line, record in iter_records(path, skip=report if skip_invalid else None):
             try:
                 samples.append(
                     _record_to_sample(record, tokenizer, path=path, line=line,
-                                      max_length=max_length, train_on=train_on)
+                                      max_length=max_length, train_on=train_on, max_chars=max_chars)
                 )
             except DataError as err:
                 if not skip_invalid:
@@ -458,9 +473,14 @@ def _record_to_sample(
     line: int,
     max_length: int,
     train_on: TrainOn,
+    max_chars: int | None = None,
 ) -> TokenizedSample:
     """Normalize and tokenize one record, turning every per-record failure into a DataError."""
     messages, content_fields = _Normalizer(path, line).normalize(record)
+    chars = sum(len(m["content"]) for m in messages)
+    if max_chars is not None and chars > max_chars:  # a 10 MB record once took a minute to tokenize first
+        raise DataError(path, line, None, f"{chars} characters cannot fit max_length={max_length} tokens "
+                        f"(at most {max_chars} characters can)", reason="sequence longer than max_length")
     try:
         sample = tokenize_conversation(tokenizer, messages, max_length=max_length, train_on=train_on)
     except SampleTooLong as exc:
