@@ -433,7 +433,8 @@ def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, 
         done: list[bytes] = []
         truncated = [False]
         sinks = ((proc.stdout, limits.max_output_bytes, out, truncated),
-                 (proc.stderr, limits.max_output_bytes, err, truncated), (os.fdopen(done_read, "rb"), 64, done, [False]))
+                 (proc.stderr, limits.max_output_bytes, err, truncated),
+                 (os.fdopen(done_read, "rb"), 64, done, [False]))
         done_read = -1
         readers = [threading.Thread(target=_drain, args=sink, daemon=True) for sink in sinks]
         for reader in readers:

@@ -18,8 +18,10 @@ fails anyway is rerun item by item (:class:`~novalign.llm.batching.BatchingQueue
 alone; the API key guards every path but ``/health`` (``/docs`` and ``/openapi.json`` too); a prompt longer
 than the context could hold is refused before it is tokenized, and tokenizing runs on a worker thread, never
 on the event loop; a request with more rows than ``max_batch_size`` is split across batches; when a client
-disconnects (a dropped stream or an abandoned request) its rows stop generating at the next step. ``response_format`` is accepted but not enforced (no constrained
-decoding here); the novalign client validates JSON replies itself.
+disconnects (a dropped stream or an abandoned request) its rows stop generating at the next step.
+
+``response_format`` is accepted but not enforced (no constrained decoding here); the novalign client
+validates JSON replies itself.
 """
 
 from __future__ import annotations
