@@ -102,12 +102,11 @@ def test_writes_outside_the_work_folder_fail():
     result = run_python(code, TIGHT)
     assert "python write blocked" in result.stdout and "fine" in result.stdout
     assert not os.path.exists(target)
-    if "mountns" not in result.isolation:
-        return  # not root: only the audit hook guards writes, and a shell child would get through
-    # A shell child has no audit hook: the unprivileged uid and the private /tmp must stop it.
+    # A shell child would have no audit hook: starting it is refused (and, as root, the uid and the private
+    # /tmp would stop it too).
     shell = f"import subprocess\nsubprocess.run(['/bin/sh', '-c', 'echo escaped > {target}'])\n"
     result = run_python(shell, TIGHT)
-    assert "Permission denied" in result.stderr
+    assert "subprocess.Popen is disabled in the sandbox" in result.stderr
     assert not os.path.exists(target)
 
 
@@ -125,8 +124,11 @@ def test_outgoing_socket_to_localhost_fails():
         "    print('blocked', e)\n"
         # a fresh interpreter without the bootstrap: only the network namespace stops this one
         "probe = 'import socket; socket.create_connection((\"127.0.0.1\", %d), timeout=1)'\n"
-        f"done = subprocess.run(['/usr/bin/env', 'python3', '-c', probe % {port}], capture_output=True)\n"
-        "print('child exit', done.returncode)\n"
+        "try:\n"
+        f"    done = subprocess.run(['/usr/bin/env', 'python3', '-c', probe % {port}], capture_output=True)\n"
+        "    print('child exit', done.returncode)\n"
+        "except OSError as e:\n"
+        "    print('child refused')\n"
     )
     try:
         result = run_python(code, TIGHT)
@@ -138,7 +140,7 @@ def test_outgoing_socket_to_localhost_fails():
             server.setblocking(False)
             with pytest.raises(BlockingIOError):  # nothing ever reached the listening socket
                 server.accept()
-            assert "child exit 1" in result.stdout
+            assert "child refused" in result.stdout
     finally:
         server.close()
     assert "blocked" in result.stdout and "connected" not in result.stdout
@@ -182,6 +184,106 @@ def test_without_privileges_the_bootstrap_still_blocks_sockets_and_writes(monkey
         "        print('blocked')\n"
     )
     result = run_python(code, TIGHT)
-    assert result.isolation == ("rlimits", "audit-hook")
+    assert result.isolation[:2] == ("rlimits", "audit-hook") and set(result.isolation[2:]) <= {"seccomp"}
     assert result.stdout.split() == ["blocked"] * 4, result.stderr
     assert not os.path.exists(target)
+
+
+ADD_TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
+
+
+@pytest.mark.parametrize("solution", [
+    "import sys\nsys.exit(0)\n",
+    "import os\nos._exit(0)\n",
+    "raise SystemExit\n",
+    "def add(a, b):\n    return 0\n'''\n",  # comment the tests out: they are parsed on their own
+    "import builtins\nbuiltins.exec = lambda *a, **k: None\ndef add(a, b):\n    return 0\n",  # skip the tests
+    "import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n"
+    "        pass\nos._exit(0)\n",  # forge the completion message
+    "import sys\ntoken = sys._getframe(1).f_locals['token']\n",  # steal the token from the bootstrap's frame
+])
+def test_exiting_before_the_tests_fails(solution):
+    """Issue 22 item 1: an exit code 0 is not a pass; the tests must have run to their end."""
+    result = run_tests(solution, ADD_TESTS, TIGHT)
+    assert not result.passed and not result.completed, (result.reason, result.stderr)
+
+
+def test_stdlib_frame_probes_still_work():
+    """The frame-introspection refusal is a ValueError too, which namedtuple, typing, enum and logging catch."""
+    solution = (
+        "import collections, enum, logging, typing\n"
+        "Point = collections.namedtuple('Point', 'x y')\nT = typing.TypeVar('T')\nColor = enum.Enum('Color', 'RED')\n"
+        "logging.warning('still logs')\n"
+        "def add(a, b):\n    return Point(a, b).x + Point(a, b).y\n"
+    )
+    result = run_tests(solution, ADD_TESTS, TIGHT)
+    assert result.passed and result.completed and result.reason == "passed", result.stderr
+    assert "still logs" in result.stderr
+
+
+PROCESS_ATTEMPTS = (
+    "os.system('touch {t}')",
+    "subprocess.run(['/bin/sh', '-c', 'touch {t}'])",
+    "os.posix_spawn('/bin/sh', ['sh', '-c', 'touch {t}'], {{}})",
+    "os.execv('/bin/sh', ['sh', '-c', 'touch {t}'])",
+    "os.fork() or os._exit(0)",
+    "importlib.util.module_from_spec(importlib.util.find_spec('_posixsubprocess'))",  # a fresh copy (see below)
+    "os.kill(os.getppid(), 0)",
+)
+
+
+def _try_processes(target: str) -> str:
+    lines = ["import _imp, importlib.util, os, subprocess"]
+    for i, attempt in enumerate(PROCESS_ATTEMPTS):
+        lines += ["try:", f"    {attempt.format(t=target)}", f"    print('allowed {i}')",
+                  "except (OSError, ImportError):", f"    print('refused {i}')"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("simulate_user", [False, True])
+def test_starting_a_process_is_refused(monkeypatch, simulate_user):
+    """Issue 22 item 2: a child process has no audit hook, so every way to start one is refused, with and
+    without root. Attempt 5, a fresh copy of fork_exec, is refused for an extension module; a built-in one (Debian's
+    python3) hands it out, and calling it is what seccomp refuses (x86_64)."""
+    from novalign.eval import sandbox
+
+    if simulate_user:
+        monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)
+        monkeypatch.setattr(sandbox, "_namespaces_work", lambda: False)
+    target = f"/tmp/novalign_sandbox_child_{uuid.uuid4().hex}"
+    result = run_python(_try_processes(target), TIGHT)
+    refused = [f"refused {i}" for i in range(len(PROCESS_ATTEMPTS)) if i != 5]
+    assert [line for line in result.stdout.split("\n") if line.startswith("refused") and line != "refused 5"] == \
+        refused, result.stdout + result.stderr
+    assert not os.path.exists(target)
+    if os.uname().machine == "x86_64":
+        assert "seccomp" in result.isolation
+        # past every Python-level guard: sys.audit silenced, an unpatched fork_exec; only seccomp is left
+        fresh = run_python("import _imp, importlib.util, subprocess, sys\n"
+                           "sys.audit = lambda *args: None\n"
+                           "copy = _imp.create_builtin(importlib.util.find_spec('_posixsubprocess'))\n"
+                           "if copy is None:\n    print('no fresh copy')\nelse:\n"
+                           "    subprocess._fork_exec = copy.fork_exec\n"
+                           f"    subprocess.run(['/bin/sh', '-c', 'touch {target}'])\n", TIGHT)
+        assert "Operation not permitted" in fresh.stderr or fresh.stdout == "no fresh copy\n", fresh.stderr
+        assert not os.path.exists(target), fresh.stdout + fresh.stderr
+
+
+def test_leftover_processes_of_a_run_are_killed():
+    """A child that left the process group (setsid) still carries the run's environment marker: the sweep
+    at the end of a run finds and kills it. The child here is started by the test, outside any sandbox."""
+    import subprocess
+
+    from novalign.eval.sandbox import _kill_run, _run_processes
+
+    marker = f"NOVALIGN_SANDBOX_RUN={uuid.uuid4().hex[:16]}"
+    name, value = marker.split("=")
+    child = subprocess.Popen(["sleep", "30"], env={"PATH": "/usr/bin:/bin", name: value}, start_new_session=True)
+    try:
+        time.sleep(0.1)
+        assert _run_processes(None, marker) == [child.pid]
+        _kill_run(None, marker)
+        assert child.wait(timeout=5) == -9
+    finally:
+        if child.poll() is None:
+            child.kill()

@@ -66,4 +66,5 @@ class ServeConfig(Strict):
     host: str = Field("127.0.0.1", description="Interface to bind (loopback by default; 0.0.0.0 exposes it).")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port, printed at start).")
     api_key: str | None = Field(None, description="Require 'Authorization: Bearer KEY' (default: $NOVALIGN_API_KEY).")
+    max_body_bytes: int = Field(4 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
     engine: LocalModelConfig = Field(default_factory=LocalModelConfig)

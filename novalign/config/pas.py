@@ -71,7 +71,9 @@ class PASServeConfig(Strict):
     upstream: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible upstream.")
     upstream_api_key: str | None = Field(None, description="Key sent upstream (default: $<upstream_api_key_env>).")
     upstream_api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the upstream key.")
-    host: str = Field("127.0.0.1", description="Interface to bind.")
+    host: str = Field("127.0.0.1", description="Interface to bind (off loopback, api_key is required).")
+    api_key: str | None = Field(None, description="Key clients must send (default: $NOVALIGN_PAS_API_KEY); "
+                                "without one the upstream key is never used.")
     port: int = Field(8100, ge=0, le=65535, description="TCP port (0: any free port, printed at start).")
     timeout_s: float = Field(300.0, gt=0, description="Upstream request timeout.")
     pas_llm: LLMConfig = Field(default_factory=lambda: LLMConfig(backend="local", no_cache=True),

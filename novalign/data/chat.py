@@ -426,6 +426,20 @@ def _special_token_strings(tokenizer: Any) -> list[str]:
 # --------------------------------------------------------------------------- datasets
 
 
+def longest_token_chars(tokenizer: Any) -> int:
+    """Characters in the tokenizer's longest token string: a text of more than ``n`` times this many
+    characters cannot be ``n`` tokens or fewer (a token's decoded text is no longer than its string)."""
+    cached = getattr(tokenizer, "_novalign_longest_token", None)
+    if cached is None:
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        cached = max([len(t) for t in tokens if isinstance(t, str)] + [1])
+        try:
+            tokenizer._novalign_longest_token = cached
+        except AttributeError:
+            pass
+    return cached
+
+
 def load_chat_dataset(
     paths: Sequence[str | os.PathLike[str]],
     tokenizer: Any,
@@ -458,8 +472,10 @@ def load_chat_dataset(
     if max_length <= 0:
         raise ValueError(f"max_length must be positive, got {max_length}")
     check_chat_tokenizer(tokenizer)
+    max_chars = max_length * longest_token_chars(tokenizer)
     return read_valid(paths, lambda record, path, line: _record_to_sample(
-        record, tokenizer, path=path, line=line, max_length=max_length, train_on=train_on), skip_invalid=skip_invalid)
+        record, tokenizer, path=path, line=line, max_length=max_length, train_on=train_on, max_chars=max_chars),
+        skip_invalid=skip_invalid)
 
 
 def _record_to_sample(
@@ -470,9 +486,14 @@ def _record_to_sample(
     line: int,
     max_length: int,
     train_on: TrainOn,
+    max_chars: int | None = None,
 ) -> TokenizedSample:
     """Normalize and tokenize one record, turning every per-record failure into a DataError."""
     messages, content_fields = _Normalizer(path, line).normalize(record)
+    chars = sum(len(m["content"]) for m in messages)
+    if max_chars is not None and chars > max_chars:  # a 10 MB record once took a minute to tokenize first
+        raise DataError(path, line, None, f"{chars} characters cannot fit max_length={max_length} tokens "
+                        f"(at most {max_chars} characters can)", reason="sequence longer than max_length")
     tools = normalize_tools(record.get("tools"), path=path, line=line)
     check_tool_calls(messages, tools, path=path, line=line)
     try:

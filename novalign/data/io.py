@@ -41,6 +41,7 @@ __all__ = [
     "write_jsonl",
     "write_json_atomic",
     "atomic_directory",
+    "clean_stale",
     "append_jsonl",
     "filter_jsonl",
     "repair_tail",
@@ -346,13 +347,43 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove what killed writers of ``out`` left: ``.<name>.tmp-<pid>`` folders of dead pids. A dead pid's
+    ``.<name>.old-<pid>`` is the previous ``out``, moved aside just before the new one went in: deleted when
+    ``out`` exists, renamed back to ``out`` when it does not (the kill fell between the two renames).
+    Returns the paths removed or restored."""
+    done = []
+    for kind in ("tmp", "old"):
+        for stale in sorted(out.parent.glob(f".{out.name}.{kind}-*")):
+            pid = stale.name.rsplit("-", 1)[1]
+            if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            if kind == "old" and not out.exists():
+                os.replace(stale, out)
+            else:
+                shutil.rmtree(stale, ignore_errors=True)
+            done.append(stale)
+    return done
+
+
 @contextmanager
 def atomic_directory(out: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty temp folder beside ``out``; on success it replaces ``out`` in one rename, on any error
     (or Ctrl-C) it is deleted. A SIGKILL leaves only a hidden ``.<name>.tmp-<pid>`` folder, never a partial
-    ``out``."""
+    ``out``; the next writer of ``out`` cleans it (:func:`clean_stale`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)  # a killed run's leftovers are never cleaned otherwise
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     for stale in (tmp, old):

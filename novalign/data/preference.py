@@ -29,6 +29,7 @@ them -- the "last real token" where a reward model reads its score.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -223,6 +224,11 @@ def _as_response(raw: Any, fld: str, rec: _Record) -> _Response:
         raise rec.error(f"{where}.role", f"a response must be an assistant message, not {raw.get('role')!r}", "wrong role order")
     message = {k: v for k, v in raw.items() if v is not None}
     message["role"] = "assistant"
+    if message.get("content") is None and message.get("tool_calls"):
+        message["content"] = ""  # a pure tool-call turn
+    if not isinstance(message.get("content"), str):  # ``content: 42`` once came back as an int
+        raise rec.error(f"{where}.content", f"must be a string, got {type(message.get('content')).__name__}",
+                        "non-string content")
     return _Response(message, where, plain=False)
 
 
@@ -258,8 +264,9 @@ def _parse_record(record: dict, path: str, line: int) -> _Record:
                 raise rec.error(f"responses[{i}]", "must be an object with 'content' (and 'rank' and/or 'score')", "wrong type")
             resp = _as_response(item["content"], f"responses[{i}].content", rec)
             resp.rank = item.get("rank")
-            if resp.rank is not None and (isinstance(resp.rank, bool) or not isinstance(resp.rank, (int, float))):
-                raise rec.error(f"responses[{i}].rank", "must be a number (1 = best)", "wrong type")
+            if resp.rank is not None and (isinstance(resp.rank, bool) or not isinstance(resp.rank, (int, float))
+                                          or not math.isfinite(resp.rank)):  # NaN once dropped it from every pair
+                raise rec.error(f"responses[{i}].rank", "must be a finite number (1 = best)", "wrong type")
             resp.raw_score, resp.score_field = item.get("score"), f"responses[{i}].score"
             resp.annotator = item.get("annotator", record.get("annotator"))
             rec.responses.append(resp)

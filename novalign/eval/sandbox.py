@@ -14,7 +14,16 @@ Layers, from the kernel outwards; each one alone stops the attacks the tests thr
    at its own path. Python 3.11 has no ``os.unshare``, so libc is called through ctypes.
 4. **A Python bootstrap** that runs before the user code: ``socket.socket``, ``socket.create_connection``
    and friends raise, and an audit hook (PEP 578, not removable from Python) refuses socket events, writes
-   outside the work folder and ``ctypes`` loading. This is the only layer left when not running as root.
+   outside the work folder, ``ctypes`` loading, every way to start a process (``os.system``, ``subprocess``,
+   ``os.posix_spawn``, ``os.exec*``, ``os.fork``: a child would have no hook), signals to other processes and
+   frame introspection. This is the only layer left when not running as root; at the end every process that
+   carries the run's environment marker is killed too (a ``setsid`` child leaves the process group).
+5. **A completion token**: a pass needs the scripts to run to their end. The parent hands the bootstrap a
+   one-time token on stdin, and the bootstrap writes it back on a private pipe only after the last script
+   returned, so ``sys.exit(0)`` or ``os._exit(0)`` before the tests fails.
+
+Limits, for the record: layers 4 and 5 are Python-level; native code (refused: ``ctypes``, no compiler, no
+child processes) could get past them, which is what layers 1-3 are for when running as root.
 
 The parent keeps at most ``max_output_bytes`` of each of stdout and stderr and drains the rest. The user
 code gets the standard library only: under a dropped uid the interpreter must be one the uid can read, so a
@@ -29,6 +38,7 @@ import functools
 import os
 import random
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -48,12 +58,13 @@ _CLONE_NEWNET = 0x40000000
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 _HIDDEN_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable: hidden behind private tmpfs
 
-# Runs as ``python -I -B -c _BOOTSTRAP <workdir> <script>``; its names start with ``_`` and are deleted
-# before the user script runs in a fresh ``__main__`` namespace.
+# Runs as ``python -I -B -c _BOOTSTRAP <workdir> <done fd> <script>...``. The parent writes a one-time token on
+# stdin; the scripts run in order in one fresh ``__main__`` namespace, and only when the last one returns does
+# the bootstrap write the token back on <done fd>: an early ``sys.exit(0)``/``os._exit(0)`` cannot pass. The
+# token lives only in ``_main``'s frame, and the audit hook refuses every way Python offers to reach a frame
+# (``sys._getframe``, traceback/generator frames, tracers, ``gc``) and /proc/<pid>/mem.
 _BOOTSTRAP = r"""
 import os, socket, sys
-_root = os.path.realpath(sys.argv[1])
-_script = sys.argv[2]
 
 def _no_network(*args, **kwargs):
     raise PermissionError("network access is disabled in the sandbox")
@@ -66,36 +77,105 @@ for _name in ("create_connection", "create_server", "socketpair", "fromfd", "get
     setattr(socket, _name, _no_network)
 socket.socket = socket.SocketType = _NoSocket
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_PATH_EVENTS = {"os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.chmod", "os.chown", "os.symlink",
-                "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+def _install_guard(root, realpath=os.path.realpath, fsdecode=os.fsdecode, getpid=os.getpid):
+    # bound as defaults: user code that patches os.path.realpath cannot widen the folder check
+    class Refused(PermissionError, ValueError):
+        # a ValueError too: the stdlib's own frame probes (namedtuple, typing, enum, logging) catch that
+        pass
 
-def _inside(path):
-    if isinstance(path, int):
-        return True
-    real = os.path.realpath(os.fsdecode(path))
-    return real == _root or real.startswith(_root + os.sep)
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    path_events = {"os.remove", "os.rename", "os.mkdir", "os.rmdir", "os.chmod", "os.chown", "os.symlink",
+                   "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move", "shutil.copyfile"}
+    # a child process has no audit hook: every way to start one is refused (issue 22)
+    process_events = {"os.system", "os.exec", "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn",
+                      "subprocess.Popen", "pty.spawn", "os.startfile"}
+    frame_events = {"sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile",
+                    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.monitoring.register_callback"}
+    frame_attrs = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
 
-def _audit(event, args):
-    if event.startswith("socket.") or event.startswith("ctypes."):
-        raise PermissionError(f"{event} is disabled in the sandbox")
-    if event == "open":
-        path, mode, flags = args
-        writing = (isinstance(mode, str) and any(ch in mode for ch in "wax+")) or (
-            isinstance(flags, int) and flags & _WRITE_FLAGS)
-        if writing and path is not None and not _inside(path):
-            raise PermissionError(f"writing outside the sandbox folder is disabled: {path!r}")
-    elif event in _PATH_EVENTS:
-        for arg in args:
-            if isinstance(arg, (str, bytes, os.PathLike)) and not _inside(arg):
-                raise PermissionError(f"{event} outside the sandbox folder is disabled: {arg!r}")
+    def inside(path):
+        if isinstance(path, int):
+            return True
+        real = realpath(fsdecode(path))
+        return real == root or real.startswith(root + "/")
 
-sys.addaudithook(_audit)
-sys.argv = [_script]
-sys.path.insert(0, _root)
-with open(_script, "rb") as _f:
-    _code = compile(_f.read(), _script, "exec")
-exec(_code, {"__name__": "__main__", "__file__": _script, "__builtins__": __builtins__})
+    def audit(event, args):
+        if event.startswith("socket.") or event.startswith("ctypes.") or event in process_events:
+            raise Refused(f"{event} is disabled in the sandbox")
+        if event in frame_events or (event == "object.__getattr__" and args[1] in frame_attrs):
+            raise Refused(f"frame introspection ({event}) is disabled in the sandbox")
+        if event == "import" and args[0] == "_posixsubprocess":  # a second copy would bring fork_exec back
+            raise Refused("loading _posixsubprocess again is disabled in the sandbox")
+        if event in ("os.kill", "os.killpg") and args[0] != getpid():
+            raise Refused(f"{event} of another process is disabled in the sandbox")
+        if event == "open":
+            path, mode, flags = args
+            if isinstance(path, (str, bytes)) and not isinstance(path, int):
+                real = realpath(fsdecode(path))
+                if real.startswith("/proc/") and real.endswith("/mem"):
+                    raise Refused(f"reading process memory is disabled in the sandbox: {path!r}")
+            writing = (isinstance(mode, str) and any(ch in mode for ch in "wax+")) or (
+                isinstance(flags, int) and flags & write_flags)
+            if writing and path is not None and not inside(path):
+                raise Refused(f"writing outside the sandbox folder is disabled: {path!r}")
+        elif event in path_events:
+            for arg in args:
+                if isinstance(arg, (str, bytes, os.PathLike)) and not inside(arg):
+                    raise Refused(f"{event} outside the sandbox folder is disabled: {arg!r}")
+
+    def no_fork_exec(*args, **kwargs):
+        raise Refused("starting a process is disabled in the sandbox")
+
+    import _posixsubprocess  # its fork_exec raises no audit event: the loaded copy loses it, a fresh load is refused
+    _posixsubprocess.fork_exec = no_fork_exec
+    sys.addaudithook(audit)
+
+def _no_process_syscalls():
+    # seccomp-bpf (no root needed, after PR_SET_NO_NEW_PRIVS): fork, vfork, execve, execveat and clone without
+    # CLONE_THREAD fail with EPERM; clone3 gets ENOSYS so that glibc makes threads with clone. x86_64 only
+    # (syscall numbers of arch/x86/entry/syscalls/syscall_64.tbl); the kernel form of the process refusal.
+    import ctypes, struct
+    if os.uname().machine != "x86_64":
+        return False
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    op = lambda code, k, jt=0, jf=0: struct.pack("HBBI", code, jt, jf, k)
+    prog = [op(ld, 4), op(jeq, 0xC000003E, 1, 0), op(ret, eperm),  # arch must be AUDIT_ARCH_X86_64
+            op(ld, 0), op(jge, 0x40000000, 0, 1), op(ret, eperm)]  # no x32 syscalls
+    for nr, answer in ((57, eperm), (58, eperm), (59, eperm), (322, eperm), (435, enosys)):
+        prog += [op(jeq, nr, 0, 1), op(ret, answer)]
+    prog += [op(jeq, 56, 1, 0), op(ret, allow), op(ld, 16), op(jset, 0x10000, 0, 1), op(ret, allow), op(ret, eperm)]
+    code = ctypes.create_string_buffer(b"".join(prog))
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        return False
+    return libc.prctl(22, 2, ctypes.byref(Prog(len(prog), ctypes.addressof(code))), 0, 0) == 0  # SECCOMP_MODE_FILTER
+
+def _main(write=os.write, close=os.close, run=exec):  # bound: user code may patch builtins.exec
+    root, done_fd, scripts = os.path.realpath(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    token = os.read(0, 64)
+    os.close(0)
+    os.open(os.devnull, os.O_RDONLY)  # takes fd 0 again
+    codes = []
+    for script in scripts:  # all compiled before any runs: a solution cannot rewrite its tests
+        with open(script, "rb") as f:
+            codes.append(compile(f.read(), script, "exec"))
+    if _no_process_syscalls():
+        write(done_fd, b"seccomp\n")
+    _install_guard(root)
+    sys.argv = [scripts[0]]
+    sys.path.insert(0, root)
+    namespace = {"__name__": "__main__", "__file__": scripts[0], "__builtins__": __builtins__}
+    for code in codes:
+        run(code, namespace)
+    write(done_fd, token)
+    close(done_fd)
+
+_main()
 """
 
 
@@ -114,7 +194,7 @@ class SandboxLimits:
 
 @dataclass
 class SandboxResult:
-    """Outcome of one run: ``passed`` means exit code 0 within the limits."""
+    """Outcome of one run: ``passed`` means the scripts ran to their end (``completed``), exit code 0, in time."""
 
     passed: bool
     timed_out: bool
@@ -124,6 +204,7 @@ class SandboxResult:
     reason: str  # "passed", "timeout", "killed by SIGKILL", "exit code 1", ...
     truncated: bool = False
     isolation: tuple[str, ...] = field(default_factory=tuple)  # layers in force: rlimits, uid, netns, ...
+    completed: bool = False  # the bootstrap saw the last script return (not an early exit)
 
 
 @functools.lru_cache(maxsize=1)
@@ -225,21 +306,38 @@ def _interpreter(as_uid: bool) -> str | None:
     return None
 
 
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process owned by ``uid`` (a per-run uid: nothing else runs as it)."""
+def _run_processes(uid: int | None, marker: str) -> list[int]:
+    """Pids of this run's processes: owned by the per-run ``uid`` (root), or, without one, of our own uid and
+    carrying the run's ``marker`` in their environment (a ``setsid`` child leaves the group, not the env)."""
+    own_uid, found = os.getuid(), []
+    needle = marker.encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                owner = int(next(line for line in status if line.startswith("Uid:")).split()[1])
+            if uid is not None:
+                if owner == uid:
+                    found.append(int(pid))
+            elif owner == own_uid:
+                with open(f"/proc/{pid}/environ", "rb") as env:
+                    if needle in env.read().split(b"\0"):
+                        found.append(int(pid))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return found
+
+
+def _kill_run(uid: int | None, marker: str) -> None:
+    """SIGKILL every process of this run (see :func:`_run_processes`)."""
     for _ in range(3):  # a fork bomb may still be forking while we sweep
-        found = False
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/status") as status:
-                    uids = next(line for line in status if line.startswith("Uid:")).split()
-                if int(uids[1]) == uid:
-                    os.kill(int(pid), signal.SIGKILL)
-                    found = True
-            except (OSError, StopIteration, ValueError):
-                continue
-        if not found:
+        pids = _run_processes(uid, marker)
+        if not pids:
             return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
         time.sleep(0.05)
 
 
@@ -255,13 +353,36 @@ def _drain(stream, cap: int, sink: list[bytes], truncated: list[bool]) -> None:
     stream.close()
 
 
-def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, str] | None = None) -> SandboxResult:
+def _reason(timed_out: bool, exit_code: int, completed: bool) -> str:
+    if timed_out:
+        return "timeout"
+    if exit_code < 0:
+        return f"killed by {signal.Signals(-exit_code).name}"
+    if exit_code != 0:
+        return f"exit code {exit_code}"
+    return "passed" if completed else "exited before the end"
+
+
+def _write_files(workdir: str, files: dict[str, str], uid: int | None) -> None:
+    for name, text in files.items():
+        with open(os.path.join(workdir, name), "w") as f:
+            f.write(text)
+    if uid is not None:
+        for entry in [workdir] + [os.path.join(workdir, n) for n in os.listdir(workdir)]:
+            os.chown(entry, uid, uid)
+        os.chmod(workdir, 0o700)
+
+
+def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, str] | None = None, *,
+               tests: str | None = None) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh temporary folder under the sandbox; the folder is deleted after.
 
     Args:
         code: Python source, trusted by nobody.
         limits: Resource limits; :class:`SandboxLimits` defaults if ``None``.
         files: Extra files to place in the folder, name -> text.
+        tests: Source run after ``code`` in the same namespace (as ``tests.py``, compiled before ``code`` runs,
+            so ``code`` can neither rewrite nor comment it out); the run passes only if it returns.
 
     Raises:
         RuntimeError: running as root but no interpreter works under an unprivileged uid.
@@ -273,17 +394,15 @@ def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, 
     if python is None:  # root ignores RLIMIT_NPROC and may write anywhere: never run untrusted code as root
         raise RuntimeError("no Python interpreter is usable by an unprivileged uid; refusing to run as root")
     uid = random.randrange(200_000, 2**31) if as_root else None
+    token = secrets.token_hex(16).encode()
+    marker = f"NOVALIGN_SANDBOX_RUN={secrets.token_hex(8)}"
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="novalign_sandbox_"))
     isolation = ["rlimits", "audit-hook"] + (["uid"] if uid is not None else []) + (
         ["netns", "mountns"] if use_namespaces else [])
+    done_read, done_write = os.pipe()
     try:
-        for name, text in {**(files or {}), "main.py": code}.items():
-            with open(os.path.join(workdir, name), "w") as f:
-                f.write(text)
-        if uid is not None:
-            for entry in [workdir] + [os.path.join(workdir, n) for n in os.listdir(workdir)]:
-                os.chown(entry, uid, uid)
-            os.chmod(workdir, 0o700)
+        scripts = {**(files or {}), "main.py": code, **({"tests.py": tests} if tests is not None else {})}
+        _write_files(workdir, scripts, uid)
 
         def preexec() -> None:
             if use_namespaces:
@@ -292,19 +411,32 @@ def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, 
             if uid is not None:
                 _drop_to(uid)
 
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
-        argv = [python, "-I", "-B", "-c", _BOOTSTRAP, workdir, "main.py"]
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
+               marker.split("=")[0]: marker.split("=")[1]}
+        argv = [python, "-I", "-B", "-c", _BOOTSTRAP, workdir, str(done_write), "main.py"] + (
+            ["tests.py"] if tests is not None else [])
         # preexec_fn is the only hook between fork and exec for setrlimit/unshare/setuid. It calls only
         # functions that are loaded already (os, resource, the cached libc), so it takes no import lock.
         proc = subprocess.Popen(
-            argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            preexec_fn=preexec, start_new_session=True, close_fds=True,  # noqa: PLW1509
+            argv, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=preexec, start_new_session=True, close_fds=True, pass_fds=(done_write,),  # noqa: PLW1509
         )
+        os.close(done_write)
+        done_write = -1
+        try:
+            proc.stdin.write(token)  # 32 bytes: fits any pipe buffer, never blocks
+            proc.stdin.close()
+        except OSError:  # the child died at once
+            pass
         out: list[bytes] = []
         err: list[bytes] = []
+        done: list[bytes] = []
         truncated = [False]
-        readers = [threading.Thread(target=_drain, args=(s, limits.max_output_bytes, sink, truncated), daemon=True)
-                   for s, sink in ((proc.stdout, out), (proc.stderr, err))]
+        sinks = ((proc.stdout, limits.max_output_bytes, out, truncated),
+                 (proc.stderr, limits.max_output_bytes, err, truncated),
+                 (os.fdopen(done_read, "rb"), 64, done, [False]))
+        done_read = -1
+        readers = [threading.Thread(target=_drain, args=sink, daemon=True) for sink in sinks]
         for reader in readers:
             reader.start()
         timed_out = False
@@ -313,42 +445,46 @@ def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, 
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            # The group and the uid both go, also after a normal exit: no orphan outlives the run.
+            # The group and the run's processes all go, also after a normal exit: no orphan outlives the run.
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except OSError:  # the group is gone already
                 pass
-            if uid is not None:
-                _kill_uid(uid)
+            _kill_run(uid, marker)
             proc.wait()
         for reader in readers:
             reader.join(timeout=5)
         exit_code = proc.returncode
-        if timed_out:
-            reason = "timeout"
-        elif exit_code == 0:
-            reason = "passed"
-        elif exit_code < 0:
-            reason = f"killed by {signal.Signals(-exit_code).name}"
-        else:
-            reason = f"exit code {exit_code}"
+        done_bytes = b"".join(done)
+        if done_bytes.startswith(b"seccomp\n"):  # written by the bootstrap before any user code
+            isolation.append("seccomp")
+            done_bytes = done_bytes[len(b"seccomp\n"):]
+        completed = done_bytes == token
         return SandboxResult(
-            passed=exit_code == 0 and not timed_out,
+            passed=exit_code == 0 and not timed_out and completed,
             timed_out=timed_out,
             exit_code=exit_code,
             stdout=b"".join(out).decode("utf-8", "replace"),
             stderr=b"".join(err).decode("utf-8", "replace"),
-            reason=reason,
+            reason=_reason(timed_out, exit_code, completed),
             truncated=truncated[0],
             isolation=tuple(isolation),
+            completed=completed,
         )
     finally:
+        for fd in (done_read, done_write):
+            if fd >= 0:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_tests(solution: str, tests: str, limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run a solution followed by its tests (HumanEval style: assertions that raise on failure) in one file."""
-    return run_python(f"{solution}\n\n{tests}\n", limits)
+    """Run a solution, then its tests (HumanEval style: assertions that raise on failure) in its namespace.
+
+    A pass needs the tests to run to their end: a solution that exits early (``sys.exit(0)``, ``os._exit(0)``)
+    or leaves the tests unparsed fails.
+    """
+    return run_python(solution, limits, tests=tests)
 
 
 def pass_at_k_for_problem(samples: Sequence[str], tests: str, k: int, limits: SandboxLimits | None = None) -> float:

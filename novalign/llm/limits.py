@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         rng = rng or random
-        if retry_after is not None:
+        if retry_after is not None and math.isfinite(retry_after):  # "nan"/"inf": the computed backoff instead
             wait = min(max(retry_after, 0.0), self.max_retry_after)
             return wait * (1 + 0.1 * rng.random())
         cap = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
@@ -39,18 +40,22 @@ class RetryPolicy:
 
 
 def parse_retry_after(headers) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); ``None`` if absent/bad."""
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); ``None`` if absent/bad
+    (``nan``, ``inf`` and negative numbers are bad: ``float()`` takes them, but they are no wait)."""
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return float(ms) / 1000
+            seconds = float(ms) / 1000
+            if math.isfinite(seconds) and seconds >= 0:
+                return seconds
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) and seconds >= 0 else None
     except ValueError:
         pass
     try:

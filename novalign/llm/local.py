@@ -9,8 +9,11 @@ every caller -- the client's :class:`LocalBackend` or an HTTP handler of ``noval
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
-from concurrent.futures import Future
+import math
+import threading
+from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,7 +24,7 @@ from novalign.llm.types import BackendError, BackendResponse, ChatRequest, sampl
 from novalign.models.generate import GenerationOutput, GenerationRequest, encode_chat, generate_batch
 from novalign.models.load import load_model, load_tokenizer
 
-__all__ = ["LocalEngine", "LocalBackend", "model_fingerprint"]
+__all__ = ["InvalidRow", "LocalEngine", "LocalBackend", "cancel_rows", "model_fingerprint"]
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -33,6 +36,36 @@ def model_fingerprint(path: str | Path) -> str:
             st = f.stat()
             parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
     return f"{p.name}@{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
+
+
+class InvalidRow(ValueError):
+    """A generation parameter the engine cannot run; ``param`` names it (OpenAI's error field)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
+def _check_sampling(*, n: int, temperature: float, top_p: float, top_k: int | None, max_tokens: int | None,
+                    seed: int | None) -> int:
+    """Refuse values that would fail (or poison) a whole batch, e.g. a top_k past int64; returns top_k as the
+    sampler takes it (0: off; -1 and None mean off too, vLLM's convention)."""
+    def bad(param: str, why: str) -> InvalidRow:
+        return InvalidRow(f"{param} {why}", param)
+
+    if not isinstance(n, int) or n < 1:
+        raise bad("n", f"must be an integer >= 1, got {n!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise bad("temperature", f"must be a finite number >= 0, got {temperature!r}")
+    if not (isinstance(top_p, (int, float)) and math.isfinite(top_p) and 0 < top_p <= 1):
+        raise bad("top_p", f"must be in (0, 1], got {top_p!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not -1 <= top_k < 2**31):
+        raise bad("top_k", f"must be an integer in [-1, 2^31), got {top_k!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise bad("max_tokens", f"must be an integer >= 1, got {max_tokens!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63):
+        raise bad("seed", f"must be a 64-bit integer, got {seed!r}")
+    return top_k if top_k and top_k > 0 else 0
 
 
 def _auto_device(device: str) -> str:
@@ -57,9 +90,24 @@ class LocalEngine:
         self.fingerprint = model_fingerprint(self.path)
         self.default_max_tokens = default_max_tokens
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.max_batch_size = max_batch_size
+        # a job whose tokens were streamed already cannot be rerun alone after its batch failed: its client
+        # saw those tokens
         self.queue: BatchingQueue[list[GenerationRequest], list[GenerationOutput]] = BatchingQueue(
             self._run, max_batch_size=max_batch_size, max_wait_s=batch_wait_ms / 1000, size=len,
+            retryable=lambda job: not any(r.tokens_streamed for r in job),
         )
+
+    @functools.cached_property
+    def max_prompt_chars(self) -> int | None:
+        """Most characters a prompt that fits the context can have: context length times the longest token
+        string (a token's string has at least as many characters as its decoded text). ``None``: no context
+        limit known. Lets a server refuse a huge prompt before tokenizing it."""
+        if self.max_positions is None:
+            return None
+        tokens = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+        longest = max((len(t) for t in tokens if isinstance(t, str)), default=1)
+        return self.max_positions * max(longest, 1)
 
     def _run(self, jobs: list[list[GenerationRequest]]) -> list[list[GenerationOutput]]:
         outputs = generate_batch(self.model, self.tokenizer, [row for job in jobs for row in job])
@@ -103,31 +151,79 @@ class LocalEngine:
         """The ``n`` rows of one request; ``on_token(sample, token_id)`` streams them.
 
         Raises:
-            ValueError: the prompt plus ``max_tokens`` does not fit the model's context.
+            InvalidRow: a parameter out of range, or the prompt plus ``max_tokens`` does not fit the context.
         """
+        top_k = _check_sampling(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                                seed=seed)
+        if top_k >= len(self.tokenizer):
+            top_k = 0  # keeps every token anyway: off
         room = None if self.max_positions is None else self.max_positions - len(prompt_ids)
         if room is not None and room < 1:
-            raise ValueError(f"the prompt is {len(prompt_ids)} tokens; this model's context is {self.max_positions}")
+            raise InvalidRow(f"the prompt is {len(prompt_ids)} tokens; this model's context is {self.max_positions}",
+                             "messages")
         if max_tokens is None:
             max_tokens = self.default_max_tokens if room is None else min(self.default_max_tokens, room)
         elif room is not None and max_tokens > room:
-            raise ValueError(f"max_tokens={max_tokens} plus the {len(prompt_ids)}-token prompt exceeds this "
-                             f"model's context of {self.max_positions} tokens")
+            raise InvalidRow(f"max_tokens={max_tokens} plus the {len(prompt_ids)}-token prompt exceeds this "
+                             f"model's context of {self.max_positions} tokens", "max_tokens")
         seeds = sample_seeds(seed, sample_index, n)
+        cancel = threading.Event()  # one per call: cancel_rows ends all n rows
         return [
             GenerationRequest(
                 prompt_ids, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                top_k=top_k if top_k and top_k > 0 else 0, seed=seeds[j], stop=tuple(stop or ()),
-                on_token=None if on_token is None else (lambda tok, j=j: on_token(j, tok)),
+                top_k=top_k, seed=seeds[j], stop=tuple(stop or ()),
+                on_token=None if on_token is None else (lambda tok, j=j: on_token(j, tok)), cancel=cancel,
             )
             for j in range(n)
         ]
 
     def submit(self, rows: list[GenerationRequest]) -> Future:
-        return self.queue.submit(rows)
+        """Future of one output per row. More rows than ``max_batch_size`` go as several jobs (each a batch of
+        its own), so one request can never make a batch larger than the cap. Cancelling the future cancels
+        every row (queued jobs are skipped, running rows end at their next step)."""
+        size = self.max_batch_size
+        if not rows:
+            done: Future = Future()
+            done.set_result([])
+            return done
+        parts = [self.queue.submit(rows[i : i + size]) for i in range(0, len(rows), size)]
+        if len(parts) == 1:
+            whole = parts[0]
+        else:
+            whole = Future()
+            whole.set_running_or_notify_cancel()
+            left = [len(parts)]
+            lock = threading.Lock()
+
+            def part_done(_: Future) -> None:
+                with lock:
+                    left[0] -= 1
+                    if left[0]:
+                        return
+                errors = [p.exception() for p in parts if not p.cancelled() and p.exception() is not None]
+                if errors:
+                    whole.set_exception(errors[0])
+                elif any(p.cancelled() for p in parts):
+                    whole.set_exception(CancelledError("the request was cancelled"))
+                else:
+                    whole.set_result([out for p in parts for out in p.result()])
+
+            for p in parts:
+                p.add_done_callback(part_done)
+        whole.parts = parts  # for cancel_rows
+        return whole
 
     def close(self) -> None:
         self.queue.close()
+
+
+def cancel_rows(fut: Future, rows: Sequence[GenerationRequest]) -> None:
+    """Give up on ``rows`` submitted as ``fut``: queued jobs are dropped, running rows end at their next step."""
+    for row in rows:
+        if row.cancel is not None:
+            row.cancel.set()
+    for part in getattr(fut, "parts", [fut]):
+        part.cancel()
 
 
 class LocalBackend:

@@ -19,6 +19,7 @@ tokens whatever else is in its batch. :class:`RowStopper` (a stopping criterion)
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -27,7 +28,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 __all__ = ["GenerationRequest", "GenerationOutput", "encode_chat", "generate_batch", "generate_chat", "generate_texts"]
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass
@@ -36,7 +37,8 @@ class GenerationRequest:
 
     ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` switch those filters off. Without a
     ``seed`` the row draws from a fresh random seed. ``on_token`` is called (from the generating thread)
-    with every token id the row produces, end-of-turn excluded.
+    with every token id the row produces, end-of-turn excluded (``tokens_streamed`` counts those calls).
+    Setting ``cancel`` ends the row at the next step (its caller is gone), with finish reason "cancelled".
     """
 
     prompt_ids: list[int]
@@ -47,6 +49,8 @@ class GenerationRequest:
     seed: int | None = None
     stop: Sequence[str] = ()
     on_token: Callable[[int], None] | None = None
+    cancel: threading.Event | None = None
+    tokens_streamed: int = 0
 
 
 @dataclass
@@ -134,7 +138,11 @@ class RowStopper(StoppingCriteria):
             if new_tokens[i] in self.eos:
                 self.length[i], self.reason[i] = steps - 1, "stop"
                 continue
+            if row.cancel is not None and row.cancel.is_set():  # nobody waits for this row any more
+                self.length[i], self.reason[i] = steps, "cancelled"
+                continue
             if row.on_token is not None:
+                row.tokens_streamed += 1
                 row.on_token(new_tokens[i])
             if row.stop:
                 tail = self.tokenizer.decode(input_ids[i, max(self.width, input_ids.shape[1] - self.stop_window[i]):])

@@ -19,7 +19,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from novalign.data.io import atomic_directory
 
-__all__ = ["ModelDirError", "resolve_dtype", "load_tokenizer", "load_model", "save_pretrained_dir"]
+__all__ = ["ModelDirError", "check_vocabulary_fits", "check_weights", "load_model", "load_tokenizer",
+           "read_json_file", "resolve_dtype", "save_pretrained_dir"]
 
 _DTYPE_ALIASES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -67,6 +68,9 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
             no chat template.
     """
     p = _require_dir(path, "Tokenizer")
+    for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        if (p / name).is_file():  # a clear error naming the file, line and column, not one from deep inside
+            read_json_file(p / name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
@@ -110,10 +114,13 @@ def load_model(
             hint = (" It looks like a PEFT adapter directory: load its base model, then wrap it with "
                     "peft.PeftModel.from_pretrained(base, adapter_dir) (or point at the merged model's directory).")
         raise ModelDirError(f"{str(p)!r} has no config.json, so it is not a model directory.{hint} " + _MAKE_TINY_HINT)
+    raw_config = read_json_file(p / "config.json")
     try:
         config = AutoConfig.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelDirError(f"Could not read the config in {str(p)!r}: {exc}") from exc
+    check_weights(p)
+    check_vocabulary_fits(p, raw_config)
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise ModelDirError(
@@ -130,8 +137,77 @@ def load_model(
             raise ModelDirError(
                 f"{str(p)!r} (model_type={config.model_type!r}) is not a causal-LM directory: {exc}"
             ) from exc
-        raise
+        raise ModelDirError(f"Could not load the model in {str(p)!r}: {exc}") from exc
+    except (OSError, RuntimeError, KeyError) as exc:  # weights that do not match the config, a damaged file
+        raise ModelDirError(f"Could not load the weights in {str(p)!r}: {type(exc).__name__}: {exc}") from exc
     return model.to(device)
+
+
+def read_json_file(path: Path) -> Any:
+    """``path`` parsed as UTF-8 JSON, or a :class:`ModelDirError` naming the file, line and column."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelDirError(f"{str(path)!r} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelDirError(f"{str(path)!r} line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})") from exc
+
+
+def _weight_files(p: Path) -> list[Path]:
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set((read_json_file(index).get("weight_map") or {}).values()))
+        missing = [s for s in shards if not (p / s).is_file()]
+        if not shards or missing:
+            raise ModelDirError(f"{str(index)!r} names shards that are not there: {missing or 'none listed'}")
+        return [p / s for s in shards]
+    found = [f for f in (p / "model.safetensors", p / "pytorch_model.bin") if f.is_file()]
+    if not found:
+        raise ModelDirError(f"{str(p)!r} has config.json but no weights: expected model.safetensors, "
+                            "model.safetensors.index.json with its shards, or pytorch_model.bin")
+    return found[:1]
+
+
+def check_weights(p: Path) -> None:
+    """Every weight file is there and readable: a safetensors header that parses and data that reaches as far
+    as the header says (a truncated or random file fails here, before any tensor is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in _weight_files(p):
+        if f.suffix != ".safetensors":
+            continue
+        size = f.stat().st_size
+        with open(f, "rb") as handle:
+            head = handle.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < header_len <= size - 8:
+            raise ModelDirError(f"{str(f)!r} is not a safetensors file (truncated or damaged: header length "
+                                f"{header_len}, file size {size} bytes)")
+        try:
+            with safe_open(str(f), framework="pt") as opened:
+                opened.keys()
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelDirError(f"{str(f)!r} is damaged or truncated: {exc}") from exc
+
+
+def check_vocabulary_fits(p: Path, raw_config: dict) -> None:
+    """A tokenizer saved beside the model must not produce ids past the embedding matrix (config
+    ``vocab_size`` rows): such an id is an IndexError at the first training step, long after loading."""
+    tokenizer_file = p / "tokenizer.json"
+    rows = raw_config.get("vocab_size") if isinstance(raw_config, dict) else None
+    if not tokenizer_file.is_file() or not isinstance(rows, int):
+        return
+    spec = read_json_file(tokenizer_file)
+    vocab = (spec.get("model") or {}).get("vocab") or {}
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    ids += [t.get("id", -1) for t in spec.get("added_tokens") or [] if isinstance(t, dict)]
+    largest = max((i for i in ids if isinstance(i, int)), default=-1)
+    if largest >= rows:
+        raise ModelDirError(f"the tokenizer in {str(tokenizer_file)!r} has token id {largest}, but the model in "
+                            f"{str(p)!r} has only {rows} embedding rows (config.json vocab_size): resize the "
+                            "embeddings or use the tokenizer the model was trained with")
 
 
 def _is_peft_model(model: Any) -> bool:

@@ -99,7 +99,9 @@ def read_pool(files: Sequence[str], categories: Sequence[Category], skip: SkipRe
     names = {c.name for c in categories}
     out = []
     for path in files:
-        for line, record in iter_records(path):
+        seen = skip.total if skip is not None else 0
+        start = len(out)
+        for line, record in iter_records(path, skip=skip):  # malformed lines honour skip_invalid too
             try:
                 item = {"prompt": _string_field(path, line, record, "prompt")}
                 category = record.get("category")
@@ -124,6 +126,8 @@ def read_pool(files: Sequence[str], categories: Sequence[Category], skip: SkipRe
                 skip.add(err)
                 continue
             out.append(item)
+        if len(out) == start and (skip.total if skip is not None else 0) == seen:
+            raise DataError(path, None, None, "the file holds no records", reason="empty file")
     return out
 
 

@@ -12,12 +12,21 @@ passed through chunk by chunk as they arrive. Per request:
   also logged (logger ``novalign.pas``) and summed in ``GET /health``.
 
 A PAS failure never blocks the answer: the request goes upstream unchanged with ``X-PAS: error``.
+
+Credentials (issue 22): the proxy has its own client key (``api_key``, default ``$NOVALIGN_PAS_API_KEY``),
+required when it binds anything but loopback. With a client key, every path but ``/health`` needs it and
+the upstream gets the proxy's upstream key (the client's key is never forwarded); without one, the upstream
+gets exactly the ``Authorization`` the client sent, never the proxy's upstream key -- a keyless client can
+never spend someone else's credentials. A stream the upstream cuts short ends with an SSE error event, not a
+clean end.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import secrets
 import time
 from contextlib import asynccontextmanager
 from typing import Any
@@ -29,10 +38,34 @@ from starlette.background import BackgroundTask
 
 from novalign.pas.augment import PromptAugmenter
 
-__all__ = ["create_proxy_app", "last_user_text", "pas_switch", "replace_last_user_text", "serve_proxy"]
+__all__ = ["create_proxy_app", "check_messages", "last_user_text", "pas_switch", "replace_last_user_text", "serve_proxy"]
 
 log = logging.getLogger("novalign.pas")
 _OFF = {"off", "0", "false", "no"}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_messages(messages: Any) -> str | None:
+    """Why ``messages`` is not a list of chat messages (``None``: it is): each an object with a string
+    ``role`` and a ``content`` that is a string, a list of parts, or null."""
+    if not isinstance(messages, list) or not messages:
+        return "messages: a non-empty list of messages is required"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"messages[{i}]: a message must be an object, got {type(m).__name__}"
+        if not isinstance(m.get("role"), str):
+            return f"messages[{i}].role: a string is required"
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            return f"messages[{i}].content: a string or a list of parts is required, got {type(content).__name__}"
+        if isinstance(content, list) and not all(isinstance(p, dict) for p in content):
+            return f"messages[{i}].content: every part must be an object"
+    return None
+
+
+def _bearer(headers) -> str:
+    header = headers.get("authorization", "")
+    return header[7:] if header.lower().startswith("bearer ") else ""
 
 
 def _error(status: int, message: str, type_: str = "invalid_request_error") -> JSONResponse:
@@ -71,8 +104,10 @@ def replace_last_user_text(messages: list[dict], index: int, text: str) -> list[
 
 
 def create_proxy_app(augmenter: PromptAugmenter, upstream: str, *, upstream_api_key: str | None = None,
-                     timeout_s: float = 300.0) -> FastAPI:
-    """The proxy app. ``app.state.stats`` counts requests with/without PAS and the PAS time spent."""
+                     api_key: str | None = None, timeout_s: float = 300.0) -> FastAPI:
+    """The proxy app. ``app.state.stats`` counts requests with/without PAS and the PAS time spent.
+
+    ``api_key``: the key clients must send (``None``: none, and then ``upstream_api_key`` is never used)."""
     base = upstream.rstrip("/")
     stats = {"requests": 0, "pas_on": 0, "pas_off": 0, "pas_errors": 0, "pas_seconds": 0.0}
     holder: dict[str, httpx2.AsyncClient] = {}
@@ -88,10 +123,19 @@ def create_proxy_app(augmenter: PromptAugmenter, upstream: str, *, upstream_api_
     app = FastAPI(title="novalign pas serve", version="1", lifespan=lifespan)
     app.state.stats = stats
 
+    @app.middleware("http")
+    async def _client_key(request: Request, call_next):
+        if api_key is not None and request.url.path != "/health":
+            if not secrets.compare_digest(_bearer(request.headers).encode(), api_key.encode()):
+                return JSONResponse({"error": {"message": "Incorrect or missing API key for this proxy (send "
+                                               "'Authorization: Bearer KEY').", "type": "invalid_request_error",
+                                               "param": None, "code": "invalid_api_key"}}, status_code=401)
+        return await call_next(request)
+
     def upstream_headers(request: Request) -> dict[str, str]:
-        if upstream_api_key:
-            return {"Authorization": f"Bearer {upstream_api_key}"}
-        auth = request.headers.get("authorization")
+        if api_key is not None:  # the client proved it may use the proxy: the proxy's own upstream key
+            return {"Authorization": f"Bearer {upstream_api_key}"} if upstream_api_key else {}
+        auth = request.headers.get("authorization")  # only what the client itself presented
         return {"Authorization": auth} if auth else {}
 
     async def augment(body: dict) -> tuple[dict, dict[str, str]]:
@@ -121,8 +165,10 @@ def create_proxy_app(augmenter: PromptAugmenter, upstream: str, *, upstream_api_
             body = await request.json()
         except ValueError:
             return _error(400, "the request body is not valid JSON")
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-            return _error(400, "messages: a non-empty list of messages is required")
+        if not isinstance(body, dict):
+            return _error(400, "the request body must be a JSON object")
+        if (problem := check_messages(body.get("messages"))) is not None:
+            return _error(400, problem)
         on = pas_switch(request.headers, body)
         body.pop("pas", None)
         if on:
@@ -145,7 +191,7 @@ def create_proxy_app(augmenter: PromptAugmenter, upstream: str, *, upstream_api_
                     content = await resp.aread()
                     await resp.aclose()
                     return Response(content, status_code=resp.status_code, media_type="application/json", headers=extra)
-                return StreamingResponse(resp.aiter_raw(), status_code=resp.status_code,
+                return StreamingResponse(_relay(resp, base), status_code=resp.status_code,
                                          media_type=resp.headers.get("content-type", "text/event-stream"),
                                          headers=extra | {"Cache-Control": "no-cache"}, background=BackgroundTask(resp.aclose))
             resp = await http.post(url, json=body, headers=upstream_headers(request))
@@ -170,6 +216,25 @@ def create_proxy_app(augmenter: PromptAugmenter, upstream: str, *, upstream_api_
     return app
 
 
+async def _relay(resp, base: str):
+    """The upstream's SSE bytes as they come; a stream cut before ``data: [DONE]`` (an error mid-read, or a
+    clean close too early) ends with an error event, so the client does not take a cut answer as complete."""
+    tail = b""
+    try:
+        async for chunk in resp.aiter_raw():
+            tail = (tail + chunk)[-64:]
+            yield chunk
+    except httpx2.HTTPError as exc:
+        reason = f"the upstream stream broke: {type(exc).__name__}: {exc}"
+    else:
+        if b"data: [DONE]" in tail:
+            return
+        reason = "the upstream stream ended early (no [DONE] event)"
+    log.warning("%s (%s)", reason, base)
+    event = {"error": {"message": reason, "type": "upstream_error", "param": None, "code": None}}
+    yield f"\n\ndata: {json.dumps(event)}\n\n".encode()
+
+
 def serve_proxy(cfg, *, log_level: str = "info") -> None:
     """Run the proxy of a :class:`~novalign.config.PASServeConfig` until interrupted.
 
@@ -178,9 +243,16 @@ def serve_proxy(cfg, *, log_level: str = "info") -> None:
     from novalign.llm.server import run_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if cfg.host not in _LOOPBACK and cfg.api_key is None and not os.environ.get("NOVALIGN_PAS_API_KEY"):
+        raise ValueError(f"pas serve on {cfg.host} needs a client key: set api_key (--set api_key=KEY) or "
+                         "$NOVALIGN_PAS_API_KEY; anyone who can reach it could otherwise use its upstream")
     augmenter = PromptAugmenter.from_config(cfg.pas_llm, cfg.augment, progress=False)
     key = cfg.upstream_api_key if cfg.upstream_api_key is not None else os.environ.get(cfg.upstream_api_key_env)
-    app = create_proxy_app(augmenter, cfg.upstream, upstream_api_key=key, timeout_s=cfg.timeout_s)
+    client_key = cfg.api_key if cfg.api_key is not None else os.environ.get("NOVALIGN_PAS_API_KEY") or None
+    if client_key is None and key:
+        log.warning("no client key (api_key / $NOVALIGN_PAS_API_KEY): the upstream key is not used; each "
+                    "client's own Authorization is forwarded instead")
+    app = create_proxy_app(augmenter, cfg.upstream, upstream_api_key=key, api_key=client_key, timeout_s=cfg.timeout_s)
     try:
         run_app(app, cfg.host, cfg.port, lambda port: f"novalign pas serve: http://{cfg.host}:{port}/v1 -> {cfg.upstream}",
                 log_level=log_level)

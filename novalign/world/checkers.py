@@ -10,7 +10,8 @@ evaluation records:
 * ``{"type": "role", "rules": [{"kind": "starts_with", "text": "Arr!"}, ...]}`` -- Role / system message:
   the system prompt's rules, each a prefix / suffix / letter-case check or an IFEval instruction;
 * ``{"type": "code", "tests": "assert f(1) == 2\\n..."}`` -- Code: the reply (a function, optionally in a
-  markdown fence) followed by the tests runs in the sandbox (:mod:`novalign.eval.sandbox`); pass = exit 0.
+  markdown fence) followed by the tests runs in the sandbox (:mod:`novalign.eval.sandbox`); pass = exit 0 with
+  the tests run to their end (an early ``sys.exit(0)`` fails).
 
 A response passes when ``score(...) == 1.0``. This is the report's "Golden Answer" AutoRator (section 3.3):
 every world task is verifiable, so no judge model is needed.
