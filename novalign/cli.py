@@ -333,12 +333,12 @@ def eval_command(config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OP
     cfg = _stage_config(EvalConfig, config, set_, help_config)
     if cfg is None:
         return
-    from novalign.data.io import DataError
+    from novalign.data.io import DataError, OutputLocked
     from novalign.eval.runner import EvalError, run_eval
 
     try:
         summaries = run_eval(cfg)
-    except (DataError, ValueError, FileNotFoundError, EvalError) as exc:
+    except (DataError, ValueError, FileNotFoundError, EvalError, OutputLocked) as exc:
         _fail(str(exc))
     for model, suites in summaries.items():
         for suite, summary in suites.items():
@@ -483,12 +483,12 @@ def run_command(
     cfg = _stage_config(RecipeConfig, recipe, set_, help_config)
     if cfg is None:
         return
-    from novalign.data.io import DataError
+    from novalign.data.io import DataError, OutputLocked
     from novalign.recipe import run_recipe
 
     try:
         status = run_recipe(cfg, only=only, start=from_, console_print=typer.echo)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, OutputLocked) as exc:
         _fail(str(exc))
     ran = [s for s, v in status.items() if v == "ran"]
     typer.echo(f"done: ran {', '.join(ran) or 'nothing'}; report: {Path(cfg.runs_dir) / cfg.name / 'report.md'}")

@@ -42,6 +42,8 @@ __all__ = [
     "write_json_atomic",
     "atomic_directory",
     "clean_stale",
+    "OutputLocked",
+    "output_lock",
     "append_jsonl",
     "filter_jsonl",
     "repair_tail",
@@ -399,6 +401,44 @@ def atomic_directory(out: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+class OutputLocked(RuntimeError):
+    """Another process is writing the same output folder."""
+
+
+@contextmanager
+def output_lock(folder: str | os.PathLike[str], command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (``<folder>/.novalign.lock``, ``flock``) while a command writes it.
+
+    Two processes appending to one run's files interleave their records and corrupt them; the second one is
+    refused at once, naming the folder and the pid that holds it. The kernel drops the lock when the holder
+    exits, however it exits, so a killed run never leaves a stale lock behind.
+
+    Raises:
+        OutputLocked: the lock is held by another process.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".novalign.lock"
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid, _, holder = fh.read().strip().partition(" ")
+            raise OutputLocked(f"{folder}: another `{holder or 'novalign'}` (pid {pid or 'unknown'}) is writing this "
+                               f"folder; wait for it to finish or use another output folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()} {command}")  # who holds it, for the refusal message
+        fh.flush()
+        yield path
+    finally:
+        fh.close()  # closing the descriptor releases the lock
 
 
 # ------------------------------------------------------------------------------------ appending, resuming

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from novalign.data.io import DataError, KeyedAppender, iter_records, read_keyed, write_json_atomic
+from novalign.data.io import DataError, KeyedAppender, iter_records, output_lock, read_keyed, write_json_atomic
 from novalign.eval.suite_api import Conversation, SuiteContext
 from novalign.eval.suites import resolve_suite
 
@@ -342,7 +342,11 @@ def run_eval(cfg) -> dict[str, dict[str, dict]]:
 
     check_inputs(cfg)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir, "novalign eval"):  # a second eval on the same folder is refused, not interleaved
+        return _run_all(cfg, out_dir, write_report, LLMClient)
+
+
+def _run_all(cfg, out_dir: Path, write_report, LLMClient) -> dict[str, dict[str, dict]]:
     summary_path = out_dir / "summary.json"
     summaries: dict[str, dict[str, dict]] = {}
     judge = LLMClient.from_config(cfg.judge, print_usage=False) if cfg.judge is not None else None

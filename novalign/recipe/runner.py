@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from novalign.config import RecipeConfig
-from novalign.data.io import write_json_atomic
+from novalign.data.io import output_lock, write_json_atomic
 from novalign.recipe.context import RecipeContext, environment, read_done, stage_key
 from novalign.recipe.stages import STAGES
 
@@ -108,18 +108,24 @@ def run_recipe(cfg: RecipeConfig, *, only: str | None = None, start: str | None 
     Raises:
         ValueError: an unknown ``--only`` / ``--from`` stage, or ``--only`` on a stage whose inputs are
             not finished with their current keys.
+        OutputLocked: another process is running a recipe in the same run folder.
     """
     if cfg.threads is not None:
         import torch
 
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.runs_dir) / cfg.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / "recipe.json", cfg.model_dump(mode="json"), indent=1)
-    write_json_atomic(run_dir / "environment.json", environment())  # what the numbers depend on besides the seed
     keys = compute_keys(cfg)
+    with output_lock(run_dir, "novalign run"):  # a second run on the same folder is refused, not interleaved
+        write_json_atomic(run_dir / "recipe.json", cfg.model_dump(mode="json"), indent=1)
+        write_json_atomic(run_dir / "environment.json", environment())  # what the numbers depend on besides the seed
+        return _run_stages(cfg, run_dir, keys, plan_stages(cfg, only, start), console_print)
+
+
+def _run_stages(cfg: RecipeConfig, run_dir: Path, keys: dict[str, str], plan: list[tuple[str, bool]],
+                console_print: Callable[[str], None]) -> dict[str, str]:
     status: dict[str, str] = {}
-    for stage, forced in plan_stages(cfg, only, start):
+    for stage, forced in plan:
         out = run_dir / stage
         done = read_done(out)
         if not forced and done is not None and done.get("key") == keys[stage]:
