@@ -199,3 +199,23 @@ def test_mini_batches_split_each_pass_into_optimizer_steps(tiny_model_dir, tmp_p
                 assert result.history[-1]["lr"] == pytest.approx(1e-3 * (1 - 7 / 8))
     finally:
         handle.remove()
+
+
+def test_prompt_records_are_checked_before_any_model_loads(tmp_path):
+    """A wrong prompt type and a missing `answer` (what exact_answer reads) are DataErrors naming file, line and
+    field when the prompts are read -- before the model loads and rolls out (issue 22 item 9); with
+    skip_invalid they are skipped and counted: 3 records, 2 bad -> 1 prompt, and a report of 2."""
+    from novalign.data.io import DataError
+    from novalign.train.rl.inputs import load_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"prompt": "ok", "answer": "e"}\n{"prompt": 42, "answer": "e"}\n{"prompt": "no answer"}\n')
+    with pytest.raises(DataError, match="p.jsonl:2: field 'prompt': must be a string or a list"):
+        load_prompts([str(path)], required=("answer",))
+    path.write_text('{"prompt": "ok", "answer": "e"}\n{"prompt": "no answer"}\n')
+    with pytest.raises(DataError, match="p.jsonl:2: field 'answer': missing"):
+        load_prompts([str(path)], required=("answer",))
+    path.write_text('{"prompt": "ok", "answer": "e"}\n{"prompt": 42, "answer": "e"}\n{"prompt": "no answer"}\n')
+    printed = []
+    rows = load_prompts([str(path)], required=("answer",), skip_invalid=True, console_print=printed.append)
+    assert len(rows) == 1 and "skipped 2 invalid records" in printed[0]

@@ -142,6 +142,10 @@ class RLStageConfig(Strict):
         default_factory=list, description="JSONL/Parquet prompts: `messages` (a last assistant turn is dropped) or "
         "`prompt`; every other field is passed to the rewards (e.g. `answer`)."
     )
+    skip_invalid: bool = Field(
+        False, description="Skip (and count, by reason) invalid prompt records instead of stopping at the first one "
+        "-- a wrong type, or a field a configured reward needs (`answer`, `instruction_id_list`) that is missing."
+    )
     rewards: list[RewardComponentConfig] = Field(
         [{"type": "exact_answer"}], validate_default=True,
         description="The weighted reward mix: a list of {type, weight, ...}."

@@ -43,32 +43,64 @@ __all__ = [
 PromptRecord = tuple[list[dict], dict[str, Any]]  # (messages ending in a user turn, fields for the rewards)
 
 
-def load_prompts(files: list[str]) -> list[PromptRecord]:
-    """Prompt records: ``messages`` (a last assistant turn is dropped) or ``prompt`` (text or messages).
+# the record fields each reward type reads: checked when the prompts are read, before any model is loaded
+REWARD_FIELDS = {"exact_answer": ("answer",), "ifeval": ("instruction_id_list",)}
+
+
+def required_fields(components: list[RewardComponentConfig]) -> tuple[str, ...]:
+    """The prompt-record fields the configured reward components read (:data:`REWARD_FIELDS`)."""
+    return tuple(dict.fromkeys(f for c in components for f in REWARD_FIELDS.get(c.type, ())))
+
+
+def load_prompts(files: list[str], *, required: tuple[str, ...] = (), skip_invalid: bool = False,
+                 console_print=print) -> list[PromptRecord]:
+    """Prompt records: ``messages`` (a last assistant turn is dropped) or ``prompt`` (text or messages); every
+    record must carry the ``required`` fields (those the rewards read), so a missing ``answer`` stops the run
+    here rather than after the model loads and rolls out. With ``skip_invalid`` bad records are skipped and
+    counted by reason instead.
 
     Raises:
-        ValueError: no files, or no prompts in them. DataError: a malformed record (file and line named).
+        ValueError: no files, or no prompts in them. DataError: a malformed record (file, line and field named).
     """
     from novalign.data.chat import normalize_messages
-    from novalign.data.io import DataError, iter_records
+    from novalign.data.io import DataError, SkipReport, iter_records
 
     if not files:
         raise ValueError("prompt_files is empty: give at least one JSONL or Parquet prompt file")
     out: list[PromptRecord] = []
+    report = SkipReport()
     for path in files:
-        for line, record in iter_records(path):
-            raw = record.get("messages", record.get("prompt"))
-            if raw is None:
-                raise DataError(str(path), line, None, "a prompt record needs `messages` or `prompt`", reason="no prompt")
-            msgs = [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw)
-            # the chat validator insists on a final assistant turn: validate with a placeholder, then drop it
-            ends_with_answer = bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant"
-            checked = normalize_messages({"messages": msgs if ends_with_answer else msgs + [{"role": "assistant", "content": "."}]},
-                                         path=str(path), line=line)
-            out.append((checked[:-1], {k: v for k, v in record.items() if k not in ("messages", "prompt")}))
+        for line, record in iter_records(path, skip=report if skip_invalid else None):
+            try:
+                out.append(_prompt_record(record, str(path), line, required, normalize_messages, DataError))
+            except DataError as err:
+                if not skip_invalid:
+                    raise
+                report.add(err)
+    if report.total:
+        console_print(report.summary())
     if not out:
         raise ValueError("no prompts in " + ", ".join(files))
     return out
+
+
+def _prompt_record(record: dict, path: str, line: int, required: tuple[str, ...], normalize_messages, DataError):
+    raw = record.get("messages", record.get("prompt"))
+    if raw is None:
+        raise DataError(path, line, None, "a prompt record needs `messages` or `prompt`", reason="no prompt")
+    if not isinstance(raw, (str, list)):
+        field = "messages" if "messages" in record else "prompt"
+        raise DataError(path, line, field, f"must be a string or a list of messages, got {type(raw).__name__}",
+                        reason="wrong prompt type")
+    for name in required:
+        if record.get(name) is None:
+            raise DataError(path, line, name, "missing: a configured reward reads it", reason=f"no {name}")
+    msgs = [{"role": "user", "content": raw}] if isinstance(raw, str) else list(raw)
+    # the chat validator insists on a final assistant turn: validate with a placeholder, then drop it
+    ends_with_answer = bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant"
+    checked = normalize_messages({"messages": msgs if ends_with_answer else msgs + [{"role": "assistant", "content": "."}]},
+                                 path=path, line=line)
+    return checked[:-1], {k: v for k, v in record.items() if k not in ("messages", "prompt")}
 
 
 def prompt_batch(num_prompts: int, per_iteration: int, iteration: int, seed: int) -> list[int]:

@@ -45,6 +45,7 @@ from novalign.train.rl.inputs import (
     build_reward,
     close_reward,
     load_prompts,
+    required_fields,
     prompt_batch,
     score_rollouts,
 )
@@ -160,7 +161,8 @@ def setup_rl(cfg: Any, reward: RewardFn | None, stage: str) -> RLRun:
 
     if cfg.model.lora is not None:
         raise ValueError(f"novalign {stage} does not support LoRA yet: unset model.lora")
-    prompts = load_prompts(cfg.prompt_files)
+    prompts = load_prompts(cfg.prompt_files, required=required_fields(cfg.rewards) if reward is None else (),
+                           skip_invalid=cfg.skip_invalid)
     # data parallel under torchrun: explicit gradient all-reduce ('auto' means ddp here; RL has no FSDP)
     session = start(cfg if cfg.train.distributed == "ddp" else
                     cfg.model_copy(update={"train": cfg.train.model_copy(update={"distributed": "ddp"})}))
