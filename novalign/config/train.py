@@ -91,6 +91,10 @@ class TrainConfig(Strict):
     save_every: int = Field(0, ge=0, description="Write a resumable checkpoint every N steps (0: only at the end).")
     keep_last: int = Field(2, ge=1, description="Checkpoints to keep.")
     resume: bool = Field(True, description="Resume from the newest complete checkpoint in output_dir if one exists.")
+    resume_changed: bool = Field(
+        False, description="Resume even when the config or the data files differ from those that started the run "
+        "(by default that is an error naming what changed)."
+    )
     progress: bool = Field(True, description="Show a progress bar.")
     tensorboard: bool = Field(True, description="Also write TensorBoard event files.")
 

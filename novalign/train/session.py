@@ -98,6 +98,16 @@ class Session:
         return autocast_factory(self.cfg.train, self.device)
 
 
+def _check_resume(cfg: Any, out: Path) -> dict:
+    """The run's data fingerprint, after refusing to resume checkpoints of another config or data
+    (:mod:`novalign.train.resume_guard`)."""
+    from novalign.train.resume_guard import check_resume
+    from novalign.train.state import latest_checkpoint
+
+    resuming = bool(getattr(cfg.train, "resume", True)) and latest_checkpoint(out / "checkpoints") is not None
+    return check_resume(out, cfg.model_dump(mode="json"), resuming, bool(getattr(cfg.train, "resume_changed", False)))
+
+
 def start(cfg: Any) -> Session:
     """Device, process group, seeds, ``output_dir`` with ``config.yaml``."""
     device = pick_device(cfg.train.device)
@@ -106,9 +116,12 @@ def start(cfg: Any) -> Session:
         device = torch.device("cuda", info.local_rank)
     seed_everything(cfg.train.seed)
     out = Path(cfg.output_dir)
+    inputs = _check_resume(cfg, out)  # every rank, before rank 0 rewrites config.yaml
+    D.barrier(info)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
+        write_json_atomic(out / "inputs.json", inputs)
     session = Session(device, info, out, cfg)
     if cfg.model.lora is not None and session.fsdp:
         raise ValueError("LoRA under FSDP is not supported yet: use train.distributed=ddp (adapters are small)")

@@ -5,7 +5,10 @@ A checkpoint is a folder ``<output_dir>/checkpoints/step-<N>/`` with
 - ``model.pt``       the trainable parameters (all weights, or only the LoRA adapters), unsharded;
 - ``optimizer.pt``   optimizer state (unsharded, keyed by parameter name); ``scheduler.pt`` the LR schedule;
 - ``rng-rank<R>.pt`` every RNG (python, numpy, torch CPU and CUDA) of every rank;
-- ``trainer_state.json`` step, epoch and position in the epoch's data plan -- written last.
+- ``trainer_state.json`` step, epoch and position in the epoch's data plan;
+- ``manifest.json``  every other file's name and size -- written last. A folder is a complete checkpoint only
+  when its manifest is there and every file it lists has its size: a kill during pruning (or a copy cut short)
+  leaves a folder that is skipped, never resumed from.
 
 It is first written under a hidden temporary name and then renamed into place in one ``os.rename``, so a
 process killed half-way leaves only a ``.tmp-*`` folder that :func:`latest_checkpoint` ignores (and the
@@ -26,6 +29,7 @@ import numpy as np
 import torch
 
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
 
 
 @dataclass
@@ -99,6 +103,8 @@ def save_checkpoint(
     barrier()
     if is_main:
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir())}
+        (tmp / MANIFEST_FILE).write_text(json.dumps({"files": sizes}, indent=1))  # last: the completion mark
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -109,15 +115,35 @@ def save_checkpoint(
         _fsync_dir(ckpt_root)
         for old in list_checkpoints(ckpt_root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+        for broken in [p for p in ckpt_root.glob("step-*") if not is_complete(p)]:  # a kill's leftovers
+            shutil.rmtree(broken, ignore_errors=True)
     barrier()
     return final
 
 
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole checkpoint: its manifest, and every file the manifest lists at its size."""
+    try:
+        files = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+        return all((folder / name).stat().st_size == size for name, size in files.items()) and STATE_FILE in files
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoints (a trainer_state.json inside, not a .tmp-* folder), oldest first."""
+    """Complete checkpoints (:func:`is_complete`; never a .tmp-* folder), oldest first. An incomplete
+    ``step-*`` folder is skipped with a warning naming it."""
+    import logging
+
     if not ckpt_root.is_dir():
         return []
-    found = [p for p in ckpt_root.glob("step-*") if (p / STATE_FILE).is_file()]
+    found = []
+    for p in ckpt_root.glob("step-*"):
+        if is_complete(p):
+            found.append(p)
+        else:
+            logging.getLogger("novalign.train").warning("%s: incomplete checkpoint (no manifest, or a file missing "
+                                                        "or cut short), skipped", p)
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
