@@ -115,3 +115,19 @@ def test_a_huge_record_is_refused_before_tokenizing(tmp_path, tiny_model_dir):
     assert info.value.line == 2 and str(limit) in info.value.problem
     assert len(samples) == 1 and report.total == 1
     assert len(calls) == 2 * per_small  # the huge record was never rendered, in either load
+
+
+def test_an_empty_data_file_is_an_error_naming_it(tiny_model_dir, tmp_path):
+    """SFT and preference loaders: an empty file (or only blank lines) stops with its path, not a run on 0 records."""
+    from novalign.data.chat import load_chat_dataset
+    from novalign.data.io import DataError
+    from novalign.data.preference import load_preference_dataset
+    from novalign.models.load import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match="empty.jsonl: the file holds no records"):
+        load_chat_dataset([empty], tok, max_length=64)
+    with pytest.raises(DataError, match="empty.jsonl: the file holds no records"):
+        load_preference_dataset([empty], tok, max_length=64)

@@ -196,18 +196,23 @@ def read_valid(paths: Iterable[str | os.PathLike[str]], convert: Callable[[dict[
                skip_invalid: bool) -> tuple[list[T], SkipReport]:
     """``convert(record, path, line)`` of every record of ``paths``, in order. A :class:`DataError` (a line that
     is not a JSON object, or one ``convert`` raises) is raised, or with ``skip_invalid`` counted in the returned
-    report and its record left out: the one skip-or-raise rule of the loaders."""
+    report and its record left out: the one skip-or-raise rule of the loaders. A file with no records at all
+    (empty, or only blank lines) is a :class:`DataError` naming it: it is almost always the wrong path."""
     report = SkipReport()
     out: list[T] = []
     for raw_path in paths:
         path = str(raw_path)
+        seen = False
         for line, record in iter_records(path, skip=report if skip_invalid else None):
+            seen = True
             try:
                 out.append(convert(record, path, line))
             except DataError as err:
                 if not skip_invalid:
                     raise
                 report.add(err)
+        if not seen and not report.total:
+            raise DataError(path, None, None, "the file holds no records", reason="empty file")
     return out, report
 
 

@@ -5,7 +5,7 @@ A run records what it was started with in its ``output_dir``: ``config.yaml`` (t
 folder already holds a checkpoint, a new start compares both with the current ones first: resuming a
 checkpoint under another learning rate, another data mix or edited data would silently train a model that no
 config describes. Settings that do not change what is trained (progress bars, logging, checkpoint cadence, the
-output folder itself) may change; ``train.resume_changed: true`` resumes anyway.
+output folder itself) and the run's length (``train.max_steps``, ``train.epochs``: to train longer) may change; ``train.resume_changed: true`` resumes anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ __all__ = ["changed_keys", "data_fingerprint", "check_resume", "FREE_TO_CHANGE"]
 
 # dotted config keys a resumed run may change: they do not change what is trained
 FREE_TO_CHANGE = ("output_dir", "train.resume", "train.resume_changed", "train.progress", "train.tensorboard",
-                  "train.save_every", "train.keep_last", "train.eval_every", "train.sample_every")
+                  "train.save_every", "train.keep_last", "train.eval_every", "train.sample_every",
+                  "train.max_steps", "train.epochs")  # the run's length: training longer is a resume
 _EDGE = 1 << 20  # bytes hashed at each end of a data file
 
 
