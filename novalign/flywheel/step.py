@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-__all__ = ["Outcome", "Step", "STEP_TYPES", "register", "text_of", "dumps_key"]
+__all__ = ["Outcome", "Step", "TextStep", "STEP_TYPES", "register", "text_of", "dumps_key"]
 
 # An outcome: {"_id": input record id, "out": [output records], "drop": reason or None, "detail": {...} or None,
 # "usage": {"requests": backend calls, "cached": cache hits, "cost": estimated spend}}. Plain dicts, so they
@@ -124,3 +124,10 @@ def drop(record: dict, reason: str, **detail: Any) -> Outcome:
 def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+class TextStep(Step):
+    """A step that reads one text field, the one its config's ``field`` names."""
+
+    def input_fields(self) -> dict[str, tuple[type, ...]]:
+        return {self.config.field: TEXT}

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from novalign.config.pipeline import ExactDedupConfig, MinHashDedupConfig
-from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register, text_of
+from novalign.flywheel.step import Outcome, TextStep, drop, keep, register, text_of
 
 __all__ = ["normalize", "exact_duplicates", "shingles", "signatures", "near_duplicates", "ExactDedup",
            "MinHashDedup"]
@@ -106,13 +106,10 @@ def near_duplicates(sigs: Sequence[np.ndarray], *, threshold: float, num_perm: i
 
 
 @register
-class ExactDedup(Step):
+class ExactDedup(TextStep):
     type = "exact_dedup"
     Config = ExactDedupConfig
     mode = "global"
-
-    def input_fields(self):
-        return {self.config.field: TEXT}
 
     def run_all(self, records: list[dict], pmap: Callable) -> list[Outcome]:
         c = self.config
@@ -128,13 +125,10 @@ def _signature_chunk(args: tuple[list[str], dict]) -> list[np.ndarray]:
 
 
 @register
-class MinHashDedup(Step):
+class MinHashDedup(TextStep):
     type = "minhash_dedup"
     Config = MinHashDedupConfig
     mode = "global"
-
-    def input_fields(self):
-        return {self.config.field: TEXT}
 
     def run_all(self, records: list[dict], pmap: Callable) -> list[Outcome]:
         c = self.config

@@ -13,7 +13,7 @@ import unicodedata
 from collections import Counter
 
 from novalign.config.pipeline import FilterConfig, LanguageConfig
-from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register, text_of
+from novalign.flywheel.step import Outcome, TextStep, drop, keep, register, text_of
 
 __all__ = ["script_of", "script_fractions", "filter_reason", "detect_language", "Filter", "Language"]
 
@@ -66,12 +66,9 @@ def filter_reason(text: str, c: FilterConfig) -> str | None:
 
 
 @register
-class Filter(Step):
+class Filter(TextStep):
     type = "filter"
     Config = FilterConfig
-
-    def input_fields(self):
-        return {self.config.field: TEXT}
 
     def process_one(self, record: dict) -> Outcome:
         reason = filter_reason(text_of(record[self.config.field]), self.config)
@@ -92,12 +89,9 @@ def detect_language(text: str, seed: int = 0, min_chars: int = 1) -> str:
 
 
 @register
-class Language(Step):
+class Language(TextStep):
     type = "language"
     Config = LanguageConfig
-
-    def input_fields(self):
-        return {self.config.field: TEXT}
 
     def output_fields(self):
         return [self.config.output_field]
