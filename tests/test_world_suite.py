@@ -124,7 +124,7 @@ def test_raw_completion_is_one_engine_batch_of_the_plain_prompt(setup):
     tasks = read_world_tasks(files["eval"])[:5]
     shots = read_shots(files["shots"])
     texts = [few_shot_prompt(t, shots[t["capability"]]) for t in tasks]
-    backend = LocalBackend(model, device="cpu", dtype="float32", max_batch_size=2)
+    backend = LocalBackend(model, device="cpu", dtype="float32", max_batch_size=5)
     client = LLMClient(backend, print_usage=False, progress=False)
     try:
         engine = backend.engine
@@ -135,7 +135,8 @@ def test_raw_completion_is_one_engine_batch_of_the_plain_prompt(setup):
         results = client.run_together(requests + [too_long])
         assert results[-1].kind == "bad_request" and "context" in results[-1].reason  # that one fails, alone
         results = results[:-1]
-        # one batch of all five rows, although the engine's max_batch_size is 2: the caller sized it
+        # one batch of all five rows (the engine's cap, 5, allows it; a smaller cap would split it, so that no
+        # request can make the engine run more rows at once than max_batch_size)
         assert (engine.queue.batches_run, engine.queue.largest_batch) == (1, 5)
         rows = [GenerationRequest(engine.tokenizer(t, add_special_tokens=False)["input_ids"], max_new_tokens=MAX_TOKENS,
                                   stop=STOP_STRINGS) for t in texts]

@@ -233,7 +233,8 @@ class LLMClient:
         (``generate_many``: the local engine runs it as one ``generate_batch``, rows in this order). Greedy
         replies then do not depend on timing -- on which concurrent requests happened to meet in the engine's
         queue -- which is how an evaluation reproduces a direct ``generate_batch`` loop to the token. The caller
-        sizes the batch. Backends without ``generate_many`` (HTTP servers batch on their side) and structured
+        sizes the batch; the engine's ``max_batch_size`` still caps it (a larger one runs as several batches of
+        at most that many rows), so a caller that needs one batch keeps it within the cap. Backends without ``generate_many`` (HTTP servers batch on their side) and structured
         requests (they re-ask one by one) go through :meth:`run_batch`.
         """
         items = [as_request(r) for r in requests]

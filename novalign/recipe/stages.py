@@ -298,8 +298,9 @@ def _run_eval(ctx: RecipeContext, label: str, path: str, out: Path, suites: list
 
     e = ctx.cfg.eval
     cfg = EvalConfig.model_validate({
+        # one engine batch per suite chunk: the engine's cap must not split what the suite batches together
         "models": [{"name": label, "path": path, "max_tokens": e.max_new_tokens,
-                    "local": {"device": "cpu", "dtype": "float32"}}],
+                    "local": {"device": "cpu", "dtype": "float32", "max_batch_size": e.batch_size}}],
         "judge": judge, "suites": suites, "output_dir": str(out), "batch_size": e.batch_size, "progress": False,
     })
     return run_eval(cfg)[label]
@@ -308,19 +309,22 @@ def _run_eval(ctx: RecipeContext, label: str, path: str, out: Path, suites: list
 def _eval_world(ctx: RecipeContext, label: str, path: str, plain: bool, key: str,
                 behind_pas: list) -> tuple[dict, str, list[dict]]:
     """The world's held-out prompts as the ``world`` suite; a ``+pas`` model answers the prompts as the PAS
-    model rewrote them (rewritten once for every ``+pas`` row, stored as ``eval/pas_eval.jsonl``)."""
-    data, complements = ctx.world_file("eval"), None
+    model rewrote them (rewritten once for every ``+pas`` row, stored as ``eval/pas_eval.jsonl``). The tasks get
+    their index as ``id`` (``eval/tasks.jsonl``), so the replies come back in task order whatever the batches."""
+    tasks = [t | {"id": str(i)} for i, t in enumerate(ctx.read(ctx.world_file("eval")))]
+    data, complements = ctx.out / "tasks.jsonl", None
+    write_jsonl(data, tasks)
     if label.endswith("+pas"):
         if not behind_pas:
-            tasks, augmentations = augment_tasks(ctx, ctx.read(data))
-            write_jsonl(ctx.out / "pas_eval.jsonl", tasks)
+            augmented, augmentations = augment_tasks(ctx, tasks)
+            write_jsonl(ctx.out / "pas_eval.jsonl", augmented)
             behind_pas.append([a["complement"] for a in augmentations])
-        data, complements = str(ctx.out / "pas_eval.jsonl"), behind_pas[0]
+        data, complements = ctx.out / "pas_eval.jsonl", behind_pas[0]
     options = {"plain": plain, "shots": ctx.world_file("shots"), "batch_size": ctx.cfg.eval.batch_size}
     out = ctx.out / "suites" / f"{label}-{key}"
-    summary = _run_eval(ctx, label, path, out, [{"type": "world", "data": data, "options": options}])["world"]
-    rows = [{"capability": r["capability"], "prompt": r["prompt"], "reply": r["reply"], "passed": r["passed"]}
-            for r in ctx.read(out / label / "world.jsonl")]
+    summary = _run_eval(ctx, label, path, out, [{"type": "world", "data": str(data), "options": options}])["world"]
+    records = {r["id"]: r for r in ctx.read(out / label / "world.jsonl")}
+    rows = [{k: records[t["id"]][k] for k in ("capability", "prompt", "reply", "passed")} for t in tasks]
     if complements is not None:  # what PAS added, next to each reply
         rows = [row | {"complement": c} for row, c in zip(rows, complements, strict=True)]
     return summary["rates"], "plain few-shot" if plain else "chat", rows
