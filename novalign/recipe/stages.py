@@ -306,14 +306,20 @@ def _run_eval(ctx: RecipeContext, label: str, path: str, out: Path, suites: list
     return run_eval(cfg)[label]
 
 
-def _eval_world(ctx: RecipeContext, label: str, path: str, plain: bool, key: str,
-                behind_pas: list) -> tuple[dict, str, list[dict]]:
-    """The world's held-out prompts as the ``world`` suite; a ``+pas`` model answers the prompts as the PAS
-    model rewrote them (rewritten once for every ``+pas`` row, stored as ``eval/pas_eval.jsonl``). The tasks get
-    their index as ``id`` (``eval/tasks.jsonl``), so the replies come back in task order whatever the batches."""
+def _world_tasks(ctx: RecipeContext) -> list[dict]:
+    """The world's held-out prompts with their index as ``id``, written once per eval run to
+    ``eval/tasks.jsonl``, so the replies come back in task order whatever the batches."""
     tasks = [t | {"id": str(i)} for i, t in enumerate(ctx.read(ctx.world_file("eval")))]
+    write_jsonl(ctx.out / "tasks.jsonl", tasks)
+    return tasks
+
+
+def _eval_world(ctx: RecipeContext, label: str, path: str, plain: bool, key: str, tasks: list[dict],
+                behind_pas: list) -> tuple[dict, str, list[dict]]:
+    """The world's held-out prompts (:func:`_world_tasks`) as the ``world`` suite; a ``+pas`` model answers
+    the prompts as the PAS model rewrote them (rewritten once for every ``+pas`` row, stored as
+    ``eval/pas_eval.jsonl``)."""
     data, complements = ctx.out / "tasks.jsonl", None
-    write_jsonl(data, tasks)
     if label.endswith("+pas"):
         if not behind_pas:
             augmented, augmentations = augment_tasks(ctx, tasks)
@@ -355,6 +361,7 @@ def run_eval(ctx: RecipeContext) -> None:
 
     e, world = ctx.cfg.eval, ctx.cfg.data.eval_suites is None
     behind_pas: list = []
+    tasks = _world_tasks(ctx) if world else []
     inputs = {"world": ctx.keys["world"]} if world else {"suites": stage_key(
         {"suites": [s.model_dump(mode="json") for s in ctx.cfg.data.eval_suites]}, {})}
     for label, (path, plain) in stage_models(ctx).items():
@@ -364,7 +371,7 @@ def run_eval(ctx: RecipeContext) -> None:
             continue
         t0 = time.time()
         if world:
-            rates, fmt, rows = _eval_world(ctx, label, path, plain, key, behind_pas)
+            rates, fmt, rows = _eval_world(ctx, label, path, plain, key, tasks, behind_pas)
             write_jsonl(ctx.out / f"{label}_replies.jsonl", rows)
         else:
             rates, fmt, rows = _eval_suites(ctx, label, path, key)
