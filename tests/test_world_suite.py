@@ -135,8 +135,7 @@ def test_raw_completion_is_one_engine_batch_of_the_plain_prompt(setup):
         results = client.run_together(requests + [too_long])
         assert results[-1].kind == "bad_request" and "context" in results[-1].reason  # that one fails, alone
         results = results[:-1]
-        # one batch of all five rows (the engine's cap, 5, allows it; a smaller cap would split it, so that no
-        # request can make the engine run more rows at once than max_batch_size)
+        # one batch of all five rows: the engine's cap, 5, allows it (a smaller cap splits it, checked below)
         assert (engine.queue.batches_run, engine.queue.largest_batch) == (1, 5)
         rows = [GenerationRequest(engine.tokenizer(t, add_special_tokens=False)["input_ids"], max_new_tokens=MAX_TOKENS,
                                   stop=STOP_STRINGS) for t in texts]
@@ -144,6 +143,14 @@ def test_raw_completion_is_one_engine_batch_of_the_plain_prompt(setup):
         assert all(not any(s in r.text for s in STOP_STRINGS) for r in results)
     finally:
         client.close()
+    # the cap holds for run_together too: no caller makes the engine run more rows at once than max_batch_size
+    small = LocalBackend(model, device="cpu", dtype="float32", max_batch_size=2)
+    capped = LLMClient(small, print_usage=False, progress=False)
+    try:
+        capped.run_together(requests)
+        assert (small.engine.queue.batches_run, small.engine.queue.largest_batch) == (3, 2)
+    finally:
+        capped.close()
 
 
 def test_world_order_is_evaluate_models_batching():
