@@ -170,3 +170,11 @@ def test_bad_ratings_name_file_line_and_field(tmp_path, row, field):
         read_ratings(path)
     assert err.value.line == 2 and err.value.field == field
     assert f"{path}:2: field '{field}'" in str(err.value)
+
+
+def test_non_utf8_user_template_names_the_file_and_byte(tmp_path):
+    """A Latin-1 template ("caf\\xe9") fails as a TemplateError naming the file and byte 3, not a bare
+    UnicodeDecodeError."""
+    (tmp_path / "absolute.en.txt").write_bytes(b"caf\xe9 {answer}")
+    with pytest.raises(TemplateError, match=r"absolute\.en\.txt: byte 3: judge templates must be UTF-8"):
+        load_template("absolute", "en", tmp_path)

@@ -86,7 +86,11 @@ def load_template(name: str, lang: str = "en", template_dir: str | Path | None =
     if template_dir is not None:
         user_file = Path(template_dir) / filename
         if user_file.is_file():
-            return user_file.read_text(encoding="utf-8")
+            try:
+                return user_file.read_text(encoding="utf-8")
+            except UnicodeDecodeError as err:
+                raise TemplateError(f"{user_file}: byte {err.start}: judge templates must be UTF-8 text "
+                                    f"({err.reason})") from None
     bundled = resources.files("novalign") / "assets" / "eval" / "templates" / filename
     if not bundled.is_file():
         where = f" (nor in {template_dir})" if template_dir is not None else ""
