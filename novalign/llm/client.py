@@ -56,7 +56,8 @@ class Backend(Protocol):
 
     # Optional, and the local backend has both: ``async def generate_many(self, requests) -> list[BackendResponse |
     # BackendError]`` answers a batch in one model call (:meth:`LLMClient.run_together`), and ``def
-    # prompt_tokens(self, request) -> int`` counts a prompt's tokens (:meth:`LLMClient.prompt_tokens`).
+    # prompt_tokens(self, request) -> int`` counts a prompt's tokens (:meth:`LLMClient.prompt_tokens`). An HTTP
+    # backend sets ``takes_idempotency_key = True`` and takes ``generate(request, idempotency_key=...)``.
 
 
 def make_backend(cfg) -> Backend:
