@@ -226,14 +226,16 @@ class _Service:
         reply stored or being generated under that key (then the response says ``Idempotent-Replayed: true``)."""
         key = request.headers.get(HEADER)
         if key is None:
+            planned = rows()
             self.counters["generations"] += 1
-            return build(await self.generate(request, rows()))
+            return build(await self.generate(request, planned))
         if not key or len(key) > MAX_KEY_CHARS:
             raise APIError(400, f"the {HEADER} header must have 1 to {MAX_KEY_CHARS} characters", param=HEADER)
 
         async def produce() -> dict:  # not cancelled when the client goes: it sent a key to say it will ask again
+            planned = rows()
             self.counters["generations"] += 1
-            return build(await asyncio.wrap_future(self.engine.submit(rows())))
+            return build(await asyncio.wrap_future(self.engine.submit(planned)))
 
         fingerprint = hashlib.sha256(f"{request.url.path} {body.model_dump_json()}".encode()).hexdigest()
         try:
