@@ -1,21 +1,26 @@
 """Kill-and-resume of a flywheel pipeline (generate, then judge) against a faulty OpenAI-compatible server.
 
 The server (tests/counting_llm.py, in this process) answers deterministically, counts every request it
-receives and every body it answers, and injects faults: 30 % 429 with Retry-After, 5 % 500, 3 % dropped
-connections, 5 % slow answers. The pipeline runs as `novalign data run` subprocesses.
+receives and every body it *generates* a reply for, and injects faults: 30 % 429 with Retry-After, 5 % 500,
+3 % dropped connections, 5 % slow answers. It stands in for a provider that honours idempotency keys the way
+`novalign serve` does (novalign/llm/idempotency.py): a repeat of a key it generated gets the stored reply.
+The pipeline runs as `novalign data run` subprocesses.
 
 1. Baseline: one uninterrupted run on its own server and cache; its records/s is `records_per_s`.
 2. The same pipeline on a fresh server and cache, SIGKILLed at `--kills` random points of its work (when the
    server has received a random number of requests, uniform over the baseline's count) and started again
    after each, until it finishes.
 
+3. The same again against a server that ignores idempotency keys (unless --no-ignoring-keys): what a provider
+   without them costs -- replies in flight at a kill (generated, not yet stored by the killed client) are
+   generated again after the restart, up to ``concurrency`` per kill.
+
 Prints one JSON line: requests_sent (all requests the second server received, faults and retries included),
-requests_answered, duplicate_requests (bodies answered more than once: requests paid twice), rows_lost
-(records of the uninterrupted output missing from the resumed one), identical_to_uninterrupted (both steps'
-records.jsonl byte-equal), records_per_s, kills, faults, and the baseline's numbers. A reply the server wrote
-but the killed client had not yet read (still in its socket buffer or its event loop's backlog) cannot be
-kept by any client; `duplicates_max_s_from_a_kill` is the longest time between such a duplicate's first
-answer and the nearest kill.
+requests_answered (200 responses, replays included), requests_generated, duplicate_requests (bodies generated
+more than once: requests paid twice), replayed_requests (repeats answered from the server's key store: the
+replies in flight at a kill), rows_lost (records of the uninterrupted output missing from the resumed one),
+identical_to_uninterrupted (both steps' records.jsonl byte-equal), records_per_s, kills, faults, the
+baseline's numbers, and ``ignoring_keys`` (run 3's kills, duplicate_requests, rows_lost, identical).
 
     python bench/flywheel_resume.py --requests 2000      # the issue's scale
     python bench/flywheel_resume.py --requests 300       # quick
@@ -68,8 +73,30 @@ def _outputs(run_dir: Path) -> dict[str, bytes]:
     return {s: (next((run_dir / "steps").glob(f"{s}-*")) / "records.jsonl").read_bytes() for s in ("gen", "judge")}
 
 
-def _server() -> CountingLLM:
-    return CountingLLM(p429=0.30, p500=0.05, pdrop=0.03, pslow=0.05, slow_s=0.2, retry_after="0.05", seed=7)
+def _killed_run(work: Path, name: str, src: Path, args, points: list[int], honour_keys: bool) -> tuple[CountingLLM, int]:
+    """Run the pipeline on a fresh server and cache, SIGKILLing it when the server has received each of
+    ``points`` requests and starting it again, until it finishes. Returns the server and the kills made."""
+    server = CountingLLM(p429=0.30, p500=0.05, pdrop=0.03, pslow=0.05, slow_s=0.2, retry_after="0.05", seed=7,
+                         honour_keys=honour_keys)
+    path = _config(work / name, src, server.url, args.concurrency)
+    kills = 0
+    while True:
+        proc = _start(path)
+        if kills < len(points):
+            while proc.poll() is None and server.received < points[kills]:
+                time.sleep(0.005)
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                log(f"{name}: kill {kills} at request {server.received}")
+                continue
+        err = proc.communicate()[1]
+        if proc.returncode != 0:
+            raise SystemExit(f"resumed run failed:\n{err[-2000:]}")
+        break
+    server.close()
+    return server, kills
 
 
 def main() -> None:
@@ -78,6 +105,7 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ignoring-keys", action="store_true", help="skip run 3 (a server that ignores the keys)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="flywheel-resume-"))
     src = work / "prompts.jsonl"
@@ -85,7 +113,7 @@ def main() -> None:
     src.write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} times {i % 13}?"}) + "\n"
                            for i in range(n_prompts)))
 
-    base = _server()
+    base = CountingLLM(p429=0.30, p500=0.05, pdrop=0.03, pslow=0.05, slow_s=0.2, retry_after="0.05", seed=7)
     t0 = time.perf_counter()
     proc = _start(_config(work / "plain", src, base.url, args.concurrency))
     err = proc.communicate()[1]
@@ -93,50 +121,38 @@ def main() -> None:
     base.close()
     if proc.returncode != 0:
         raise SystemExit(f"baseline run failed:\n{err[-2000:]}")
-    log(f"baseline: {base_wall:.1f}s, {base.requests_answered} answered, {base.received} received")
+    log(f"baseline: {base_wall:.1f}s, {base.requests_generated} generated, {base.received} received")
 
     rng = random.Random(args.seed)
-    server = _server()
-    path = _config(work / "killed", src, server.url, args.concurrency)
-    kills, kill_times = 0, []
     points = sorted(rng.randint(1, base.received - 1) for _ in range(args.kills))
-    while True:
-        proc = _start(path)
-        if kills < len(points):
-            while proc.poll() is None and server.received < points[kills]:
-                time.sleep(0.005)
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                kill_times.append(time.monotonic())
-                proc.wait()
-                kills += 1
-                log(f"kill {kills} at request {server.received}")
-                continue
-        err = proc.communicate()[1]
-        if proc.returncode != 0:
-            raise SystemExit(f"resumed run failed:\n{err[-2000:]}")
-        break
-    server.close()
-
-    plain, resumed = _outputs(work / "plain"), _outputs(work / "killed")
+    server, kills = _killed_run(work, "killed", src, args, points, honour_keys=True)
+    plain = _outputs(work / "plain")
     want = {json.loads(x)["_id"] for x in plain["judge"].splitlines()}
-    have = {json.loads(x)["_id"] for x in resumed["judge"].splitlines()}
-    # how long before the nearest kill each duplicate was first answered (negative: the server's write landed
-    # while the killed process was being torn down)
-    lags = [min((abs(k - server.first_answered[b]) for k in kill_times), default=None)
-            for b, n in server.answered.items() if n > 1]
-    print(json.dumps({
+
+    def compare(name: str) -> tuple[int, bool]:
+        resumed = _outputs(work / name)
+        have = {json.loads(x)["_id"] for x in resumed["judge"].splitlines()}
+        return len(want - have), plain == resumed
+
+    lost, same = compare("killed")
+    out = {
         "bench": "flywheel_resume", "requests_target": args.requests, "prompts": n_prompts,
         "concurrency": args.concurrency, "kills": kills,
         "requests_sent": server.received, "requests_answered": server.requests_answered,
-        "duplicate_requests": server.duplicates,
-        "duplicates_max_s_from_a_kill": round(max(lags), 3) if lags else None, "rows_lost": len(want - have),
-        "identical_to_uninterrupted": plain == resumed,
+        "requests_generated": server.requests_generated, "duplicate_requests": server.duplicates,
+        "replayed_requests": server.replayed, "rows_lost": lost, "identical_to_uninterrupted": same,
         "records_per_s": round(len(want) / base_wall, 1),
         "faults": dict(server.faults),
         "baseline": {"wall_s": round(base_wall, 2), "requests_sent": base.received,
-                     "requests_answered": base.requests_answered, "duplicate_requests": base.duplicates},
-    }))
+                     "requests_generated": base.requests_generated, "duplicate_requests": base.duplicates},
+    }
+    if not args.no_ignoring_keys:
+        bare, bare_kills = _killed_run(work, "ignoring", src, args, points, honour_keys=False)
+        lost, same = compare("ignoring")
+        out["ignoring_keys"] = {"kills": bare_kills, "requests_generated": bare.requests_generated,
+                                "duplicate_requests": bare.duplicates, "rows_lost": lost,
+                                "identical_to_uninterrupted": same}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,17 @@
 a stand-in for a third-party endpoint (never a novalign component).
 
 Replies are a pure function of the request body (``reply(body, i)`` for sample ``i``), so two runs of a
-pipeline get the same answers whatever the timing. The server counts, per canonical body, how many times it
-*answered* it (a full 200 response written) -- the server-side measure of a request paid twice -- and how
-many requests it received in all. Faults, drawn from a seeded RNG: 429 with ``Retry-After``, 500, a dropped
+pipeline get the same answers whatever the timing. It stands in for a provider that honours idempotency keys
+as ``novalign serve`` does (novalign/llm/idempotency.py; ``honour_keys=False``: one that ignores them): a
+request whose ``Idempotency-Key`` was generated before gets the stored reply (``replayed``), and one that
+arrives while the key is generating waits for it. The server counts, per canonical body, how many times it
+*generated* a reply (``generated``) -- the server-side measure of a request paid twice, whether or not the
+reply reached the client -- how many 200 responses it wrote (``answered``), and how many requests it
+received in all. Faults, drawn from a seeded RNG: 429 with ``Retry-After``, 500, a dropped
 connection (closed without a response), a slow answer. ``status(body)`` may script an HTTP error for a body; ``on_request(count, body)`` runs before each answer (tests
 SIGKILL the client from it at chosen points); returning ``False`` drops that connection unanswered.
+``on_generated(count, body)`` runs after a generation, before its reply is written: returning ``False``
+drops the connection with the reply generated (paid) but never delivered -- a reply in flight at a kill.
 """
 
 from __future__ import annotations
@@ -33,11 +39,26 @@ def default_reply(body: dict, i: int) -> str:
     return f"answer {h % 1000} " + " ".join(["word"] * (3 + h % 5))
 
 
+class _Quiet(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):  # a client killed mid-request is the point of these tests
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class CountingLLM:
     def __init__(self, reply: Callable[[dict, int], str] = default_reply, *, p429: float = 0.0, p500: float = 0.0,
                  pdrop: float = 0.0, pslow: float = 0.0, slow_s: float = 0.05, delay_s: float = 0.0,
-                 retry_after: str = "0", seed: int = 0, status: Callable[[dict], int | None] | None = None, on_request: Callable[[int, dict], bool | None] | None = None):
+                 retry_after: str = "0", seed: int = 0, status: Callable[[dict], int | None] | None = None,
+                 on_request: Callable[[int, dict], bool | None] | None = None,
+                 on_generated: Callable[[int, dict], bool | None] | None = None, honour_keys: bool = True):
         self.answered: Counter[str] = Counter()
+        self.generated: Counter[str] = Counter()  # canonical body -> generations
+        self.replayed = 0  # replies sent from the key store (or from a generation another request was running)
+        self.honour_keys = honour_keys
+        self._stored: dict[str, dict] = {}  # idempotency key -> reply payload
+        self._running: dict[str, threading.Event] = {}
         self.first_answered: dict[str, float] = {}  # body -> time.monotonic() of its first answer
         self.received = 0
         self.faults: Counter[str] = Counter()
@@ -101,38 +122,82 @@ class CountingLLM:
                     except OSError:
                         pass
                     return
-                if fault == "slow":
-                    time.sleep(slow_s)
-                choices, tokens = [], 0
-                for i in range(int(body.get("n", 1))):
-                    words = reply(body, i).split(" ")
-                    reason = "stop"
-                    limit = body.get("max_tokens")
-                    if limit is not None and len(words) > limit:
-                        words, reason = words[:limit], "length"
-                    tokens += len(words)
-                    choices.append({"index": i, "message": {"role": "assistant", "content": " ".join(words)},
-                                    "finish_reason": reason})
-                if self._send(200, {"id": "x", "object": "chat.completion", "model": body["model"], "choices": choices,
-                                    "usage": {"prompt_tokens": 10, "completion_tokens": tokens}}):
+                ident = self.headers.get("Idempotency-Key") if server.honour_keys else None
+                payload, how = server._once(ident, key, lambda: generate(body, fault == "slow"))
+                if how == "generated" and on_generated is not None and on_generated(count, body) is False:
+                    self.close_connection = True
+                    return
+                if self._send(200, payload):
                     with server._lock:
                         server.answered[key] += 1
                         server.first_answered.setdefault(key, time.monotonic())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        def generate(body: dict, slow: bool) -> dict:
+            if slow:
+                time.sleep(slow_s)
+            choices, tokens = [], 0
+            for i in range(int(body.get("n", 1))):
+                words = reply(body, i).split(" ")
+                reason = "stop"
+                limit = body.get("max_tokens")
+                if limit is not None and len(words) > limit:
+                    words, reason = words[:limit], "length"
+                tokens += len(words)
+                choices.append({"index": i, "message": {"role": "assistant", "content": " ".join(words)},
+                                "finish_reason": reason})
+            return {"id": "x", "object": "chat.completion", "model": body["model"], "choices": choices,
+                    "usage": {"prompt_tokens": 10, "completion_tokens": tokens}}
+
+        self.httpd = _Quiet(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def _once(self, ident: str | None, body_key: str, make: Callable[[], dict]) -> tuple[dict, str]:
+        """``make()``'s reply, generated once per idempotency key ``ident`` (``None``: every time)."""
+        if ident is None:
+            payload = make()
+            with self._lock:
+                self.generated[body_key] += 1
+            return payload, "generated"
+        while True:
+            with self._lock:
+                if ident in self._stored:
+                    self.replayed += 1
+                    return self._stored[ident], "replayed"
+                event = self._running.get(ident)
+                mine = event is None
+                if mine:
+                    event = self._running[ident] = threading.Event()
+            if not mine:  # the key is generating on another thread: wait for its reply
+                event.wait()
+                continue
+            try:
+                payload = make()
+                with self._lock:
+                    self._stored[ident] = payload
+                    self.generated[body_key] += 1
+            finally:
+                with self._lock:
+                    del self._running[ident]
+                event.set()
+            return payload, "generated"
+
     @property
     def requests_answered(self) -> int:
+        """200 responses written (replays included)."""
         return sum(self.answered.values())
 
     @property
+    def requests_generated(self) -> int:
+        return sum(self.generated.values())
+
+    @property
     def duplicates(self) -> int:
-        """Answers given again to a body already answered: requests paid twice."""
-        return sum(n - 1 for n in self.answered.values() if n > 1)
+        """Generations of a body already generated: requests paid twice (a reply the client never got counts:
+        it was paid for)."""
+        return sum(n - 1 for n in self.generated.values() if n > 1)
 
     def close(self) -> None:
         self.httpd.shutdown()

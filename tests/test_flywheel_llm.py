@@ -162,9 +162,13 @@ def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_pat
     judgments of odd-numbered prompts has no rating, so they are re-asked (8 more requests): 32 distinct
     requests. The pipeline runs as a `novalign data run` subprocess; the server SIGKILLs it when its 3rd and
     11th requests arrive (in generation; in the judge's first round) and when the 3rd re-ask arrives -- then
-    the first-round replies of the judgments still open are in no record, only in the request cache -- and the
-    test starts it again each time. The output equals an uninterrupted run's byte for byte and the server
-    answered no request twice. (With llm.no_cache: true the same test sees 9 requests answered twice.)"""
+    the first-round replies of the judgments still open are in no record, only in the request cache -- and
+    once more right after its 6th generation, before the reply is written: a reply paid for that the killed
+    client never got. The test starts it again each time. The output equals an uninterrupted run's byte for
+    byte and the server generated no request twice: the restarted client asks for the lost reply under the
+    same idempotency key and gets it replayed. (Against a server that ignores the keys, that reply is
+    generated twice: the check below fails with honour_keys=False; with llm.no_cache: true there are 9
+    duplicates.)"""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1,localhost"}
 
     def config(folder, server):
@@ -194,11 +198,11 @@ def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_pat
         proc = start(config("plain", plain))
         out = proc.communicate(timeout=120)[0]
         assert proc.returncode == 0, out
-        assert plain.requests_answered == 32 and plain.duplicates == 0
+        assert plain.requests_answered == plain.requests_generated == 32 and plain.duplicates == 0
     finally:
         plain.close()
 
-    current: dict = {"reasks": 0}
+    current: dict = {"reasks": 0, "generations": 0}
 
     def kill_at(count, body):
         current["reasks"] += len(body["messages"]) == 3
@@ -206,7 +210,13 @@ def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_pat
             os.kill(current["proc"].pid, signal.SIGKILL)
             return False  # the request dies with its client, unanswered
 
-    killed = CountingLLM(reply, p429=0.3, seed=1, on_request=kill_at)
+    def kill_after(count, body):
+        current["generations"] += 1
+        if current["generations"] == 6:
+            os.kill(current["proc"].pid, signal.SIGKILL)
+            return False  # generated, never delivered
+
+    killed = CountingLLM(reply, p429=0.3, seed=1, on_request=kill_at, on_generated=kill_after)
     try:
         path, kills = config("killed", killed), 0
         while True:
@@ -216,10 +226,10 @@ def test_sigkill_and_resume_is_byte_identical_with_no_request_paid_twice(tmp_pat
                 break
             assert current["proc"].returncode == -signal.SIGKILL, out
             kills += 1
-            assert kills <= 3
-        assert kills == 3
-        assert killed.duplicates == 0 and killed.requests_answered == 32
-        assert set(killed.answered) == set(plain.answered)
+            assert kills <= 4
+        assert kills == 4
+        assert killed.duplicates == 0 and killed.requests_generated == 32 and killed.replayed == 1
+        assert set(killed.generated) == set(plain.generated) and killed.requests_answered == 32
     finally:
         killed.close()
     for step in ("gen", "judge"):

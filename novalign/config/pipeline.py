@@ -51,6 +51,8 @@ class PipelineConfig(Strict):
     steps: list[StepSpec] = Field(..., min_length=1, description="The steps, in order.")
     skip_invalid: bool = Field(False, description="Default of every step's skip_invalid.")
     progress: bool = Field(True, description="A progress bar per step.")
+    retry_failed: bool = Field(False, description="Ask again for the records whose LLM call failed (recorded "
+                               "failures), in complete steps too; steps after a changed one rerun (from the cache).")
 
 
 # ------------------------------------------------------------------------------------------- step configs

@@ -20,6 +20,13 @@ before the kill come from the request cache, so no request is paid twice. The ou
 order, so it is byte-identical to an uninterrupted run's.
 
 A source's key is the SHA-256 of its file(s) (with its id field and limit): editing the data reruns the steps.
+
+A recorded LLM failure (an outcome marked ``llm_failed``: the call failed after the client's retries, so no
+reply is cached) is final unless the run sets ``retry_failed``: then each map step -- complete ones
+reopened -- forgets those outcomes and asks for them again (the rest come from ``parts.jsonl``). If that
+changes a complete step's records, every step downstream of it is deleted and rerun; their LLM replies are
+in the request cache, so this asks the server only for what changed. ``_REOPENED`` (the old records' hash)
+marks a reopened step until its downstream is dealt with, so a kill in between is caught on the next run.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +46,9 @@ from pydantic import ValidationError
 from novalign.config.base import ConfigError
 from novalign.config.llm import LLMConfig
 from novalign.config.pipeline import PipelineConfig, SourceConfig
-from novalign.data.io import DataError, KeyedAppender, SkipReport, iter_records, write_json_atomic, write_jsonl
+from novalign.data.io import (
+    DataError, KeyedAppender, SkipReport, iter_records, read_keyed, write_json_atomic, write_jsonl,
+)
 from novalign.flywheel.step import STEP_TYPES, Step, dumps_key
 from novalign.flywheel.steps import make_step
 
@@ -184,14 +194,14 @@ class Pipeline:
 
     def __init__(self, run_dir: str | Path, *, llm: LLMConfig | None = None, executor: str = "local",
                  workers: int = 2, batch_size: int = 256, ray_address: str | None = None, skip_invalid: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, retry_failed: bool = False):
         self.run_dir = Path(run_dir)
         llm = llm or LLMConfig()
         if "cache_path" not in llm.model_fields_set:
             llm = llm.model_copy(update={"cache_path": str(self.run_dir / "llm-cache.sqlite")})
         self.llm = llm
         self.executor_name, self.workers, self.batch_size, self.ray_address = executor, workers, batch_size, ray_address
-        self.skip_invalid, self.progress = skip_invalid, progress
+        self.skip_invalid, self.progress, self.retry_failed = skip_invalid, progress, retry_failed
         self.sources: dict[str, SourceConfig] = {}
         self.nodes: list[_Node] = []
 
@@ -228,7 +238,8 @@ class Pipeline:
         from novalign.config.loading import format_validation_error
 
         p = cls(cfg.run_dir, llm=cfg.llm, executor=cfg.executor, workers=cfg.workers, batch_size=cfg.batch_size,
-                ray_address=cfg.ray_address, skip_invalid=cfg.skip_invalid, progress=cfg.progress)
+                ray_address=cfg.ray_address, skip_invalid=cfg.skip_invalid, progress=cfg.progress,
+                retry_failed=cfg.retry_failed)
         for name, src in cfg.sources.items():
             p.sources[name] = src
         for i, spec in enumerate(cfg.steps):
@@ -264,21 +275,27 @@ class Pipeline:
             inputs[name] = read_source(name, src, skips[name] if self.skip_invalid else None)
         executor = make_executor(self.executor_name, workers=self.workers, batch_size=self.batch_size,
                                  address=self.ray_address)
+        folders = self._folders({name: v[0] for name, v in inputs.items()})
         try:
             for node in self.nodes:
                 in_key, in_path, rows = inputs[node.input]
                 key = node.step.key(in_key)
-                folder = self.run_dir / "steps" / f"{node.name}-{key}"
+                folder = folders[node.name]
+                if self.retry_failed and node.step.mode == "map":
+                    _reopen_if_failed(folder)
                 if (folder / "_SUCCESS").is_file():
                     stats = json.loads((folder / "stats.json").read_text()) | {"skipped": True}
                 else:
                     if rows is None:
                         rows = list(iter_records(in_path))
-                    stats = _run_step(node, key, in_key, rows, in_path, folder, executor, self.progress)
+                    stats = _run_step(node, key, in_key, rows, in_path, folder, executor, self.progress,
+                                      self.retry_failed)
                     if node.input in skips and skips[node.input].total:
                         stats["source_skipped"] = dict(skips[node.input].counts)
                     write_json_atomic(folder / "stats.json", stats)
                     write_json_atomic(folder / "_SUCCESS", {"key": key, "finished": time.time()})  # last
+                if (folder / "_REOPENED").is_file():  # a retry reopened this step: is what follows it still valid?
+                    self._invalidate_downstream(node.name, folder, folders)
                 inputs[node.name] = (key, str(folder / "records.jsonl"), None)
                 result.steps.append(stats)
                 result.outputs[node.name] = folder / "records.jsonl"
@@ -289,9 +306,45 @@ class Pipeline:
         return result
 
 
+    def _folders(self, keys: dict[str, str]) -> dict[str, Path]:
+        """Each step's folder, by step name (``keys``: the sources' keys)."""
+        keys, out = dict(keys), {}
+        for node in self.nodes:
+            keys[node.name] = node.step.key(keys[node.input])
+            out[node.name] = self.run_dir / "steps" / f"{node.name}-{keys[node.name]}"
+        return out
+
+    def _invalidate_downstream(self, name: str, folder: Path, folders: dict[str, Path]) -> None:
+        """After a reopened step completed: if its records changed, delete every step downstream of it (they
+        rerun, their LLM replies from the cache); then drop the ``_REOPENED`` marker."""
+        old = json.loads((folder / "_REOPENED").read_text())["records_sha256"]
+        if _sha256_files([folder / "records.jsonl"]) != old:
+            below = {name}
+            for node in self.nodes:  # in order, so a chain is followed to its end
+                if node.input in below:
+                    below.add(node.name)
+                    shutil.rmtree(folders[node.name], ignore_errors=True)
+        (folder / "_REOPENED").unlink()
+
+
+def _failed_ids(folder: Path) -> set[str]:
+    """Records whose outcome in ``folder/parts.jsonl`` is a failed LLM call."""
+    done, _ = read_keyed(folder / "parts.jsonl", "_id")
+    return {k for k, o in done.items() if o.get("llm_failed")}
+
+
+def _reopen_if_failed(folder: Path) -> None:
+    """A complete step with failed LLM calls is made incomplete again, its records' hash kept in ``_REOPENED``
+    (written before ``_SUCCESS`` goes, so a kill between leaves a step that still reruns its downstream)."""
+    if (folder / "_SUCCESS").is_file() and not (folder / "_REOPENED").is_file() and _failed_ids(folder):
+        write_json_atomic(folder / "_REOPENED", {"records_sha256": _sha256_files([folder / "records.jsonl"])})
+        (folder / "_SUCCESS").unlink()
+
+
 def _run_step(node: _Node, key: str, in_key: str, rows: Rows, in_path: str, folder: Path, executor,
-              progress: bool) -> dict[str, Any]:
-    """Run one step into ``folder`` (everything but the marker); returns its stats."""
+              progress: bool, retry_failed: bool = False) -> dict[str, Any]:
+    """Run one step into ``folder`` (everything but the marker); returns its stats. ``retry_failed``: the
+    outcomes of failed LLM calls already in ``parts.jsonl`` are forgotten first, so they are asked again."""
     from novalign.flywheel.report import StepProgress
 
     step = node.step
@@ -301,8 +354,12 @@ def _run_step(node: _Node, key: str, in_key: str, rows: Rows, in_path: str, fold
     started = time.time()
     valid, invalid = check_fields(step, rows, in_path, node.skip_invalid)
     items = list(enumerate(r for _, r in valid))
-    resumed = torn = 0
+    resumed = torn = retried = 0
     if step.mode == "map":
+        if retry_failed and (failed := _failed_ids(folder)):
+            done, _ = read_keyed(folder / "parts.jsonl", "_id")
+            write_jsonl(folder / "parts.jsonl", [o for k, o in done.items() if k not in failed])  # atomic
+            retried = len(failed)
         with KeyedAppender(folder / "parts.jsonl", "_id") as sink, \
                 StepProgress(node.name, len(items), progress) as bar:
             done, torn = dict(sink.done), sink.dropped
@@ -327,7 +384,10 @@ def _run_step(node: _Node, key: str, in_key: str, rows: Rows, in_path: str, fold
                 raise RuntimeError(f"step {node.name}: {len(outcomes)} outcomes for {len(items)} records")
             for o in outcomes:
                 bar.update(o)
-    return _assemble(node, folder, items, outcomes, invalid, started, resumed, torn, executor.name)
+    stats = _assemble(node, folder, items, outcomes, invalid, started, resumed, torn, executor.name)
+    stats["llm_failed"] = sum(bool(o.get("llm_failed")) for o in outcomes)
+    stats["retried_failed"] = retried
+    return stats
 
 
 def _assemble(node: _Node, folder: Path, items, outcomes, invalid, started, resumed, torn, executor) -> dict:

@@ -30,7 +30,8 @@ from pydantic import BaseModel
 __all__ = ["Outcome", "Step", "TextStep", "STEP_TYPES", "register", "text_of", "dumps_key"]
 
 # An outcome: {"_id": input record id, "out": [output records], "drop": reason or None, "detail": {...} or None,
-# "usage": {"requests": backend calls, "cached": cache hits, "cost": estimated spend}}. Plain dicts, so they
+# "usage": {"requests": backend calls, "cached": cache hits, "cost": estimated spend}, optionally "llm_failed": True
+# when an LLM call for the record failed (retried by a run with retry_failed)}. Plain dicts, so they
 # are one JSON line in a step's parts file and cross process and Ray boundaries as they are.
 Outcome = dict[str, Any]
 

@@ -14,6 +14,7 @@ writer of a sample wins and :meth:`RequestCache.put` returns what is stored, so 
 from __future__ import annotations
 
 import hashlib
+import secrets
 import sqlite3
 import threading
 import time
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS samples (
     PRIMARY KEY (key, idx)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, model_id TEXT NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -63,7 +65,12 @@ class RequestCache:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._conn()  # create the file and tables now, so that errors surface at construction
+        conn = self._conn()  # create the file and tables now, so that errors surface at construction
+        # A random id of this cache file, drawn by its first user (every process sharing the file reads the
+        # same one): part of the idempotency keys the client sends, so a new cache never gets an old one's
+        # replies back from a server that stores replies by key (novalign.llm.idempotency).
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('salt', ?)", (secrets.token_hex(16),))
+        self.salt: str = conn.execute("SELECT value FROM meta WHERE name = 'salt'").fetchone()[0]
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -22,12 +22,14 @@ import logging
 import queue
 import random
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator, Protocol
 
 from novalign.data.io import KeyedAppender
 from novalign.llm.accounting import Accounting, Price
 from novalign.llm.cache import CachedSample, RequestCache, cache_key
+from novalign.llm.idempotency import request_key
 from novalign.llm.limits import RateLimiter, RetryPolicy, estimate_tokens
 from novalign.llm.structured import check_reply, reask_messages
 from novalign.llm.types import (
@@ -54,7 +56,8 @@ class Backend(Protocol):
 
     # Optional, and the local backend has both: ``async def generate_many(self, requests) -> list[BackendResponse |
     # BackendError]`` answers a batch in one model call (:meth:`LLMClient.run_together`), and ``def
-    # prompt_tokens(self, request) -> int`` counts a prompt's tokens (:meth:`LLMClient.prompt_tokens`).
+    # prompt_tokens(self, request) -> int`` counts a prompt's tokens (:meth:`LLMClient.prompt_tokens`). An HTTP
+    # backend sets ``takes_idempotency_key = True`` and takes ``generate(request, idempotency_key=...)``.
 
 
 def make_backend(cfg) -> Backend:
@@ -336,7 +339,7 @@ class LLMClient:
         key, samples, sub = self._lookup(request)
         if sub is None:
             return self._result(request, key, samples, None, None, 0)
-        called = await self._call(sub)
+        called = await self._call(sub, self._idempotency_key(key, sub))
         if isinstance(called, Failure):
             called.request = request
             return called
@@ -376,10 +379,24 @@ class LLMClient:
             completion_tokens=sum(samples[i].completion_tokens for i in wanted), cached=sub is None, attempts=attempts,
         )
 
-    async def _call(self, request: ChatRequest) -> tuple[BackendResponse, int] | Failure:
+    def _idempotency_key(self, key: str | None, sub: ChatRequest) -> str:
+        """The key a backend call is sent with (its retries too). With a cache: derived from the cache key, so
+        a restarted process asks again under the same key and a server that stores replies by key returns the
+        one the killed process never stored. Without a cache, identical requests are meant to be fresh
+        samples: a new random key per call."""
+        if key is None or self.cache is None:
+            return uuid.uuid4().hex
+        return request_key(self.cache.salt, key, sub.sample_index, sub.n)
+
+    async def _call(self, request: ChatRequest, idempotency_key: str | None = None) -> tuple[BackendResponse, int] | Failure:
         """One backend call under the limits, retried on transient errors. Returns (response, attempts)."""
-        outcome, attempts = await self._retrying(lambda: self.backend.generate(request), _estimate(request),
-                                                 lambda r: r.prompt_tokens + r.completion_tokens)
+        if idempotency_key is not None and getattr(self.backend, "takes_idempotency_key", False):
+            def call():
+                return self.backend.generate(request, idempotency_key=idempotency_key)
+        else:
+            def call():
+                return self.backend.generate(request)
+        outcome, attempts = await self._retrying(call, _estimate(request), lambda r: r.prompt_tokens + r.completion_tokens)
         if isinstance(outcome, BackendError):
             return Failure(request, outcome.kind, str(outcome), attempts=attempts, status=outcome.status)
         return outcome, attempts

@@ -13,6 +13,7 @@ import os
 
 import httpx2
 
+from novalign.llm.idempotency import HEADER
 from novalign.llm.limits import parse_retry_after
 from novalign.llm.types import BackendError, BackendResponse, ChatRequest, sample_seeds
 
@@ -33,6 +34,7 @@ class OpenAIBackend:
     """Chat completions over HTTP. ``api_key=None`` reads ``$OPENAI_API_KEY`` (or ``api_key_env``)."""
 
     kind = "openai"
+    takes_idempotency_key = True  # LLMClient passes one to generate() (novalign.llm.idempotency)
 
     def __init__(self, base_url: str | None, model: str, api_key: str | None = None, *,
                  api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0, max_connections: int = 64,
@@ -83,10 +85,13 @@ class OpenAIBackend:
             body["response_format"] = fmt
         return body
 
-    async def generate(self, request: ChatRequest) -> BackendResponse:
+    async def generate(self, request: ChatRequest, idempotency_key: str | None = None) -> BackendResponse:
+        """One call. ``idempotency_key`` goes as the ``Idempotency-Key`` header: a server that honours it
+        (``novalign serve`` does) answers a repeat with the reply it stored instead of generating again."""
+        headers = {HEADER: idempotency_key} if idempotency_key else None
         try:
             endpoint = "completions" if request.prompt is not None else "chat/completions"
-            response = await self._http().post(f"{self.base_url}/{endpoint}", json=self.body(request))
+            response = await self._http().post(f"{self.base_url}/{endpoint}", json=self.body(request), headers=headers)
         except httpx2.TimeoutException as exc:
             raise BackendError("timeout", f"{type(exc).__name__}: {exc}", retryable=True) from exc
         except httpx2.TransportError as exc:  # refused, reset, closed mid-body, ...

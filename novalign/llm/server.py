@@ -20,6 +20,11 @@ than the context could hold is refused before it is tokenized, and tokenizing ru
 on the event loop; a request with more rows than ``max_batch_size`` is split across batches; when a client
 disconnects (a dropped stream or an abandoned request) its rows stop generating at the next step.
 
+Idempotency keys (issue 15): a non-streaming request with an ``Idempotency-Key`` header is generated once --
+a repeat gets the stored reply, or waits for the running generation (:mod:`novalign.llm.idempotency`);
+``/health`` counts ``generations``, ``idempotent_replays`` and ``idempotent_joins``. Streaming requests
+ignore the header.
+
 ``response_format`` is accepted but not enforced (no constrained decoding here); the novalign client
 validates JSON replies itself.
 """
@@ -27,6 +32,7 @@ validates JSON replies itself.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import secrets
@@ -36,12 +42,13 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, AsyncIterator, Callable, Literal
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from novalign.llm.idempotency import HEADER, MAX_KEY_CHARS, IdempotencyStore, KeyReused
 from novalign.llm.local import InvalidRow, LocalEngine, cancel_rows
 from novalign.models.generate import GenerationOutput
 
@@ -159,9 +166,11 @@ async def _until_disconnect(request: Request) -> None:
 class _Service:
     """The generation endpoints' logic for one engine (FastAPI wiring is in :func:`create_app`)."""
 
-    def __init__(self, engine: LocalEngine, name: str):
+    def __init__(self, engine: LocalEngine, name: str, idempotency: IdempotencyStore | None = None):
         self.engine, self.name = engine, name
-        self.counters = {"requests": 0, "chat_completions": 0, "completions": 0, "cancelled": 0}
+        self.counters = {"requests": 0, "chat_completions": 0, "completions": 0, "cancelled": 0, "generations": 0,
+                         "idempotent_replays": 0, "idempotent_joins": 0}
+        self.idempotency = idempotency or IdempotencyStore()
         # one thread: tokenizing never blocks the event loop, and a fast tokenizer is never used concurrently
         self.tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="novalign-tokenize")
 
@@ -211,6 +220,34 @@ class _Service:
                 self.counters["cancelled"] += 1
                 cancel_rows(fut, rows)
 
+    async def answer(self, request: Request, response: Response | None, body: _Sampling, rows: Callable[[], list],
+                     build: Callable[[list[GenerationOutput]], dict]) -> dict:
+        """``build(outputs)`` of a generation of ``rows()`` -- or, for a request with an idempotency key, the
+        reply stored or being generated under that key (then the response says ``Idempotent-Replayed: true``)."""
+        key = request.headers.get(HEADER)
+        if key is None:
+            planned = rows()
+            self.counters["generations"] += 1
+            return build(await self.generate(request, planned))
+        if not key or len(key) > MAX_KEY_CHARS:
+            raise APIError(400, f"the {HEADER} header must have 1 to {MAX_KEY_CHARS} characters", param=HEADER)
+
+        async def produce() -> dict:  # not cancelled when the client goes: it sent a key to say it will ask again
+            planned = rows()
+            self.counters["generations"] += 1
+            return build(await asyncio.wrap_future(self.engine.submit(planned)))
+
+        fingerprint = hashlib.sha256(f"{request.url.path} {body.model_dump_json()}".encode()).hexdigest()
+        try:
+            reply, how = await self.idempotency.run(key, fingerprint, produce)
+        except KeyReused as exc:
+            raise APIError(422, str(exc), param=HEADER, code="idempotency_key_reused") from exc
+        if how != "generated":
+            self.counters["idempotent_replays" if how == "replayed" else "idempotent_joins"] += 1
+            if response is not None:
+                response.headers["Idempotent-Replayed"] = "true"
+        return reply
+
     @staticmethod
     def usage(prompts: list[list[int]], outputs: list[GenerationOutput]) -> dict:
         prompt_tokens = sum(len(p) for p in prompts)
@@ -218,7 +255,7 @@ class _Service:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
-    async def chat(self, body: ChatBody, request: Request):
+    async def chat(self, body: ChatBody, request: Request, response: Response | None = None):
         self.counters["chat_completions"] += 1
         self.check_model(body.model)
         messages = [m.to_template() for m in body.messages]
@@ -230,15 +267,14 @@ class _Service:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             return self.stream(request, body, [prompt], rid, "chat.completion.chunk")
-        outputs = await self.generate(request, self.rows(body, [prompt]))
-        return {
+        return await self.answer(request, response, body, lambda: self.rows(body, [prompt]), lambda outputs: {
             "id": rid, "object": "chat.completion", "created": int(time.time()), "model": self.name,
             "choices": [{"index": i, "message": {"role": "assistant", "content": o.text}, "logprobs": None,
                          "finish_reason": o.finish_reason} for i, o in enumerate(outputs)],
             "usage": self.usage([prompt], outputs),
-        }
+        })
 
-    async def complete(self, body: CompletionBody, request: Request):
+    async def complete(self, body: CompletionBody, request: Request, response: Response | None = None):
         self.counters["completions"] += 1
         self.check_model(body.model)
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -251,13 +287,12 @@ class _Service:
         rid = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             return self.stream(request, body, prompts, rid, "text_completion")
-        outputs = await self.generate(request, self.rows(body, prompts))
-        return {
+        return await self.answer(request, response, body, lambda: self.rows(body, prompts), lambda outputs: {
             "id": rid, "object": "text_completion", "created": int(time.time()), "model": self.name,
             "choices": [{"index": i, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
                         for i, o in enumerate(outputs)],
             "usage": self.usage(prompts, outputs),
-        }
+        })
 
     def stream(self, request: Request, body: _Sampling, prompts: list[list[int]], rid: str,
                kind: str) -> StreamingResponse:
@@ -265,6 +300,7 @@ class _Service:
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue = asyncio.Queue()
         rows = self.rows(body, prompts, on_token=lambda i, tok: loop.call_soon_threadsafe(tokens.put_nowait, (i, tok)))
+        self.counters["generations"] += 1
         deltas = [DeltaText(self.engine.tokenizer, body.stops()) for _ in rows]
         fut: Future = self.engine.submit(rows)
         fut.add_done_callback(lambda _: loop.call_soon_threadsafe(tokens.put_nowait, _DONE))
@@ -383,9 +419,10 @@ class _Guard:
 
 
 def create_app(engine: LocalEngine, *, model_name: str | None = None, api_key: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app serving ``engine``. ``app.state.counters`` counts the /v1 requests received."""
-    service = _Service(engine, model_name or engine.name)
+               max_body_bytes: int = MAX_BODY_BYTES, idempotency: IdempotencyStore | None = None) -> FastAPI:
+    """The FastAPI app serving ``engine``. ``app.state.counters`` counts the /v1 requests received and the
+    generations run; ``idempotency`` bounds the replies kept for idempotency keys (default 10,000 for 24 h)."""
+    service = _Service(engine, model_name or engine.name, idempotency)
     app = FastAPI(title="novalign serve", version="1")
     app.state.counters = service.counters
     app.state.engine = engine
@@ -404,12 +441,12 @@ def create_app(engine: LocalEngine, *, model_name: str | None = None, api_key: s
                                              "owned_by": "novalign", "max_model_len": engine.max_positions}]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatBody, request: Request):
-        return await service.chat(body, request)
+    async def chat_completions(body: ChatBody, request: Request, response: Response):
+        return await service.chat(body, request, response)
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody, request: Request):
-        return await service.complete(body, request)
+    async def completions(body: CompletionBody, request: Request, response: Response):
+        return await service.complete(body, request, response)
 
     return app
 
@@ -433,7 +470,8 @@ def serve(cfg, *, log_level: str = "info") -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use it "
               "(set --api-key or $NOVALIGN_API_KEY)", file=sys.stderr, flush=True)
-    app = create_app(engine, model_name=cfg.served_model_name, api_key=api_key, max_body_bytes=cfg.max_body_bytes)
+    app = create_app(engine, model_name=cfg.served_model_name, api_key=api_key, max_body_bytes=cfg.max_body_bytes,
+                     idempotency=IdempotencyStore(cfg.idempotency_max_entries, cfg.idempotency_ttl_s))
     try:
         run_app(app, cfg.host, cfg.port, lambda port: f"novalign serve: {engine.name} at http://{cfg.host}:{port}/v1"
                 f"{' (API key required)' if api_key else ''}", log_level=log_level)

@@ -226,11 +226,13 @@ class LLMGenerate(_LLMStep):
         if errors and c.drop_failed:
             kinds = sorted({e.split(":", 1)[0] for e in errors.values()})
             return {"_id": record["_id"], "out": [], "drop": f"llm failed: {'/'.join(kinds)}",
-                    "detail": {"errors": errors}, "usage": usage}
+                    "detail": {"errors": errors}, "usage": usage, "llm_failed": True}
         for name, error in errors.items():
             out.append({**record, "_id": f"{record['_id']}/{name}/error", c.output_field: None, "model": name,
                         "sample": None, f"{c.output_field}_error": error})
-        return {"_id": record["_id"], "out": out, "drop": None, "detail": None, "usage": usage}
+        # llm_failed: a call failed (no reply to cache), so a run with retry_failed asks again (pipeline.py)
+        return {"_id": record["_id"], "out": out, "drop": None, "detail": None, "usage": usage,
+                **({"llm_failed": True} if errors else {})}
 
 
 def _range_checked(parse: Callable[[str], float], low: float, high: float, text: str) -> float:
@@ -311,11 +313,15 @@ class LLMJudge(_LLMStep):
         usage = {k: now[k] - asked.get(k, 0) for k in now}
         asked.update(now)
         if judgment.failed:
+            # a failed call is marked for retry_failed; a reply that would not parse is not: asked again, the
+            # cache gives back the same replies and the same failure
+            flag = {"llm_failed": True} if judgment.failure is not None else {}
             if c.drop_failed:
                 return {"_id": record["_id"], "out": [], "drop": "judgment failed",
-                        "detail": {"error": judgment.error, "raw": judgment.raw}, "usage": usage}
+                        "detail": {"error": judgment.error, "raw": judgment.raw}, "usage": usage, **flag}
             fields = {c.output_field: None, f"{c.output_field}_error": judgment.error, f"{c.output_field}_raw": judgment.raw}
-            return {"_id": record["_id"], "out": [{**record, **fields}], "drop": None, "detail": None, "usage": usage}
+            return {"_id": record["_id"], "out": [{**record, **fields}], "drop": None, "detail": None, "usage": usage,
+                    **flag}
         if c.min_score is not None and isinstance(judgment.parsed, (int, float)) and judgment.parsed < c.min_score:
             return {"_id": record["_id"], "out": [], "drop": "below min_score", "detail": {"score": judgment.parsed},
                     "usage": usage}
