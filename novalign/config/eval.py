@@ -24,6 +24,7 @@ SUITE_TYPES: dict[str, str] = {
     "gpqa": "novalign.eval.gpqa:run_gpqa",
     "arenahard": "novalign.eval.arenahard:run_arenahard",
     "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
+    "alpacaeval": "novalign.eval.alpacaeval:run_alpacaeval",
     "world": "novalign.world.suite:run_world",
 }
 """The suite registry: a config's ``type`` -> ``"module:function"`` (:func:`novalign.eval.suites.resolve_suite`
