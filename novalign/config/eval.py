@@ -25,6 +25,7 @@ SUITE_TYPES: dict[str, str] = {
     "arenahard": "novalign.eval.arenahard:run_arenahard",
     "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
     "alpacaeval": "novalign.eval.alpacaeval:run_alpacaeval",
+    "followbench": "novalign.eval.followbench:run_followbench",
     "world": "novalign.world.suite:run_world",
 }
 """The suite registry: a config's ``type`` -> ``"module:function"`` (:func:`novalign.eval.suites.resolve_suite`
