@@ -26,6 +26,7 @@ SUITE_TYPES: dict[str, str] = {
     "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
     "alpacaeval": "novalign.eval.alpacaeval:run_alpacaeval",
     "followbench": "novalign.eval.followbench:run_followbench",
+    "hendrycks_math": "novalign.eval.hendrycks_math:run_hendrycks_math",
     "world": "novalign.world.suite:run_world",
 }
 """The suite registry: a config's ``type`` -> ``"module:function"`` (:func:`novalign.eval.suites.resolve_suite`
