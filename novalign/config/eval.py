@@ -27,6 +27,7 @@ SUITE_TYPES: dict[str, str] = {
     "alpacaeval": "novalign.eval.alpacaeval:run_alpacaeval",
     "followbench": "novalign.eval.followbench:run_followbench",
     "hendrycks_math": "novalign.eval.hendrycks_math:run_hendrycks_math",
+    "mixeval": "novalign.eval.mixeval:run_mixeval",
     "world": "novalign.world.suite:run_world",
 }
 """The suite registry: a config's ``type`` -> ``"module:function"`` (:func:`novalign.eval.suites.resolve_suite`
