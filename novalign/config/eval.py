@@ -78,7 +78,8 @@ class EvalSuiteConfig(Strict):
 
     name: str = Field("", description="Output name (<model>/<name>.jsonl); default: the type.")
     type: str = Field(..., description="ifeval, math, code, cfbench, sysbench, fbbench, ux, mtbench, pairwise, world, "
-                      "or 'package.module:function' for a suite of your own.")
+                      "humaneval, bbh, gpqa, arenahard, mtbench_pairwise, alpacaeval, followbench, hendrycks_math, "
+                      "mixeval, or 'package.module:function' for a suite of your own.")
     data: str | None = Field(None, description="The suite's input file (formats: README, 'Evaluation: novalign eval').")
     options: dict[str, Any] = Field(default_factory=dict, description="The suite's own options (see its docs).")
 

@@ -40,13 +40,15 @@ Battle = tuple[str, str, str]  # (model_a, model_b, winner: "model_a" | "model_b
 
 
 def read_arena_judgments(path: str | Path) -> list[dict]:
-    """The lines of a judgment file: ``{question_id, model, games}`` checked; unknown verdicts are errors.
+    """The lines of a judgment file: ``{question_id (or uid), model, games}`` checked; unknown verdicts are errors.
 
     Raises:
         DataError: naming file, line and field (``games[1].score`` for a verdict not among :data:`VERDICTS`).
     """
     records = []
     for line, rec in iter_records(path):
+        if "question_id" not in rec and "uid" in rec:  # the releases since v2.0 (and v0.1 re-issued) key by uid
+            rec["question_id"] = rec["uid"]
         if "question_id" not in rec or not isinstance(rec.get("model"), str):
             raise DataError(path, line, "question_id" if "question_id" not in rec else "model", "missing")
         games = rec.get("games")
@@ -176,17 +178,27 @@ def run_arenahard(ctx: SuiteContext) -> dict[str, Any]:
     """Arena-Hard from judgment files (``options.judgments``: a file or a list of files, the official
     ``model_judgment/<judge>/<model>.jsonl``): the model's win rate against ``options.baseline``
     (default ``gpt-4-0314``) with its bootstrap interval; ``options.weight`` (3), ``options.rounds`` (100),
-    ``options.first_game_only``. Only re-scoring is done here: judging new answers is not."""
+    ``options.first_game_only``. Without ``options.judgments`` the judge is asked
+    (:func:`novalign.eval.arenahard_judge.judge_arena_answers`: ``data`` the question file, answers from
+    ``options.responses`` / ``options.baseline_answers`` or the model under test / the peer named ``baseline``)."""
+    baseline = ctx.options.get("baseline", "gpt-4-0314")
     if "judgments" not in ctx.options:
-        raise ValueError(f"suite {ctx.name!r}: needs options.judgments (Arena-Hard judgment files)")
+        from novalign.eval.arenahard_judge import judge_arena_answers
+
+        judged = judge_arena_answers(ctx, baseline)
+        return _arena_summary(ctx, judged, baseline, write=False)
     paths = ctx.options["judgments"]
     paths = [paths] if isinstance(paths, str) else list(paths)
-    records = [r for p in paths for r in read_arena_judgments(p)]
-    baseline = ctx.options.get("baseline", "gpt-4-0314")
+    return _arena_summary(ctx, [r for p in paths for r in read_arena_judgments(p)], baseline, write=True)
+
+
+def _arena_summary(ctx: SuiteContext, records: list[dict], baseline: str, *, write: bool) -> dict[str, Any]:
+    """Battles, Bradley-Terry scores and the summary of judged ``records`` (``{question_id, model, scores}``);
+    ``write``: also write one record per line (re-scored files; judged records were written as judged)."""
     battles = battles_from_judgments(records, baseline, weight=int(ctx.options.get("weight", 3)),
                                      first_game_only=bool(ctx.options.get("first_game_only", False)))
     scores = arena_hard_score(battles, baseline, rounds=int(ctx.options.get("rounds", 100)))
-    for rec in records:
+    for rec in records if write else []:
         key = f"{rec['model']}/{rec['question_id']}"
         if key not in ctx.done:
             ctx.write({"id": key, "category": rec["model"], "failed": all(s is None for s in rec["scores"]),
