@@ -117,8 +117,8 @@ def judge_arena_answers(ctx: SuiteContext, baseline: str) -> list[dict]:
     of the model under test / the peer model named ``baseline``. Resumed records are kept."""
     kit.require(ctx, "data")
     questions = read_arena_questions(ctx.data)
-    system = load_template("arenahard_system", ctx.lang, ctx.template_dir)
-    layout = load_template("arenahard", ctx.lang, ctx.template_dir)
+    system = load_template("arenahard_system", "en", ctx.template_dir)
+    layout = load_template("arenahard", "en", ctx.template_dir)
     model = ctx.options.get("model", ctx.model_name)
     fresh = []
     for chunk in kit.chunks([q for q in questions if f"{model}/{q['id']}" not in ctx.done], kit.chunk_size(ctx)):

@@ -81,9 +81,9 @@ def judge_mtbench_pairs(ctx: SuiteContext, baseline: str) -> list[dict]:
     peer = ctx.peers.get(baseline)
     if not ctx.options.get("baseline_answers") and peer is None:
         raise ValueError(f"suite {ctx.name!r}: needs options.baseline_answers or a peer model named {baseline!r}")
-    templates = {"system": load_template("mtbench_pair_system", ctx.lang, ctx.template_dir),
-                 "single": load_template("mtbench_pair", ctx.lang, ctx.template_dir),
-                 "multi": load_template("mtbench_pair_multi", ctx.lang, ctx.template_dir)}
+    templates = {"system": load_template("mtbench_pair_system", "en", ctx.template_dir),
+                 "single": load_template("mtbench_pair", "en", ctx.template_dir),
+                 "multi": load_template("mtbench_pair_multi", "en", ctx.template_dir)}
     samples = read_prompts(ctx.data)
     units_of = [(s, t) for s in samples for t in range(1, min(len(s["turns"]), 2) + 1)]
     ids = [f"{model}|{baseline}|{s['id']}|{t}" for s, t in units_of]
