@@ -29,7 +29,6 @@ also ends the CSL run.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
