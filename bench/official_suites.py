@@ -57,7 +57,7 @@ def check_alpacaeval(root: Path, difficulty: str | None, gamed: str | None) -> d
     board = {r[""]: r for r in csv.DictReader((root / LEADERBOARD).open(encoding="utf-8"))}
     diff = ae.read_instruction_difficulty(difficulty) if difficulty else None
     gamed_rows = ae.read_gamed_rows(gamed) if gamed else None
-    rows, worst = [], 0.0
+    rows, worst = [], {}
     for path in sorted(root.glob("results/*/weighted_alpaca_eval_gpt4_turbo/annotations.json")):
         model = path.parent.parent.name
         if model not in board:
@@ -72,12 +72,13 @@ def check_alpacaeval(root: Path, difficulty: str | None, gamed: str | None) -> d
             mine |= ae.length_controlled_win_rate(ann, diff, gamed_rows)
             cols += ["length_controlled_winrate", "lc_standard_error"]
         diffs = {c: abs(float(board[model][c]) - float(mine[c])) for c in cols if board[model].get(c, "") != ""}
-        worst = max(worst, *diffs.values())
+        for c, d in diffs.items():
+            worst[c] = max(worst.get(c, 0.0), d)
         rows.append({"model": model, "win_rate": mine["win_rate"], "published": float(board[model]["win_rate"]),
                      "lc_published": board[model].get("length_controlled_winrate"),
                      "mismatches": [c for c, d in diffs.items() if d > 1e-9]})
     return {"check": "alpacaeval", "models": len(rows), "columns": len(COLUMNS) + 2 * (diff is not None),
-            "models_with_mismatches": [r["model"] for r in rows if r["mismatches"]], "max_abs_diff": worst,
+            "mismatches": {r["model"]: r["mismatches"] for r in rows if r["mismatches"]}, "max_abs_diff": worst,
             "lc_checked": diff is not None and gamed_rows is not None, "sample": rows[:3]}
 
 
