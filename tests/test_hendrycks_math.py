@@ -65,6 +65,11 @@ def test_reader_folder_and_errors(tmp_path):
     assert [(p["id"], p["answer"], p["level"]) for p in problems] == [
         ("algebra/1.json", "1", 1), ("algebra/2.json", "\\frac{1}{2}", 2), ("geometry/7.json", "90^\\circ", None)]
     assert math_level("Level 5") == 5 and math_level("Level ?") is None and math_level(4) == 4
+    math500 = tmp_path / "test.jsonl"  # the MATH-500 layout: the answer given, integer levels, unique_id
+    math500.write_text(json.dumps({"problem": "p", "solution": "s", "answer": "\\frac{1}{2}", "subject": "Algebra",
+                                   "level": 2, "unique_id": "test/algebra/1.json"}) + "\n")
+    assert read_hendrycks_math(math500) == [{"id": "test/algebra/1.json", "problem": "p", "answer": "\\frac{1}{2}",
+                                             "level": 2, "subject": "Algebra"}]
     bad = tmp_path / "math500.jsonl"
     bad.write_text(json.dumps({"problem": "p", "solution": "no box", "subject": "Algebra", "level": 1}) + "\n")
     with pytest.raises(DataError, match=r"math500.jsonl:1: field 'solution': has no closed"):

@@ -88,7 +88,10 @@ def read_hendrycks_math(path: str | Path) -> list[dict[str, Any]]:
                 raise DataError(f, None, None, "expected one JSON object")
             out.append(_problem(f, None, rec, f.relative_to(path).as_posix()))
         return out
-    return [_problem(path, line, rec, str(line)) for line, rec in iter_json_items(path)]
+    out = [_problem(path, line, rec, str(line)) for line, rec in iter_json_items(path)]
+    if not out:
+        raise DataError(path, None, None, "no problems in this file")
+    return out
 
 
 def score_math_reply(reply: str, gold: str, *, extract: str = "hendrycks", equivalence: str = "hendrycks") -> dict:
@@ -125,6 +128,8 @@ def run_hendrycks_math(ctx: SuiteContext) -> dict[str, Any]:
     problems = read_hendrycks_math(ctx.data)
     how = {"extract": ctx.options.get("extract", "hendrycks"), "equivalence": ctx.options.get("equivalence", "hendrycks")}
     template = ctx.options.get("prompt", DEFAULT_PROMPT)
+    if "{problem}" not in template:
+        raise ValueError(f"suite {ctx.name!r}: options.prompt must contain {{problem}} (a str.format template)")
     records = {p["id"]: ctx.done[p["id"]] for p in problems if p["id"] in ctx.done}
     pending = [p for p in problems if p["id"] not in records]
     given = read_responses(ctx.options["responses"]) if ctx.options.get("responses") else None
