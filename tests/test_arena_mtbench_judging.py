@@ -76,12 +76,31 @@ def test_arenahard_judges_new_answers(tmp_path):
     assert read_arena_answers(baseline) == {"q1": "base 1", "q2": "base 2"}
 
 
+def _v2_line(uid, g1, g2, category="hard_prompt"):
+    return json.dumps({"uid": uid, "category": category, "judge": "j", "model": "m", "baseline": "b",
+                       "games": [None if g1 is None else {"score": g1}, None if g2 is None else {"score": g2}]}) + "\n"
+
+
 def test_arena_judgments_keyed_by_uid(tmp_path):
     """The current releases write uid, not question_id (read as the question id; it failed before)."""
     path = tmp_path / "m.jsonl"
-    path.write_text(json.dumps({"uid": "u1", "category": "hard_prompt", "judge": "j", "model": "m",
-                                "baseline": "b", "games": [{"score": "A>B"}, {"score": "B>A"}]}) + "\n")
-    assert read_arena_judgments(path) == [{"question_id": "u1", "model": "m", "scores": ["A>B", "B>A"]}]
+    path.write_text(_v2_line("u1", "A>B", "B>A"))
+    assert read_arena_judgments(path) == [{"question_id": "u1", "model": "m", "scores": ["A>B", "B>A"],
+                                           "category": "hard_prompt", "uid": True}]
+
+
+def test_arena_v2_scoring_of_uid_files(tmp_path):
+    """The current show_result.py. u1: game 1 (baseline as A) A>B -> model 0; game 2 (model as A) A>>B -> 1, 1, 1.
+    u2: game 1 B=A -> 0.5, game 2 B>A -> 0. u3: a null game -> the whole question dropped. u4 is another
+    category, left out by options.category. Battles [0, 1, 1, 1, 0.5, 0] -> 3.5 / 6 = 0.5833."""
+    path = tmp_path / "m.jsonl"
+    path.write_text(_v2_line("u1", "A>B", "A>>B") + _v2_line("u2", "B=A", "B>A") + _v2_line("u3", None, "A>>B")
+                    + _v2_line("u4", "B>>A", "A>>B", category="creative_writing"))
+    ctx = SuiteContext(name="arenahard", data=None, respond=None, judge=None, write=lambda r: None,
+                       options={"judgments": str(path), "category": "hard_prompt"}, model_name="m", progress=False)
+    summary = run_arenahard(ctx)
+    assert summary["scoring"] == "v2" and summary["metrics"]["score"] == pytest.approx(3.5 / 6)
+    assert summary["metrics"]["lower"] <= summary["metrics"]["score"] <= summary["metrics"]["upper"]
 
 
 def test_mtbench_pairwise_judges_new_pairs(tmp_path):
