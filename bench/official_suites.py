@@ -3,6 +3,7 @@
 Usage::
 
     python bench/official_suites.py alpacaeval <alpaca_eval checkout> [--instruction-difficulty CSV --gamed CSV]
+    python bench/official_suites.py alpacaeval-lc <alpaca_eval checkout> --official-path DIR [--models 3]
     python bench/official_suites.py followbench <FollowBench checkout>
     python bench/official_suites.py mixeval <MixEval checkout>
     python bench/official_suites.py math <hendrycks/math checkout> [--pairs 200000]
@@ -12,6 +13,8 @@ Usage::
   (``src/alpaca_eval/leaderboards/data_AlpacaEval_2/weighted_alpaca_eval_gpt4_turbo_leaderboard.csv``):
   win rate, standard error, wins / losses / draws, discrete win rate, average length; the LC win rate too
   when the two files of the ``tatsu-lab/alpaca_eval`` dataset it needs are given.
+- ``alpacaeval-lc``: the LC fit against the official ``glm_winrate.py`` (an installed ``alpaca_eval``) with
+  stand-ins for the two dataset files (:func:`check_alpacaeval_lc`).
 - ``followbench``: deterministic synthetic model replies and judge replies in the official layouts, scored by
   the official ``code/eval.py`` (run in a temporary copy of the checkout) and by
   :func:`novalign.eval.followbench.run_followbench` (``failed_value=-1``, as the unfixed official tables);
@@ -80,6 +83,47 @@ def check_alpacaeval(root: Path, difficulty: str | None, gamed: str | None) -> d
     return {"check": "alpacaeval", "models": len(rows), "columns": len(COLUMNS) + 2 * (diff is not None),
             "mismatches": {r["model"]: r["mismatches"] for r in rows if r["mismatches"]}, "max_abs_diff": worst,
             "lc_checked": diff is not None and gamed_rows is not None, "sample": rows[:3]}
+
+
+def check_alpacaeval_lc(root: Path, official_path: str, models: int) -> dict:
+    """The LC fit against the official ``glm_winrate.py`` (importable from ``official_path``, e.g. a
+    ``pip install --target DIR alpaca_eval patsy python-dotenv fire termcolor``) on the checkout's annotations,
+    with stand-ins for the dataset's two files: difficulties drawn N(0, 1) (seed 0) and, as the gamed rows, the
+    GLM rows of ``gpt-3.5-turbo-1106_verbose`` / ``_concise``. Checks the fit, not the published numbers."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, official_path)
+    import alpaca_eval.metrics.glm_winrate as official
+
+    results = root / "results"
+    with tempfile.TemporaryDirectory() as tmp:
+        difficulty = {i: float(d) for i, d in enumerate(np.random.default_rng(0).normal(0, 1, 805))}
+        pd.DataFrame({"instruction_difficulty": list(difficulty.values())},
+                     index=pd.Index(range(805), name="index")).to_csv(Path(tmp) / "instruction_difficulty.csv")
+        gamed = []
+        for name in ("gpt-3.5-turbo-1106_verbose", "gpt-3.5-turbo-1106_concise"):
+            ann = ae.read_alpaca_annotations(results / name / "weighted_alpaca_eval_gpt4_turbo" / "annotations.json")
+            gamed += [{**r, "not_gamed": 0.0} for r in ae.glm_rows(ann, difficulty, not_gamed=False)]
+        pd.DataFrame([{"model": "gamed", "index": r["index"], "preference": r["preference"],
+                       "std_delta_len": r["std_delta_len"], "instruction_difficulty": r["instruction_difficulty"],
+                       "not_gamed_baseline": False} for r in gamed]).to_csv(Path(tmp) / "df_gamed.csv", index=False)
+        official.hf_hub_download = lambda repo_id, filename, **kw: str(Path(tmp) / filename)
+        out, worst = [], 0.0
+        paths = sorted(results.glob("*/weighted_alpaca_eval_gpt4_turbo/annotations.json"))[:models]
+        for path in paths:
+            ann = ae.read_alpaca_annotations(path)
+            frame = pd.DataFrame(json.loads(path.read_text(encoding="utf-8")))
+            for glm in ae.GLM_FORMULAS:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    theirs = official.get_length_controlled_winrate(frame.copy(), glm_name=glm, save_weights_dir=None,
+                                                                    is_warn_extreme_changes=False)
+                mine = ae.length_controlled_win_rate(ann, difficulty, gamed, glm=glm)
+                diff = abs(theirs["length_controlled_winrate"] - mine["length_controlled_winrate"])
+                worst = max(worst, diff)
+                out.append({"model": path.parent.parent.name, "glm": glm, "official": theirs["length_controlled_winrate"],
+                            "ours": mine["length_controlled_winrate"]})
+    return {"check": "alpacaeval_lc_fit", "fits": len(out), "max_abs_diff": worst, "sample": out[:3]}
 
 
 # ------------------------------------------------------------------------------------------ FollowBench
@@ -257,14 +301,20 @@ def check_math(root: Path, pairs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("benchmark", choices=["alpacaeval", "followbench", "mixeval", "math"])
+    parser.add_argument("benchmark", choices=["alpacaeval", "alpacaeval-lc", "followbench", "mixeval", "math"])
     parser.add_argument("checkout", type=Path, help="the official repository's checkout")
     parser.add_argument("--instruction-difficulty", help="alpacaeval: instruction_difficulty.csv of the dataset")
     parser.add_argument("--gamed", help="alpacaeval: df_gamed.csv of the dataset")
     parser.add_argument("--pairs", type=int, default=200_000, help="math: random answer pairs")
+    parser.add_argument("--official-path", help="alpacaeval-lc: a folder the alpaca_eval package imports from")
+    parser.add_argument("--models", type=int, default=3, help="alpacaeval-lc: how many models to fit")
     args = parser.parse_args()
     if args.benchmark == "alpacaeval":
         result = check_alpacaeval(args.checkout, args.instruction_difficulty, args.gamed)
+    elif args.benchmark == "alpacaeval-lc":
+        if not args.official_path:
+            parser.error("alpacaeval-lc needs --official-path")
+        result = check_alpacaeval_lc(args.checkout, args.official_path, args.models)
     elif args.benchmark == "followbench":
         result = check_followbench(args.checkout)
     elif args.benchmark == "mixeval":
