@@ -24,6 +24,10 @@ SUITE_TYPES: dict[str, str] = {
     "gpqa": "novalign.eval.gpqa:run_gpqa",
     "arenahard": "novalign.eval.arenahard:run_arenahard",
     "mtbench_pairwise": "novalign.eval.mtbench_pairwise:run_mtbench_pairwise",
+    "alpacaeval": "novalign.eval.alpacaeval:run_alpacaeval",
+    "followbench": "novalign.eval.followbench:run_followbench",
+    "hendrycks_math": "novalign.eval.hendrycks_math:run_hendrycks_math",
+    "mixeval": "novalign.eval.mixeval:run_mixeval",
     "world": "novalign.world.suite:run_world",
 }
 """The suite registry: a config's ``type`` -> ``"module:function"`` (:func:`novalign.eval.suites.resolve_suite`
@@ -74,7 +78,8 @@ class EvalSuiteConfig(Strict):
 
     name: str = Field("", description="Output name (<model>/<name>.jsonl); default: the type.")
     type: str = Field(..., description="ifeval, math, code, cfbench, sysbench, fbbench, ux, mtbench, pairwise, world, "
-                      "or 'package.module:function' for a suite of your own.")
+                      "humaneval, bbh, gpqa, arenahard, mtbench_pairwise, alpacaeval, followbench, hendrycks_math, "
+                      "mixeval, or 'package.module:function' for a suite of your own.")
     data: str | None = Field(None, description="The suite's input file (formats: README, 'Evaluation: novalign eval').")
     options: dict[str, Any] = Field(default_factory=dict, description="The suite's own options (see its docs).")
 

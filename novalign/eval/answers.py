@@ -11,6 +11,7 @@ cascade                        steps                                            
                                last number                                                  ``math_answer_reward``
 :func:`free_form_answer`       last ``\\boxed{}`` -> last marked line -> last line           ``exact_answer_reward``
 :func:`first_stated_answer`    first "answer is" -> the whole reply                         ``world/checkers.py``
+:func:`hendrycks_boxed`        the last ``\\boxed{...}``, exactly as hendrycks/math reads it  ``eval/hendrycks_math.py``
 =============================  ===========================================================  =======================
 
 Why the cascades differ: math answers are compared by value (``answers_equivalent``), so the last number is a
@@ -34,6 +35,7 @@ __all__ = [
     "first_stated_answer",
     "free_form_answer",
     "gsm8k",
+    "hendrycks_boxed",
     "last_answer_is",
     "last_boxed",
     "last_line",
@@ -81,6 +83,31 @@ def last_boxed(text: str) -> str | None:
                 depth -= 1
                 if depth == 0:
                     return text[start:i].strip()
+    return None
+
+
+def hendrycks_boxed(text: str) -> str | None:
+    """The answer as the MATH authors' code reads it: ``remove_boxed(last_boxed_only_string(text))``.
+
+    Why a policy of its own: MATH's published accuracies use it, and it differs from :func:`last_boxed` at
+    the edges -- it looks for the last ``\\boxed`` (only then ``\\fbox``), counts every brace (``\\{`` too),
+    and keeps only a ``\\boxed{...}`` that closes: ``\\fbox{3}`` and an unclosed box give None, as there.
+    ``"so \\boxed{\\frac{1}{2}}."`` -> ``"\\frac{1}{2}"``.
+    """
+    start = text.rfind("\\boxed")
+    if start < 0:
+        start = text.rfind("\\fbox")
+        if start < 0:
+            return None
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                boxed = text[start:i + 1]
+                return boxed[len("\\boxed{"):-1] if boxed.startswith("\\boxed{") else None
     return None
 
 

@@ -29,7 +29,8 @@ import numpy as np
 from novalign.data.io import DataError, iter_records
 from novalign.eval.suite_api import SuiteContext
 
-__all__ = ["VERDICTS", "arena_hard_score", "battles_from_judgments", "bradley_terry", "read_arena_judgments",
+__all__ = ["VERDICTS", "arena_hard_score", "arena_v2_scores", "battles_from_judgments", "bradley_terry",
+           "read_arena_judgments",
            "run_arenahard", "win_rate"]
 
 # game verdict -> (winner, strong); the v2.0 files also write the mirrored forms
@@ -40,23 +41,28 @@ Battle = tuple[str, str, str]  # (model_a, model_b, winner: "model_a" | "model_b
 
 
 def read_arena_judgments(path: str | Path) -> list[dict]:
-    """The lines of a judgment file: ``{question_id, model, games}`` checked; unknown verdicts are errors.
+    """The lines of a judgment file: ``{question_id (or uid), model, games}`` checked; unknown verdicts are errors.
 
     Raises:
         DataError: naming file, line and field (``games[1].score`` for a verdict not among :data:`VERDICTS`).
     """
     records = []
     for line, rec in iter_records(path):
+        if "question_id" not in rec and "uid" in rec:  # the releases since v2.0 (and v0.1 re-issued) key by uid
+            rec["question_id"] = rec["uid"]
         if "question_id" not in rec or not isinstance(rec.get("model"), str):
             raise DataError(path, line, "question_id" if "question_id" not in rec else "model", "missing")
         games = rec.get("games")
         if not isinstance(games, list) or len(games) not in (1, 2):
             raise DataError(path, line, "games", "expected a list of one or two games")
         for i, game in enumerate(games):
+            if game is None:  # gen_judgment.py appends None when the judge call failed
+                continue
             score = game.get("score") if isinstance(game, dict) else "?"
             if score is not None and score not in VERDICTS:
                 raise DataError(path, line, f"games[{i}].score", f"expected one of {sorted(VERDICTS)} or null, got {score!r}")
-        records.append({"question_id": rec["question_id"], "model": rec["model"], "scores": [g.get("score") for g in games]})
+        records.append({"question_id": rec["question_id"], "model": rec["model"], "scores": [g.get("score") if g is not None else None for g in games],
+                        **({"category": rec["category"]} if "category" in rec else {}), "uid": "uid" in rec})
     return records
 
 
@@ -172,29 +178,81 @@ def arena_hard_score(battles: Sequence[Battle], baseline: str, *, rounds: int = 
     return out
 
 
+_V2_SCORE = {"A>B": (1,), "A>>B": (1, 1, 1), "A=B": (0.5,), "A<<B": (0, 0, 0), "A<B": (0,), "B>A": (0,),
+             "B>>A": (0, 0, 0), "B=A": (0.5,), "B<<A": (1, 1, 1), "B<A": (1,)}  # from assistant A's side
+
+
+def arena_v2_scores(records: Sequence[dict], *, weight: int = 3, rounds: int = 100,
+                    seed: int = 42) -> dict[str, dict[str, float]]:
+    """The current ``show_result.py`` (since v2.0): a question with a null game is dropped whole; each game
+    gives the model battle scores 1 / 0.5 / 0 (a strong verdict ``weight`` of them), game 2 (the model as A)
+    as labelled and game 1 (the baseline as A) as one minus; the score is their mean, the interval the 5th /
+    95th percentiles of ``rounds`` bootstrap means (each model's battles resampled). The official table
+    prints the average of its unseeded bootstrap means, which differs from the plain mean only by that
+    sampling noise. Example: game 1 ``A>B``, game 2 ``A>>B`` -> battles [1, 1, 1, 0] -> 0.75."""
+    table = {k: v if len(v) == 1 else (v[0],) * weight for k, v in _V2_SCORE.items()}
+    battles: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        g1, g2 = (list(rec["scores"]) + [None, None])[:2]
+        if g1 is None or g2 is None:
+            continue
+        battles[rec["model"]] += [*table[g2], *(1 - x for x in table[g1])]
+    rng = np.random.default_rng(seed)
+    out = {}
+    for model, values in sorted(battles.items()):
+        arr = np.asarray(values, dtype=float)
+        means = [float(arr[rng.integers(0, len(arr), len(arr))].mean()) for _ in range(rounds)]
+        lower, upper = np.percentile(means, [5, 95])
+        out[model] = {"score": float(arr.mean()), "lower": float(lower), "upper": float(upper), "battles": len(arr)}
+    return out
+
+
 def run_arenahard(ctx: SuiteContext) -> dict[str, Any]:
     """Arena-Hard from judgment files (``options.judgments``: a file or a list of files, the official
     ``model_judgment/<judge>/<model>.jsonl``): the model's win rate against ``options.baseline``
     (default ``gpt-4-0314``) with its bootstrap interval; ``options.weight`` (3), ``options.rounds`` (100),
-    ``options.first_game_only``. Only re-scoring is done here: judging new answers is not."""
+    ``options.first_game_only``; ``options.scoring``: ``v0.1`` (the above) or ``v2`` (the current
+    ``show_result.py``: :func:`arena_v2_scores`), by default ``v2`` for files keyed by ``uid`` (written by the
+    current code) and ``v0.1`` otherwise; ``options.category`` keeps one category (v2 files: ``hard_prompt``,
+    ``creative_writing``). Without ``options.judgments`` the judge is asked
+    (:func:`novalign.eval.arenahard_judge.judge_arena_answers`: ``data`` the question file, answers from
+    ``options.responses`` / ``options.baseline_answers`` or the model under test / the peer named ``baseline``)."""
+    baseline = ctx.options.get("baseline", "gpt-4-0314")
     if "judgments" not in ctx.options:
-        raise ValueError(f"suite {ctx.name!r}: needs options.judgments (Arena-Hard judgment files)")
+        from novalign.eval.arenahard_judge import judge_arena_answers
+
+        judged = judge_arena_answers(ctx, baseline)
+        return _arena_summary(ctx, judged, baseline, write=False)
     paths = ctx.options["judgments"]
     paths = [paths] if isinstance(paths, str) else list(paths)
-    records = [r for p in paths for r in read_arena_judgments(p)]
-    baseline = ctx.options.get("baseline", "gpt-4-0314")
-    battles = battles_from_judgments(records, baseline, weight=int(ctx.options.get("weight", 3)),
-                                     first_game_only=bool(ctx.options.get("first_game_only", False)))
-    scores = arena_hard_score(battles, baseline, rounds=int(ctx.options.get("rounds", 100)))
-    for rec in records:
+    return _arena_summary(ctx, [r for p in paths for r in read_arena_judgments(p)], baseline, write=True)
+
+
+def _arena_summary(ctx: SuiteContext, records: list[dict], baseline: str, *, write: bool) -> dict[str, Any]:
+    """Battles, Bradley-Terry scores and the summary of judged ``records`` (``{question_id, model, scores}``);
+    ``write``: also write one record per line (re-scored files; judged records were written as judged)."""
+    if ctx.options.get("category"):
+        records = [r for r in records if r.get("category") == ctx.options["category"]]
+    scoring = ctx.options.get("scoring") or ("v2" if any(r.get("uid") for r in records) else "v0.1")
+    if scoring not in ("v0.1", "v2"):
+        raise ValueError(f"suite {ctx.name!r}: options.scoring must be v0.1 or v2, got {scoring!r}")
+    weight, rounds = int(ctx.options.get("weight", 3)), int(ctx.options.get("rounds", 100))
+    if scoring == "v2":
+        scores = arena_v2_scores(records, weight=weight, rounds=rounds)
+    else:
+        battles = battles_from_judgments(records, baseline, weight=weight,
+                                         first_game_only=bool(ctx.options.get("first_game_only", False)))
+        scores = arena_hard_score(battles, baseline, rounds=rounds)
+    for rec in records if write else []:
         key = f"{rec['model']}/{rec['question_id']}"
         if key not in ctx.done:
             ctx.write({"id": key, "category": rec["model"], "failed": all(s is None for s in rec["scores"]),
                        "scores": rec["scores"]})
-    models = sorted({r["model"] for r in records})
+    models = sorted({r["model"] for r in records} & set(scores))
     by_model = {m: {k: scores[m][k] for k in ("score", "lower", "upper")} for m in models}
     main = ctx.model_name if ctx.model_name in by_model else (models[0] if len(models) == 1 else None)
     metrics = dict(by_model[main]) if main else {}
     return {"metrics": metrics, "by_category": by_model, "num_samples": len(records),
             "num_failed": sum(all(s is None for s in r["scores"]) for r in records), "baseline": baseline,
+            "scoring": scoring,
             "decimals": {k: 4 for k in ("score", "lower", "upper")}}

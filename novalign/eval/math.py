@@ -9,6 +9,10 @@
   When math-verify cannot parse an answer (or is not installed, or times out) a pure-Python path compares
   plain numbers exactly (``1,000`` / ``1000.0`` / ``3/4`` / ``50%``) and otherwise normalized strings.
 * :func:`math_accuracy` -- the fraction of responses whose extracted answer is equivalent to the gold one.
+* :func:`hendrycks_equivalent` -- the MATH authors' own ``is_equiv`` (hendrycks/math ``math_equivalence.py``):
+  both answers normalized by :func:`hendrycks_normalize` and compared as strings. Stricter than
+  :func:`answers_equivalent` (``3.0`` is not ``3``, set order matters); it is what MATH's published
+  accuracies use, so the MATH suite (:mod:`novalign.eval.hendrycks_math`) scores with it by default.
 
 Percentages (a documented choice, math-verify's own): ``50\\%`` is equivalent to both ``0.5`` and ``50``
 -- a percent sign is neither required nor a source of error, since gold answers disagree on writing it.
@@ -31,7 +35,8 @@ from fractions import Fraction
 
 from novalign.eval.answers import BOXED, clean, math_answer
 
-__all__ = ["MAX_ANSWER_CHARS", "answers_equivalent", "extract_answer", "gold_answer", "math_accuracy"]
+__all__ = ["MAX_ANSWER_CHARS", "answers_equivalent", "extract_answer", "gold_answer", "hendrycks_equivalent",
+           "hendrycks_normalize", "math_accuracy"]
 
 log = logging.getLogger("novalign.eval.math")
 
@@ -179,3 +184,93 @@ def math_accuracy(preds: Sequence[str | None], golds: Sequence[str], *, extract:
         answer = extract_answer(pred) if extract else pred
         hits += answers_equivalent(answer, gold_answer(gold), timeout=timeout)
     return hits / len(preds)
+
+
+# ------------------------------------------------------------------------------- hendrycks/math is_equiv
+
+
+def _hendrycks_fracs(s: str) -> str:
+    """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{72}`` -> ``\\frac{1}{72}``, ``\\frac1b`` -> ``\\frac{1}{b}``
+    (``_fix_fracs``); a ``\\frac`` followed by fewer than two characters leaves the string as it was."""
+    head, *parts = s.split("\\frac")
+    out = head
+    for part in parts:
+        out += "\\frac"
+        if not part:  # the official code indexes part[0] here and fails; is_equiv then compares raw strings
+            raise ValueError("\\frac with nothing after it")
+        if part.startswith("{"):
+            out += part
+            continue
+        if len(part) < 2:
+            return s
+        a, b, rest = part[0], part[1], part[2:]
+        out += "{" + a + "}" + b + rest if b == "{" else "{" + a + "}{" + b + "}" + rest
+    return out
+
+
+def _hendrycks_slash(s: str) -> str:
+    """``3/4`` -> ``\\frac{3}{4}`` when both sides are plain integers written canonically (``_fix_a_slash_b``)."""
+    parts = s.split("/")
+    if len(parts) != 2:
+        return s
+    try:
+        a, b = int(parts[0]), int(parts[1])
+    except ValueError:
+        return s
+    return "\\frac{" + str(a) + "}{" + str(b) + "}" if s == f"{a}/{b}" else s
+
+
+def _hendrycks_sqrt(s: str) -> str:
+    """``\\sqrt3`` -> ``\\sqrt{3}`` (``_fix_sqrt``: one character after ``\\sqrt`` gets braces)."""
+    head, *parts = s.split("\\sqrt")
+    return head + "".join("\\sqrt" + (p if p.startswith("{") else "{" + p[:1] + "}" + p[1:]) for p in parts)
+
+
+def hendrycks_normalize(s: str) -> str:
+    """``_strip_string`` of hendrycks/math, step by step: drop newlines, ``\\!``; ``\\\\`` -> ``\\``;
+    ``tfrac`` / ``dfrac`` -> ``frac``; drop ``\\left`` / ``\\right``, degree marks ``^{\\circ}``, ``\\$``;
+    cut units after ``\\text{ ``; drop ``\\%``; a leading ``.`` (or one after a space or ``{``) gets a ``0``;
+    ``k = 5`` -> ``5`` (a left side of at most two characters); ``\\sqrt3`` -> ``\\sqrt{3}``; drop spaces;
+    ``\\frac12`` -> ``\\frac{1}{2}``; ``0.5`` -> ``\\frac{1}{2}``; ``3/4`` -> ``\\frac{3}{4}``.
+
+    Raises:
+        ValueError: where the official code fails (two ``\\text{ `` unit markers, an empty ``\\sqrt`` or
+            ``\\frac``); the
+            official ``is_equiv`` then compares the raw strings, as :func:`hendrycks_equivalent` does.
+    """
+    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "")
+    if "\\text{ " in s:  # in MATH, "\\text{ " only ever starts units
+        parts = s.split("\\text{ ")
+        if len(parts) != 2:
+            raise ValueError("more than one unit marker")
+        s = parts[0]
+    s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")
+    if not s:
+        return s
+    if s[0] == ".":
+        s = "0" + s
+    sides = s.split("=")
+    if len(sides) == 2 and len(sides[0]) <= 2:
+        s = sides[1]
+    if "\\sqrt" in s:
+        if any(not p for p in s.split("\\sqrt")[1:]):
+            raise ValueError("\\sqrt with nothing after it")
+        s = _hendrycks_sqrt(s)
+    s = _hendrycks_fracs(s.replace(" ", ""))
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    return _hendrycks_slash(s)
+
+
+def hendrycks_equivalent(pred: str | None, gold: str | None) -> bool:
+    """``is_equiv``: both None -> True; one None -> False; else the normalized strings are equal (the raw
+    strings when normalizing fails). ``"\\dfrac{1}{2}"`` == ``"0.5"`` == ``"1/2"``; ``"10\\%"`` == ``"10"``;
+    ``"x = 3"`` == ``"3"``; ``"3.0"`` != ``"3"``."""
+    if pred is None or gold is None:
+        return pred is None and gold is None
+    try:
+        return hendrycks_normalize(pred) == hendrycks_normalize(gold)
+    except ValueError:
+        return pred == gold

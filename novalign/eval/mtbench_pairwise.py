@@ -84,9 +84,17 @@ def pairwise_rates(rows: Sequence[dict], baseline: str | None = "gpt-3.5-turbo")
 def run_mtbench_pairwise(ctx: SuiteContext) -> dict[str, Any]:
     """Re-score a FastChat pairwise judgment file (``options.judgments``) against ``options.baseline``
     (default ``gpt-3.5-turbo``; ``null`` for ``pairwise-all``). Metrics: the config model's rates (or the only
-    model's); ``by_category``: every model's. New pairs are judged by the ``pairwise`` suite."""
+    model's); ``by_category``: every model's. Without ``options.judgments`` the pairs are judged now
+    (:func:`novalign.eval.mtbench_pair_judge.judge_mtbench_pairs`: ``data`` the question file, answers from
+    ``options.responses`` / ``options.baseline_answers`` or the model under test / the peer named ``baseline``)."""
     if "judgments" not in ctx.options:
-        raise ValueError(f"suite {ctx.name!r}: needs options.judgments (a FastChat *_pair.jsonl)")
+        from novalign.eval.mtbench_pair_judge import judge_mtbench_pairs
+
+        baseline = ctx.options.get("baseline", "gpt-3.5-turbo")
+        if baseline is None:
+            raise ValueError(f"suite {ctx.name!r}: judging new pairs needs options.baseline (the model compared with)")
+        rows = judge_mtbench_pairs(ctx, baseline)
+        return _pairwise_summary(ctx, rows, pairwise_rates(rows, baseline))
     rows = read_pairwise_judgments(ctx.options["judgments"])
     rates = pairwise_rates(rows, ctx.options.get("baseline", "gpt-3.5-turbo"))
     for i, row in enumerate(rows):
@@ -94,6 +102,10 @@ def run_mtbench_pairwise(ctx: SuiteContext) -> dict[str, Any]:
         if key not in ctx.done:
             ctx.write({"id": key, "category": f"{row['model_1']} vs {row['model_2']}",
                        "failed": "error" in (row["g1_winner"], row["g2_winner"]), **row})
+    return _pairwise_summary(ctx, rows, rates)
+
+
+def _pairwise_summary(ctx: SuiteContext, rows: Sequence[dict], rates: dict[str, dict[str, float]]) -> dict[str, Any]:
     main = ctx.model_name if ctx.model_name in rates else (next(iter(rates)) if len(rates) == 1 else None)
     keys = ("win_rate", "loss_rate", "win_rate_adjusted")
     return {"metrics": {k: rates[main][k] for k in keys} if main else {},
