@@ -112,7 +112,11 @@ def read_followbench_outputs(path: str | Path, key: str) -> dict[str, str]:
 
 
 def followbench_judge_prompt(constraint_type: str, chain: Sequence[str], answer: str) -> str:
-    """The official discriminative prompt for a level ``len(chain) - 1`` reply (``<type>_evaluation_prompt``)."""
+    """The official discriminative prompt for a level ``len(chain) - 1`` reply (``<type>_evaluation_prompt``).
+
+    The wording (typo included) is FollowBench's own, from its ``code/gpt4_based_evaluation.py`` (Apache-2.0,
+    Jiang et al.), kept word for word on purpose: a judge must be asked exactly what the benchmark asks for
+    its scores to be comparable, and published judge replies are matched to samples by this text."""
     level = len(chain) - 1
     added = _ADDED[constraint_type]
     if level == 1:
