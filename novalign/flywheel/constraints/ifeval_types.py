@@ -22,8 +22,8 @@ def _ifeval(name, category, descriptions, params, cues, example):
 _ifeval("keywords:existence", "keyword",
         ["Include the keywords {keywords} in your response.", "Make sure the words {keywords} appear in your answer.",
          "Your reply must mention {keywords}."],
-        [Param("keywords", "str_list")], [r"\b(include|mention|use|appear)\w*\b.*\b(keyword|word|term)s?\b",
-                                           r"\bkeywords?\b"], {"keywords": ["river"]})
+        [Param("keywords", "str_list")], [r"\b(include|mention|use)\w*\b.*\b(keyword|word|term)s?\b",
+                                           r"\bkeywords?\b", r"\bwords?\b.*\bappear", r"\bmention"], {"keywords": ["river"]})
 _ifeval("keywords:frequency", "keyword",
         ["The word {keyword} should appear {relation} {frequency} times.",
          "Use the word \"{keyword}\" {relation} {frequency} times in your response."],
@@ -107,7 +107,7 @@ _ifeval("combination:two_responses", "combination",
 _ifeval("combination:repeat_prompt", "combination",
         ["First repeat the request word for word without change, then give your answer: {prompt_to_repeat}",
          "Begin by repeating this request exactly: {prompt_to_repeat}"],
-        [Param("prompt_to_repeat", "str")], [r"\brepeat\b.*\b(request|question|prompt)\b"],
+        [Param("prompt_to_repeat", "str")], [r"\brepeat\w*\b.*\b(request|question|prompt)\b"],
         {"prompt_to_repeat": "Write a poem."})
 _ifeval("startend:end_checker", "startend",
         ["Finish your response with this exact phrase: {end_phrase}. No other words should follow it.",
