@@ -1,0 +1,196 @@
+"""Constraint expansion (report section 4.1, Figure 5 (b)): several LLMs propose constraints for a prompt from the
+library's descriptions, a separate LLM validates their rationality and non-contradiction, and the validators
+check that the chosen response satisfies every constraint.
+
+Where AutoIF and Evol-Instruct loop until a model agrees, :func:`expand` runs at most ``max_rounds`` rounds;
+a prompt still without an accepted constraint and a passing response after them is dropped with the reason of
+its last round. Every rejected proposal is counted by reason (``unparsable proposal``, ``unknown type``, ``bad
+params``, ``duplicate type``, ``contradiction``, ``judge rejected``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from novalign.eval.judge import load_template, parse_checklist, render
+from novalign.flywheel.constraints.attributes import Ask, parse_json_object
+from novalign.flywheel.constraints.library import REGISTRY, ConstraintError, _load, check_all, describe, get, validate_params
+
+__all__ = ["CONFLICTS", "ExpansionResult", "conflicts", "expand", "library_menu", "parse_proposal"]
+
+# type pairs no response can satisfy together (checked before the LLM validator is asked)
+CONFLICTS = {frozenset(p) for p in [
+    ("change_case:english_capital", "change_case:english_lowercase"),
+    ("detectable_format:json_format", "detectable_format:number_bullet_lists"),
+    ("detectable_format:json_format", "format:numbered_list"),
+    ("detectable_format:json_format", "format:table_shape"),
+    ("detectable_format:json_format", "detectable_format:title"),
+    ("detectable_format:json_format", "structure:heading_count"),
+    ("detectable_format:json_format", "structure:section_order"),
+    ("detectable_format:json_format", "startend:quotation"),
+    ("detectable_format:json_format", "combination:two_responses"),
+    ("format:json_keys", "detectable_format:number_bullet_lists"),
+    ("format:json_keys", "startend:quotation"),
+    ("change_case:english_lowercase", "change_case:capital_word_frequency"),
+    ("change_case:english_lowercase", "detectable_content:postscript"),
+    ("detectable_format:constrained_response", "length_constraints:number_words"),
+    ("startend:quotation", "startend:end_checker"),
+    ("language:response_language", "language:script"),
+]}
+
+
+def conflicts(constraints: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The pairs of :data:`CONFLICTS` among the constraints' types."""
+    types = [c["type"] for c in constraints]
+    return [(a, b) for i, a in enumerate(types) for b in types[i + 1:] if frozenset((a, b)) in CONFLICTS]
+
+
+def library_menu(names: Sequence[str] | None = None, variant: int = 0) -> str:
+    """One line per type for a proposing LLM: name, category, a description with example values, parameters."""
+    _load()
+    lines = []
+    for name in names or REGISTRY:
+        t = get(name)
+        params = ", ".join(f"{p.name}: {p.kind}" + (f" {list(p.choices)}" if p.choices else "") for p in t.params)
+        lines.append(f"- {name} | {t.category} | {describe(name, t.example, variant)} | {params or 'none'}")
+    return "\n".join(lines)
+
+
+def parse_proposal(text: str | None) -> list[Any]:
+    """The ``constraints`` list of a proposer's JSON reply; ``ValueError`` if there is none."""
+    value = parse_json_object(text)
+    items = value.get("constraints")
+    if not isinstance(items, list):
+        raise ValueError("the reply's JSON has no 'constraints' list")
+    return items
+
+
+@dataclass
+class ExpansionResult:
+    """Kept records (with ``prompt``, ``response``, ``constraints``), dropped ``(record, reason)`` pairs, and the
+    per-reason counts of rejected proposals and failed rounds."""
+
+    kept: list[dict] = field(default_factory=list)
+    dropped: list[tuple[dict, str]] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+
+def _screen(raw: list[Any], existing: list[dict], counts: Counter) -> list[dict]:
+    """Well-formed, new, mutually compatible constraints of one proposal, in order; the rest counted."""
+    chosen: list[dict] = []
+    for item in raw:
+        try:
+            if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+                raise ConstraintError("not an object with a type")
+            if item["type"] not in REGISTRY:
+                counts["unknown type"] += 1
+                continue
+            params = validate_params(item["type"], item.get("params") or {})
+        except ConstraintError:
+            counts["bad params"] += 1
+            continue
+        if any(c["type"] == item["type"] for c in [*existing, *chosen]):
+            counts["duplicate type"] += 1
+            continue
+        text = item.get("text") if isinstance(item.get("text"), str) and item["text"].strip() else None
+        candidate = {"type": item["type"], "params": params, "text": text or describe(item["type"], params)}
+        if conflicts([*existing, *chosen, candidate]):
+            counts["contradiction"] += 1
+            continue
+        chosen.append(candidate)
+    return chosen
+
+
+def _numbered(constraints: Sequence[Mapping[str, Any]]) -> str:
+    return "\n".join(f"{i}. {c['text']}" for i, c in enumerate(constraints, 1))
+
+
+def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, responder: Ask | None = None, *,
+           prompt_field: str = "prompt", response_field: str = "response", constraints_field: str = "constraints",
+           quality_field: str | None = None, min_quality: float | None = None, max_new: int = 2,
+           max_rounds: int = 3, seed: int = 0, template_dir: str | None = None) -> ExpansionResult:
+    """Expand each record's prompt with up to ``max_new`` validated constraints (module docstring).
+
+    Per round, for every prompt still pending: each proposer is asked once (batched over prompts); the
+    proposals are screened (:func:`_screen`), the first ``max_new`` survivors go to ``judge`` as a checklist
+    (:func:`~novalign.eval.judge.parse_checklist`), the accepted ones are appended to the prompt; then the
+    response is checked by the validators: the record's own ``response_field`` if it has one, else
+    ``responder``'s reply to the new prompt. A prompt whose round fails in any way is tried again next round.
+    """
+    if max_rounds < 1 or max_new < 1:
+        raise ValueError("max_rounds and max_new must be >= 1")
+    propose_t = load_template("ifdata_propose", "en", template_dir)
+    validate_t = load_template("ifdata_validate", "en", template_dir)
+    result = ExpansionResult()
+    pending: list[dict] = []
+    for r in records:
+        q = r.get(quality_field) if quality_field else None
+        if min_quality is not None and (not isinstance(q, (int, float)) or q < min_quality):
+            result.dropped.append((r, "below min quality"))
+        else:
+            pending.append(r)
+    last_reason: dict[int, str] = {}
+    rng = random.Random(seed)
+    for round_no in range(1, max_rounds + 1):
+        if not pending:
+            break
+        menus = [library_menu(variant=rng.randrange(3)) for _ in pending]
+        asks = [[{"role": "user", "content": render(propose_t, prompt=r[prompt_field], library=m, max_new=max_new)}]
+                for r, m in zip(pending, menus)]
+        proposals = {name: ask(asks) for name, ask in proposers.items()}
+        staged = []  # (record, chosen constraints)
+        for i, record in enumerate(pending):
+            existing = list(record.get(constraints_field) or [])
+            chosen: list[dict] = []
+            for name in proposers:
+                try:
+                    raw = parse_proposal(proposals[name][i])
+                except ValueError:
+                    result.counts["unparsable proposal"] += 1
+                    continue
+                chosen += _screen(raw, existing + chosen, result.counts)
+            if not chosen:
+                last_reason[id(record)] = "no valid proposal"
+            staged.append((record, existing, chosen[:max_new]))
+        staged = [s for s in staged if s[2]]
+        verdicts = judge([[{"role": "user", "content": render(validate_t, prompt=r[prompt_field],
+                                                              constraints=_numbered(c))}] for r, _, c in staged])
+        accepted = []
+        for (record, existing, chosen), reply in zip(staged, verdicts):
+            try:
+                marks = parse_checklist(reply or "", len(chosen)) if reply is not None else None
+            except ValueError:
+                marks = None
+            if marks is None:
+                result.counts["judge failed"] += 1
+                last_reason[id(record)] = "judge failed"
+                continue
+            result.counts["judge rejected"] += marks.count(False)
+            kept = [c for c, ok in zip(chosen, marks) if ok]
+            if not kept:
+                last_reason[id(record)] = "no constraint accepted"
+                continue
+            prompt = record[prompt_field].rstrip() + " " + " ".join(c["text"] for c in kept)
+            accepted.append((record, prompt, existing + kept))
+        need = [a for a in accepted if not isinstance(a[0].get(response_field), str)]
+        if need and responder is None:
+            raise ValueError(f"records without `{response_field}` need a responder model")
+        replies = iter(responder([[{"role": "user", "content": p}] for _, p, _ in need]) if need else [])
+        done = set()
+        for record, prompt, constraints in accepted:
+            response = record[response_field] if isinstance(record.get(response_field), str) else next(replies)
+            if response is None or not all(check_all(response, constraints)):
+                result.counts["response fails a constraint"] += 1
+                last_reason[id(record)] = "response fails a constraint"
+                continue
+            result.kept.append({**record, prompt_field: prompt, response_field: response, constraints_field: constraints,
+                                "expansion": {"round": round_no, "original_prompt": record[prompt_field]}})
+            done.add(id(record))
+        pending = [r for r in pending if id(r) not in done]
+    for record in pending:
+        result.dropped.append((record, f"{last_reason.get(id(record), 'no valid proposal')} after {max_rounds} rounds"))
+    return result
