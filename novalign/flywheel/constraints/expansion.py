@@ -77,6 +77,7 @@ class ExpansionResult:
     kept: list[dict] = field(default_factory=list)
     dropped: list[tuple[dict, str]] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
+    per_record: dict[int, Counter] = field(default_factory=dict)  # input position -> its own counts
 
 
 def _screen(raw: list[Any], existing: list[dict], counts: Counter) -> list[dict]:
@@ -127,6 +128,11 @@ def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, re
     validate_t = load_template("ifdata_validate", "en", template_dir)
     result = ExpansionResult()
     pending: list[dict] = []
+    position = {id(r): i for i, r in enumerate(records)}
+
+    def counts(record: dict) -> Counter:
+        return result.per_record.setdefault(position[id(record)], Counter())
+
     for r in records:
         q = r.get(quality_field) if quality_field else None
         if min_quality is not None and (not isinstance(q, (int, float)) or q < min_quality):
@@ -150,9 +156,9 @@ def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, re
                 try:
                     raw = parse_proposal(proposals[name][i])
                 except ValueError:
-                    result.counts["unparsable proposal"] += 1
+                    counts(record)["unparsable proposal"] += 1
                     continue
-                chosen += _screen(raw, existing + chosen, result.counts)
+                chosen += _screen(raw, existing + chosen, counts(record))
             if not chosen:
                 last_reason[id(record)] = "no valid proposal"
             staged.append((record, existing, chosen[:max_new]))
@@ -166,10 +172,10 @@ def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, re
             except ValueError:
                 marks = None
             if marks is None:
-                result.counts["judge failed"] += 1
+                counts(record)["judge failed"] += 1
                 last_reason[id(record)] = "judge failed"
                 continue
-            result.counts["judge rejected"] += marks.count(False)
+            counts(record)["judge rejected"] += marks.count(False)
             kept = [c for c, ok in zip(chosen, marks) if ok]
             if not kept:
                 last_reason[id(record)] = "no constraint accepted"
@@ -184,13 +190,16 @@ def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, re
         for record, prompt, constraints in accepted:
             response = record[response_field] if isinstance(record.get(response_field), str) else next(replies)
             if response is None or not all(check_all(response, constraints)):
-                result.counts["response fails a constraint"] += 1
+                counts(record)["response fails a constraint"] += 1
                 last_reason[id(record)] = "response fails a constraint"
                 continue
             result.kept.append({**record, prompt_field: prompt, response_field: response, constraints_field: constraints,
-                                "expansion": {"round": round_no, "original_prompt": record[prompt_field]}})
+                                "expansion": {"round": round_no, "original_prompt": record[prompt_field],
+                                              "rejected": dict(sorted(counts(record).items()))}})
             done.add(id(record))
         pending = [r for r in pending if id(r) not in done]
     for record in pending:
         result.dropped.append((record, f"{last_reason.get(id(record), 'no valid proposal')} after {max_rounds} rounds"))
+    for c in result.per_record.values():
+        result.counts.update(c)
     return result
