@@ -54,6 +54,23 @@ class _IFStep(_LLMStep):
         return client_ask(self._client(role, cfg), temperature=self.config.temperature if temperature is None else
                           temperature, max_tokens=self.config.max_tokens)
 
+    def usage_now(self) -> dict[str, float]:
+        """Requests, cache hits and cost of this step's clients so far (the pipeline sums outcomes' usage)."""
+        total = {"requests": 0, "cached": 0, "cost": 0.0}
+        for client in self.clients.values():
+            t = client.usage.to_dict()["total"]
+            total["requests"] += t["requests"] + t["failed_requests"]
+            total["cached"] += t["cached_requests"]
+            total["cost"] += t["cost"] or 0.0
+        return total
+
+    def with_usage(self, outcomes: Iterator[Outcome], before: dict) -> Iterator[Outcome]:
+        """``outcomes`` with the batch's usage (since ``before``) on the first one."""
+        outcomes = list(outcomes)  # the batch's calls are all made by now
+        after = self.usage_now()
+        for i, o in enumerate(outcomes):
+            yield {**o, "usage": {k: after[k] - before[k] for k in after}} if i == 0 else o
+
     def outcomes(self, records: Sequence[dict], kept: list[dict], dropped: list[tuple[dict, str]]) -> Iterator[Outcome]:
         by_id = {}
         for r in kept:
@@ -100,13 +117,13 @@ class ConstraintExpand(_IFStep):
     def process(self, items):
         from novalign.flywheel.constraints.expansion import expand
 
-        c, records = self.config, [r for _, r in items]
+        c, records, before = self.config, [r for _, r in items], self.usage_now()
         proposers = {m.name: self.ask(f"proposers:{m.name}") for m in c.proposers}
         res = expand(records, proposers, self.ask("judge", 0.0), self.ask("responder") if c.responder is not None else None,
                      prompt_field=c.prompt_field, response_field=c.response_field, constraints_field=c.constraints_field,
                      quality_field=c.quality_field, min_quality=c.min_quality, max_new=c.max_new,
                      max_rounds=c.max_rounds, seed=c.seed, template_dir=c.template_dir)
-        yield from self.outcomes(records, res.kept, res.dropped)
+        yield from self.with_usage(self.outcomes(records, res.kept, res.dropped), before)
 
 
 class ReverseConfig(Strict):
@@ -139,11 +156,11 @@ class ResponseReverse(_IFStep):
     def process(self, items):
         from novalign.flywheel.constraints.reversal import reverse
 
-        c, records = self.config, [r for _, r in items]
+        c, records, before = self.config, [r for _, r in items], self.usage_now()
         res = reverse(records, self.ask("writer"), self.ask("inspector", 0.0), text_field=c.text_field,
                       quality_field=c.quality_field, min_quality=c.min_quality, max_rounds=c.max_rounds,
                       keep_incomplete=c.keep_incomplete, template_dir=c.template_dir)
-        yield from self.outcomes(records, res.kept, res.dropped)
+        yield from self.with_usage(self.outcomes(records, res.kept, res.dropped), before)
 
 
 class DecomposeConfig(Strict):
@@ -169,6 +186,10 @@ class SysmsgDecompose(_IFStep):
         return ["kind", "text", "source"]
 
     def process(self, items):
+        before = self.usage_now()
+        yield from self.with_usage(self._process(items), before)
+
+    def _process(self, items):
         from novalign.eval.judge import load_template, render
         from novalign.flywheel.constraints.sysmsg import parse_decomposition
 
@@ -225,6 +246,10 @@ class SysmsgAssemble(_IFStep):
         return ["system", "messages"]
 
     def process(self, items):
+        before = self.usage_now()
+        yield from self.with_usage(self._process(items), before)
+
+    def _process(self, items):
         from novalign.data.io import iter_records
         from novalign.flywheel.constraints.sysmsg import assemble, pools_of, refine
 
@@ -273,6 +298,10 @@ class Textbook(_IFStep):
         return {self.config.prompt_field: (str,)}
 
     def process(self, items):
+        before = self.usage_now()
+        yield from self.with_usage(self._process(items), before)
+
+    def _process(self, items):
         from novalign.flywheel.constraints.textbook import lesson_messages, load_lesson_template, parse_lesson, required_sections
 
         c, records = self.config, [r for _, r in items]
