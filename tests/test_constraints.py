@@ -68,3 +68,39 @@ def test_lix_and_reward_by_hand():
     cs = [{"type": "punctuation:no_comma"}, {"type": "keywords:existence", "params": {"keywords": ["a"]}}]
     assert check_all("a, b", cs) == [False, True] and constraint_reward("a, b", cs) == 0.5
     assert constraint_reward("   ", cs) == 0.0 and constraint_reward("x", []) == 0.0
+
+
+def test_the_rl_reward_reads_the_library():
+    """`type: constraints` in the RL reward mix: the fraction of a record's `constraints` each completion
+    satisfies -- 'a b' keeps both (1.0), 'a, b' breaks no_comma (0.5); weight 2 doubles them."""
+    from novalign.config import RewardComponentConfig
+    from novalign.train.rl.inputs import build_reward, required_fields
+
+    comps = [RewardComponentConfig(type="constraints", weight=2.0)]
+    assert required_fields(comps) == ("constraints",)
+    cs = [{"type": "punctuation:no_comma"}, {"type": "keywords:existence", "params": {"keywords": ["a"]}}]
+    prompts = [[{"role": "user", "content": "p"}]] * 2
+    assert build_reward(comps)(prompts, ["a b", "a, b"], constraints=[cs, cs]) == [2.0, 1.0]
+
+
+def test_cli_lists_and_checks(tmp_path):
+    """`novalign data constraints` lists every type; with --check it scores {response, constraints} records
+    (one passes both constraints, one breaks no_comma: CSR 3/4, ISR 1/2) and names a bad line's field."""
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["data", "constraints"])
+    assert listed.exit_code == 0 and all(name in listed.output for name in REGISTRY)
+    cs = [{"type": "punctuation:no_comma"}, {"type": "keywords:existence", "params": {"keywords": ["a"]}}]
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"response": "a b", "constraints": %s}\n{"response": "a, b", "constraints": %s}\n'
+                    % (__import__("json").dumps(cs), __import__("json").dumps(cs)))
+    scored = runner.invoke(app, ["data", "constraints", "--check", str(path)])
+    assert scored.exit_code == 0, scored.output
+    got = __import__("json").loads(scored.output.strip().splitlines()[-1])
+    assert got["constraint_pass_rate"] == 0.75 and got["instruction_pass_rate"] == 0.5
+    path.write_text('{"response": "x", "constraints": [{"type": "format:nope"}]}\n')
+    bad = runner.invoke(app, ["data", "constraints", "--check", str(path)])
+    assert bad.exit_code != 0 and "r.jsonl:1" in bad.output and "constraints[0]" in bad.output
