@@ -560,11 +560,11 @@ def data_constraints_command(
     import json
 
     from novalign.data.io import DataError
-    from novalign.flywheel.constraints import REGISTRY, describe
+    from novalign.eval.constraints import REGISTRY, describe
 
     try:
         if check_file is not None:
-            from novalign.flywheel.constraints.evaluate import read_constrained, score_records
+            from novalign.eval.constraints.evaluate import read_constrained, score_records
 
             typer.echo(json.dumps(score_records(read_constrained(check_file))))
         elif coverage_file is not None:

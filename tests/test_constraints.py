@@ -8,7 +8,7 @@ from novalign.eval.ifeval import INSTRUCTIONS
 from novalign.flywheel.constraints import (
     REGISTRY, ConstraintError, check, check_all, constraint_reward, describe, expressed, get, instance, matching_types,
 )
-from novalign.flywheel.constraints.cfbench_types import lix
+from novalign.eval.constraints.cfbench_types import lix
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -1,11 +1,9 @@
-"""Instruction-following data (report section 4.1, Figure 5): the constraint library with deterministic validators
-(:mod:`.library`, IFEval's 25 in :mod:`.ifeval_types`, CFBench-style ones in :mod:`.cfbench_types`), attribute
-detection (:mod:`.attributes`), constraint expansion (:mod:`.expansion`), response reversal (:mod:`.reversal`),
-system messages (:mod:`.sysmsg`) and textbook responses (:mod:`.textbook`)."""
+"""Instruction-following data (report section 4.1, Figure 5) on the constraint library of
+:mod:`novalign.eval.constraints`: attribute detection and coverage (:mod:`.attributes`), constraint expansion
+(:mod:`.expansion`), response reversal (:mod:`.reversal`), system messages (:mod:`.sysmsg`) and textbook
+responses (:mod:`.textbook`). The library's names are re-exported here for convenience."""
 
-from novalign.flywheel.constraints import ifeval_types  # noqa: F401, I001 - registers IFEval's 25 first
-from novalign.flywheel.constraints import cfbench_types  # noqa: F401 - then the CFBench-style ones
-from novalign.flywheel.constraints.library import (
+from novalign.eval.constraints import (
     REGISTRY, ConstraintError, ConstraintType, Param, check, check_all, constraint_reward, describe, expressed, get,
     instance, matching_types, validate_params,
 )

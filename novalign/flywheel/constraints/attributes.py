@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from novalign.eval.ifeval import count_words
-from novalign.flywheel.constraints.library import REGISTRY, _load, check, instance, matching_types
+from novalign.eval.constraints.library import REGISTRY, _load, check, instance, matching_types
 
 __all__ = ["Ask", "client_ask", "coverage", "detect_attributes", "parse_json_object", "type_coverage"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from novalign.eval.judge import load_template, parse_checklist, render
 from novalign.flywheel.constraints.attributes import Ask, parse_json_object
-from novalign.flywheel.constraints.library import REGISTRY, ConstraintError, _load, check_all, describe, get, validate_params
+from novalign.eval.constraints.library import REGISTRY, ConstraintError, _load, check_all, describe, get, validate_params
 
 __all__ = ["CONFLICTS", "ExpansionResult", "conflicts", "expand", "library_menu", "parse_proposal"]
 

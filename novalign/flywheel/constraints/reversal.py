@@ -2,7 +2,7 @@
 the prompt it answers with the text's own attributes stated as constraints, an inspector LLM scores the prompt
 and lists what is missing, and the prompt is revised -- at most ``max_rounds`` times -- until every attribute
 the validators detect in the text (:func:`~novalign.flywheel.constraints.attributes.detect_attributes`) is
-stated in it (:func:`~novalign.flywheel.constraints.library.expressed`).
+stated in it (:func:`~novalign.eval.constraints.library.expressed`).
 
 The inspector's ``missing`` ids and suggestions feed the next revision together with the attributes the
 deterministic check finds unstated; the stopping rule is the deterministic one, so a lenient inspector cannot
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from novalign.eval.judge import load_template, render
 from novalign.flywheel.constraints.attributes import Ask, detect_attributes, parse_json_object
-from novalign.flywheel.constraints.library import expressed
+from novalign.eval.constraints.library import expressed
 
 __all__ = ["ReversalResult", "attribute_lines", "parse_inspection", "reverse"]
 

@@ -5,7 +5,7 @@ components and constraint-rich prompts, with evolution and rationalization passe
 Assembly is deterministic given its seed (:func:`assemble`): one component of each kind is drawn from the
 pools, and the prompt's constraints are embedded in the constraints section. The LLM passes
 (:func:`refine`) may rewrite the message, but a rewrite that no longer states one of the prompt's constraints
-(:func:`~novalign.flywheel.constraints.library.expressed`) is rejected and counted, so evolution cannot lose
+(:func:`~novalign.eval.constraints.library.expressed`) is rejected and counted, so evolution cannot lose
 what the validators will check.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from novalign.eval.judge import load_template, parse_rating, render
 from novalign.flywheel.constraints.attributes import Ask, parse_json_object
-from novalign.flywheel.constraints.library import expressed
+from novalign.eval.constraints.library import expressed
 
 __all__ = ["KINDS", "assemble", "parse_decomposition", "pools_of", "refine"]
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from novalign.eval.judge import load_template, render
-from novalign.flywheel.constraints.library import check_all
+from novalign.eval.constraints.library import check_all
 
 __all__ = ["lesson_messages", "parse_lesson", "required_sections"]
 

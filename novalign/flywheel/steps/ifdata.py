@@ -233,11 +233,11 @@ class SysmsgAssemble(_IFStep):
     roles = ("llm", "judge")
 
     def identity(self):
-        from pathlib import Path
+        import hashlib
 
-        from novalign.flywheel.pipeline import _sha256_files
-
-        return super().identity() | {"components_sha256": _sha256_files([Path(self.config.components)])}
+        with open(self.config.components, "rb") as fh:  # editing the pool reruns the step
+            digest = hashlib.sha256(fh.read()).hexdigest()
+        return super().identity() | {"components_sha256": digest}
 
     def input_fields(self):
         return {self.config.prompt_field: (str,)}

@@ -157,7 +157,7 @@ def _component(c: RewardComponentConfig, device: str) -> RewardFn:
 
         fn = verifier_reward(ifeval_reward, name="ifeval")
     elif c.type == "constraints":  # the constraint library shared with data synthesis and evaluation
-        from novalign.flywheel.constraints import constraint_reward
+        from novalign.eval.constraints import constraint_reward
 
         fn = verifier_reward(constraint_reward, name="constraints")
     elif c.type == "llm_judge":

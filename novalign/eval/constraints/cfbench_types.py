@@ -19,7 +19,7 @@ import unicodedata
 
 from novalign.eval.ifeval import RELATIONS, count_words
 from novalign.eval.ifeval_tokenize import split_sentences
-from novalign.flywheel.constraints.library import ConstraintType, Param, register
+from novalign.eval.constraints.base import ConstraintType, Param, register
 
 __all__ = ["lix"]
 

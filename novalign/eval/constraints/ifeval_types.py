@@ -8,7 +8,7 @@ same in ``novalign eval-ifeval``. What is added here: a category, several phrasi
 from __future__ import annotations
 
 from novalign.eval.ifeval import INSTRUCTIONS, RELATIONS
-from novalign.flywheel.constraints.library import ConstraintType, Param, register
+from novalign.eval.constraints.base import ConstraintType, Param, register
 
 REL = Param("relation", "choice", RELATIONS)
 N = r"(\d+|one|two|three|four|five|six|seven|eight|nine|ten)"

@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from novalign.data.io import DataError, iter_records
-from novalign.flywheel.constraints.library import ConstraintError, check, validate_params
+from novalign.eval.constraints.library import ConstraintError, check, validate_params
 
 __all__ = ["read_constrained", "score_records"]
 
