@@ -33,7 +33,7 @@ def writer(messages: list[dict], p_first: float = 0.6, p_fix: float = 0.85) -> s
     if "Prompt so far:" in content:  # a revision
         previous = content.split("Prompt so far:\n", 1)[1].rsplit("\n\nReply with only", 1)[0]
         missing = _lines(_between(content, "missing properties:\n", "\n\nReviewer"))
-        added = [d for i, d in missing if _draw(text, i, "fix") < p_fix]
+        added = [d for i, d in missing if _draw(text, i, "fix", previous) < p_fix]  # a new draw per revision
         return " ".join([previous, *added])
     wanted = _lines(_between(content, "with its exact numbers and names:\n", "\n\nText:"))
     stated = [d for i, d in wanted if _draw(text, i, "first") < p_first]

@@ -215,7 +215,8 @@ N = r"(\d+|one|two|three|four|five|six|seven|eight|nine|ten)"
 _type("style:tone", "style",
       ["Write in a {tone} tone.", "Keep the tone of the answer {tone}.", "Use a {tone} style of writing."],
       [Param("tone", "choice", TONES)], tone,
-      [r"\btone\b", r"\b(formal|casual|enthusiastic|neutral)\b.*\b(style|voice|register)\b"], {"tone": "formal"})
+      [r"\btone\b", r"\b(formal|casual|enthusiastic|neutral)\b.*\b(style|voice|register)\b",
+       r"\b(sound|be|stay|keep it) (formal|casual|enthusiastic|neutral)\b"], {"tone": "formal"})
 _type("situation:audience", "situation",
       ["Write for an audience of {audience}.", "The reader is {audience}: pitch the text at that level.",
        "Make the answer suitable for {audience} readers."],
@@ -266,7 +267,7 @@ _type("structure:section_order", "structure",
       {"sections": ["Introduction", "Summary"]})
 _type("format:numbered_list", "format",
       ["Give exactly {num_items} numbered items (1., 2., ...).", "Answer as a numbered list of {num_items} points."],
-      [Param("num_items", "int", minimum=1)], numbered_list, [r"\bnumbered\b"], {"num_items": 3})
+      [Param("num_items", "int", minimum=1)], numbered_list, [r"\bnumbered\b", r"\bnumber (the|each|your) (steps|items|points)\b"], {"num_items": 3})
 _type("startend:start_phrase", "startend",
       ["Begin your response with \"{start_phrase}\".", "Start the answer with the words {start_phrase}"],
       [Param("start_phrase", "str")], start_phrase, [r"\b(begin|start)\w*\b.*\b(with|words?|phrase)\b"],

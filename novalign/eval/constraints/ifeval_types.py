@@ -28,7 +28,7 @@ _ifeval("keywords:frequency", "keyword",
         ["The word {keyword} should appear {relation} {frequency} times.",
          "Use the word \"{keyword}\" {relation} {frequency} times in your response."],
         [Param("keyword", "str"), Param("frequency", "int", minimum=0), Param("relation", "choice", RELATIONS)],
-        [r"\b(appear|use|occur)\w*\b.*\btimes\b"], {"keyword": "blue", "frequency": 2, "relation": "at least"})
+        [r"\b(appear|use|occur|mention|repeat)\w*\b.*\btimes\b"], {"keyword": "blue", "frequency": 2, "relation": "at least"})
 _ifeval("keywords:forbidden_words", "keyword",
         ["Do not include the words {forbidden_words} in your response.", "Avoid the words {forbidden_words}.",
          "Never use any of these words: {forbidden_words}."],
@@ -42,7 +42,8 @@ _ifeval("keywords:letter_frequency", "keyword",
 _ifeval("language:response_language", "language",
         ["Your ENTIRE response should be in {language} language, no other language is allowed.",
          "Reply only in the language whose code is {language}.", "Write the whole answer in language {language}."],
-        [Param("language", "str")], [r"\b(in|only)\b.*\blanguage\b", r"\brespond in\b|\breply in\b|\bwrite in\b"],
+        [Param("language", "str")], [r"\b(in|only)\b.*\blanguage\b", r"\brespond in\b|\breply in\b|\bwrite in\b",
+         r"\bin (english|french|german|spanish|italian|portuguese|russian|chinese|japanese|korean|arabic|hindi)\b"],
         {"language": "en"})
 _ifeval("length_constraints:number_sentences", "length",
         ["Your response should contain {relation} {num_sentences} sentences.",
@@ -112,7 +113,7 @@ _ifeval("combination:repeat_prompt", "combination",
 _ifeval("startend:end_checker", "startend",
         ["Finish your response with this exact phrase: {end_phrase}. No other words should follow it.",
          "End your reply with the phrase \"{end_phrase}\"."],
-        [Param("end_phrase", "str")], [r"\b(end|finish|conclude)\w*\b.*\b(with|phrase)\b"], {"end_phrase": "Any other questions?"})
+        [Param("end_phrase", "str")], [r"\b(end|finish|conclude|close)\w*\b.*\b(with|phrase)\b"], {"end_phrase": "Any other questions?"})
 _ifeval("startend:quotation", "startend",
         ["Wrap your entire response with double quotation marks.", "Put the whole answer inside double quotes."],
         [], [r"\bquot(ation|es?)\b"], {})
@@ -125,7 +126,7 @@ _ifeval("change_case:capital_word_frequency", "case",
 _ifeval("change_case:english_capital", "case",
         ["Your entire response should be in English, and in all capital letters.",
          "Reply in English using only CAPITAL LETTERS."],
-        [], [r"\b(all |only )?capital letters\b|\buppercase\b|\bupper case\b"], {})
+        [], [r"\b(all |only )?capital letters\b|\buppercase\b|\bupper case\b|\ball caps\b"], {})
 _ifeval("change_case:english_lowercase", "case",
         ["Your entire response should be in English, and in all lowercase letters. No capital letters are allowed.",
          "Write in English with lowercase letters only."],
