@@ -219,3 +219,52 @@ def test_sysmsg_steps_against_novalign_serve(tiny_model_dir, tmp_path):
         [rec] = out.records("assemble")
         assert rec["system"] == rec["draft"] == "Hello.\n\n# Task\nPlan trips.\n\n# Rules\n- Do not use any commas."
         assert health(url)["requests"] == 4
+
+
+def _roles(route, messages):
+    """Stand-ins by route: a proposer (no_comma), a judge (checklist yes / inspector JSON), a responder, a
+    prompt writer that states every listed property, and a teacher whose answer has no comma."""
+    content = messages[-1]["content"]
+    if route == "prop":
+        return json.dumps({"constraints": [{"type": "punctuation:no_comma", "params": {}}]})
+    if route == "judge":
+        if "Properties of the text" in content:
+            return json.dumps({"score": 8, "missing": []})
+        return json.dumps({"results": {"1": "yes"}})
+    if route == "writer":
+        return "Write about rivers. " + " ".join(line.split("] ", 1)[1] for line in content.splitlines()
+                                                 if line.startswith("[a"))
+    if route == "teacher":
+        return "## Intent\nfacts\n## Reasoning\nrecall\n## Pitfalls\ncommas\n## Constraints\nnone\n## Answer\ncats sleep a lot"
+    return "cats are small animals"
+
+
+def test_the_data_steps_through_the_pipeline(tmp_path):
+    """constraint_expand, response_reverse and textbook as pipeline steps over HTTP (stand-ins by route): one
+    prompt gains no_comma and keeps the responder's comma-free reply; one text is reversed in 1 round (the
+    writer states every property); the lesson's answer passes no_comma. Usage is counted per step."""
+    llm = ScriptedLLM(_roles)
+    try:
+        (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "Tell me about cats."}) + "\n")
+        (tmp_path / "t.jsonl").write_text(json.dumps({"text": "<<Rivers>>\n* long\n* wide\nP.S. bye"}) + "\n")
+        url = llm.base_url
+        steps = [
+            {"name": "expand", "type": "constraint_expand", "input": "p", "config": {
+                "proposers": [{"name": "a", "llm": {"base_url": url("prop")}}], "judge": {"base_url": url("judge")},
+                "responder": {"base_url": url("resp")}}},
+            {"name": "lessons", "type": "textbook", "input": "expand", "config": {"llm": {"base_url": url("teacher")}}},
+            {"name": "reverse", "type": "response_reverse", "input": "t", "config": {
+                "writer": {"base_url": url("writer")}, "inspector": {"base_url": url("judge")}}},
+        ]
+        out = _pipeline(tmp_path, steps, {"p": {"path": str(tmp_path / "p.jsonl")}, "t": {"path": str(tmp_path / "t.jsonl")}},
+                        url("unused"))
+        [exp] = out.records("expand")
+        assert exp["prompt"].startswith("Tell me about cats. ") and exp["response"] == "cats are small animals"
+        assert [c["type"] for c in exp["constraints"]] == ["punctuation:no_comma"]
+        [lesson] = out.records("lessons")
+        assert lesson["response"].endswith("## Answer\ncats sleep a lot")
+        [rev] = out.records("reverse")
+        assert rev["reversal"]["recall"] == [1.0] and rev["response"].startswith("<<Rivers>>")
+        assert [s["requests"] for s in out.steps] == [3, 1, 2] and "unused" not in llm.bodies
+    finally:
+        llm.close()
