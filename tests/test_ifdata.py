@@ -77,18 +77,20 @@ def test_expansion_terminates_and_counts_drops():
     * 'talk, please' (quality 9), response 'a, b' has a comma: each round proposer B is unparsable, the
       judge keeps no_comma and the response fails it -- 3 rounds, then dropped: 'response fails a constraint
       after 3 rounds'. Proposers are asked 3 times for it, no more.
-    * a prompt with quality 2 < min_quality 5: dropped 'below min quality', never asked.
+    * a prompt with labels.quality 2 < min_quality 5: dropped 'below min quality', never asked.
     """
-    records = [{"_id": "1", "prompt": "tell me about cats", "response": "cats are small animals", "q": 9},
-               {"_id": "2", "prompt": "talk, please", "response": "a, b", "q": 9},
-               {"_id": "3", "prompt": "low", "response": "x", "q": 2}]
+    records = [{"_id": "1", "prompt": "tell me about cats", "response": "cats are small animals",
+                "labels": {"quality": 9, "constraints": "unconstrained"}},
+               {"_id": "2", "prompt": "talk, please", "response": "a, b", "labels": {"quality": 9}},
+               {"_id": "3", "prompt": "low", "response": "x", "labels": {"quality": 2}}]
     calls = []
     res = expand(records, {"a": _ask(_proposer_a, calls), "b": _ask(_proposer_b)}, _ask(_judge),
-                 quality_field="q", min_quality=5, max_rounds=3, max_new=2)
+                 quality_field="labels.quality", min_quality=5, max_rounds=3, max_new=2)
     assert [r["_id"] for r in res.kept] == ["1"]
     kept = res.kept[0]
     assert [c["type"] for c in kept["constraints"]] == ["punctuation:no_comma"]
     assert kept["prompt"] == "tell me about cats Do not use any commas." and kept["expansion"]["round"] == 1
+    assert kept["labels"] == {"quality": 9, "constraints": "simple"}  # the taxonomy's level, 1 constraint
     assert kept["expansion"]["rejected"] == {"bad params": 1, "contradiction": 1, "duplicate type": 1,
                                              "judge rejected": 1, "unknown type": 1}
     assert [(r["_id"], why) for r, why in res.dropped] == [("3", "below min quality"),

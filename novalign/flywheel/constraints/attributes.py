@@ -17,7 +17,8 @@ from typing import Any
 from novalign.eval.ifeval import count_words
 from novalign.eval.constraints.library import REGISTRY, _load, check, instance, matching_types
 
-__all__ = ["Ask", "client_ask", "coverage", "detect_attributes", "parse_json_object", "type_coverage"]
+__all__ = ["Ask", "client_ask", "constraint_level", "coverage", "detect_attributes", "field_value", "parse_json_object",
+           "type_coverage", "with_level"]
 
 # a batch of conversations -> one reply text each (None: the call failed after the client's retries)
 Ask = Callable[[list[list[dict]]], list[str | None]]
@@ -32,6 +33,28 @@ def client_ask(client: Any, *, temperature: float = 0.0, max_tokens: int | None 
         return [r.text if r.ok else None for r in client.run_batch(requests, progress=False)]
 
     return ask
+
+
+def field_value(record: Mapping[str, Any], path: str | None) -> Any:
+    """The value at a dotted field path (``labels.quality``), or ``None`` where any part is missing."""
+    value: Any = record
+    for part in (path or "").split(".") if path else []:
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value if path else None
+
+
+def constraint_level(n: int) -> str:
+    """The prompt taxonomy's constraint level (issue 16's labels): none, 1-2, 3 or more constraints."""
+    return "unconstrained" if n == 0 else "simple" if n <= 2 else "strong"
+
+
+def with_level(record: dict, constraints: Sequence[Any]) -> dict:
+    """``record`` with ``labels.constraints`` set to the level of ``constraints`` (only when it has labels)."""
+    if isinstance(record.get("labels"), dict):
+        return {**record, "labels": {**record["labels"], "constraints": constraint_level(len(constraints))}}
+    return record
 
 
 def parse_json_object(text: str | None) -> dict:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from novalign.eval.judge import load_template, parse_checklist, render
-from novalign.flywheel.constraints.attributes import Ask, parse_json_object
+from novalign.flywheel.constraints.attributes import Ask, field_value, parse_json_object, with_level
 from novalign.eval.constraints.library import REGISTRY, ConstraintError, _load, check_all, describe, get, validate_params
 
 __all__ = ["CONFLICTS", "ExpansionResult", "conflicts", "expand", "library_menu", "parse_proposal"]
@@ -134,7 +134,7 @@ def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, re
         return result.per_record.setdefault(position[id(record)], Counter())
 
     for r in records:
-        q = r.get(quality_field) if quality_field else None
+        q = field_value(r, quality_field)
         if min_quality is not None and (not isinstance(q, (int, float)) or q < min_quality):
             result.dropped.append((r, "below min quality"))
         else:
@@ -193,7 +193,7 @@ def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, re
                 counts(record)["response fails a constraint"] += 1
                 last_reason[id(record)] = "response fails a constraint"
                 continue
-            result.kept.append({**record, prompt_field: prompt, response_field: response, constraints_field: constraints,
+            result.kept.append({**with_level(record, constraints), prompt_field: prompt, response_field: response, constraints_field: constraints,
                                 "expansion": {"round": round_no, "original_prompt": record[prompt_field],
                                               "rejected": dict(sorted(counts(record).items()))}})
             done.add(id(record))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from novalign.eval.judge import load_template, render
-from novalign.flywheel.constraints.attributes import Ask, detect_attributes, parse_json_object
+from novalign.flywheel.constraints.attributes import Ask, detect_attributes, field_value, parse_json_object, with_level
 from novalign.eval.constraints.library import expressed
 
 __all__ = ["ReversalResult", "attribute_lines", "parse_inspection", "reverse"]
@@ -75,7 +75,7 @@ def reverse(records: Sequence[dict], writer: Ask, inspector: Ask, *, text_field:
     result = ReversalResult()
     work = []  # [record, attributes, prompt, missing, suggestions, recalls, score]
     for r in records:
-        q = r.get(quality_field) if quality_field else None
+        q = field_value(r, quality_field)
         if min_quality is not None and (not isinstance(q, (int, float)) or q < min_quality):
             result.dropped.append((r, "below min quality"))
             continue
@@ -126,7 +126,7 @@ def reverse(records: Sequence[dict], writer: Ask, inspector: Ask, *, text_field:
         if not complete and not keep_incomplete:
             result.dropped.append((w["record"], f"attributes missing after {max_rounds} rounds"))
             continue
-        result.kept.append({**w["record"], "prompt": w["prompt"], "response": w["record"][text_field],
+        result.kept.append({**with_level(w["record"], w["attributes"]), "prompt": w["prompt"], "response": w["record"][text_field],
                             "constraints": w["attributes"],
                             "reversal": {"rounds": len(w["recall"]), "recall": w["recall"],
                                          "inspector_score": w["score"], "complete": complete}})

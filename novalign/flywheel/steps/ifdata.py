@@ -92,7 +92,7 @@ class ExpandConfig(Strict):
     response_field: str = Field("response", description="A record's own response is checked; without one the "
                                 "responder answers the expanded prompt.")
     constraints_field: str = Field("constraints", description="Existing and added constraint instances.")
-    quality_field: str | None = Field(None, description="A quality score field (e.g. labels.quality from a scorer).")
+    quality_field: str | None = Field(None, description="A quality score field path (e.g. labels.quality from a scorer).")
     min_quality: float | None = Field(None, description="Prompts scoring below it are dropped.")
     proposers: list[RoleLLM] = Field(..., min_length=1, description="The proposing models (several, report 4.1).")
     judge: dict[str, Any] = Field(default_factory=dict, description="LLMConfig keys of the separate validating model.")
@@ -130,7 +130,7 @@ class ReverseConfig(Strict):
     """Response reversal: a writer model writes the prompt a text answers, an inspector scores it, bounded revisions."""
 
     text_field: str = Field("text", description="The high-quality text that becomes the response.")
-    quality_field: str | None = Field(None, description="A quality score field; with min_quality, a filter.")
+    quality_field: str | None = Field(None, description="A quality score field path (labels.quality); with min_quality, a filter.")
     min_quality: float | None = Field(None)
     writer: dict[str, Any] = Field(default_factory=dict, description="LLMConfig keys of the prompt writer.")
     inspector: dict[str, Any] = Field(default_factory=dict, description="LLMConfig keys of the inspector.")
