@@ -110,6 +110,84 @@ def _numbered(constraints: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(f"{i}. {c['text']}" for i, c in enumerate(constraints, 1))
 
 
+class _Run:
+    """The state of one :func:`expand` call: the per-record counts and last failure reasons."""
+
+    def __init__(self, records: Sequence[dict], result: ExpansionResult, fields: dict[str, str]):
+        self.position = {id(r): i for i, r in enumerate(records)}
+        self.result, self.last_reason, self.f = result, {}, fields
+
+    def counts(self, record: dict) -> Counter:
+        return self.result.per_record.setdefault(self.position[id(record)], Counter())
+
+    def fail(self, record: dict, reason: str, count: str | None = None) -> None:
+        self.last_reason[id(record)] = reason
+        if count:
+            self.counts(record)[count] += 1
+
+    def propose(self, pending: list[dict], proposers: Mapping[str, Ask], asks: list, max_new: int) -> list[tuple]:
+        """``(record, existing, chosen)`` for the records with a screened proposal."""
+        proposals = {name: ask(asks) for name, ask in proposers.items()}
+        staged = []
+        for i, record in enumerate(pending):
+            existing, chosen = list(record.get(self.f["constraints"]) or []), []
+            for name in proposers:
+                try:
+                    raw = parse_proposal(proposals[name][i])
+                except ValueError:
+                    self.counts(record)["unparsable proposal"] += 1
+                    continue
+                chosen += _screen(raw, existing + chosen, self.counts(record))
+            if chosen:
+                staged.append((record, existing, chosen[:max_new]))
+            else:
+                self.fail(record, "no valid proposal")
+        return staged
+
+    def validate(self, staged: list[tuple], judge: Ask, template: str) -> list[tuple]:
+        """``(record, new prompt, all constraints)`` for the records whose judge accepted a constraint."""
+        pf = self.f["prompt"]
+        verdicts = judge([[{"role": "user", "content": render(template, prompt=r[pf], constraints=_numbered(c))}]
+                          for r, _, c in staged])
+        accepted = []
+        for (record, existing, chosen), reply in zip(staged, verdicts):
+            try:
+                marks = parse_checklist(reply, len(chosen)) if reply is not None else None
+            except ValueError:
+                marks = None
+            if marks is None:
+                self.fail(record, "judge failed", "judge failed")
+                continue
+            self.counts(record)["judge rejected"] += marks.count(False)
+            kept = [c for c, ok in zip(chosen, marks) if ok]
+            if not kept:
+                self.fail(record, "no constraint accepted")
+                continue
+            accepted.append((record, record[pf].rstrip() + " " + " ".join(c["text"] for c in kept), existing + kept))
+        return accepted
+
+    def respond(self, accepted: list[tuple], responder: Ask | None, round_no: int) -> set[int]:
+        """Keep the accepted records whose response passes every validator; returns their ids."""
+        rf = self.f["response"]
+        need = [a for a in accepted if not isinstance(a[0].get(rf), str)]
+        if need and responder is None:
+            raise ValueError(f"records without `{rf}` need a responder model")
+        replies = iter(responder([[{"role": "user", "content": p}] for _, p, _ in need]) if need else [])
+        done = set()
+        for record, prompt, constraints in accepted:
+            response = record[rf] if isinstance(record.get(rf), str) else next(replies)
+            if response is None or not all(check_all(response, constraints)):
+                self.fail(record, "response fails a constraint", "response fails a constraint")
+                continue
+            self.result.kept.append({
+                **with_level(record, constraints), self.f["prompt"]: prompt, rf: response,
+                self.f["constraints"]: constraints,
+                "expansion": {"round": round_no, "original_prompt": record[self.f["prompt"]],
+                              "rejected": dict(sorted(self.counts(record).items()))}})
+            done.add(id(record))
+        return done
+
+
 def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, responder: Ask | None = None, *,
            prompt_field: str = "prompt", response_field: str = "response", constraints_field: str = "constraints",
            quality_field: str | None = None, min_quality: float | None = None, max_new: int = 2,
@@ -127,79 +205,26 @@ def expand(records: Sequence[dict], proposers: Mapping[str, Ask], judge: Ask, re
     propose_t = load_template("ifdata_propose", "en", template_dir)
     validate_t = load_template("ifdata_validate", "en", template_dir)
     result = ExpansionResult()
+    run = _Run(records, result, {"prompt": prompt_field, "response": response_field, "constraints": constraints_field})
     pending: list[dict] = []
-    position = {id(r): i for i, r in enumerate(records)}
-
-    def counts(record: dict) -> Counter:
-        return result.per_record.setdefault(position[id(record)], Counter())
-
     for r in records:
         q = field_value(r, quality_field)
         if min_quality is not None and (not isinstance(q, (int, float)) or q < min_quality):
             result.dropped.append((r, "below min quality"))
         else:
             pending.append(r)
-    last_reason: dict[int, str] = {}
     rng = random.Random(seed)
     for round_no in range(1, max_rounds + 1):
         if not pending:
             break
-        menus = [library_menu(variant=rng.randrange(3)) for _ in pending]
-        asks = [[{"role": "user", "content": render(propose_t, prompt=r[prompt_field], library=m, max_new=max_new)}]
-                for r, m in zip(pending, menus)]
-        proposals = {name: ask(asks) for name, ask in proposers.items()}
-        staged = []  # (record, chosen constraints)
-        for i, record in enumerate(pending):
-            existing = list(record.get(constraints_field) or [])
-            chosen: list[dict] = []
-            for name in proposers:
-                try:
-                    raw = parse_proposal(proposals[name][i])
-                except ValueError:
-                    counts(record)["unparsable proposal"] += 1
-                    continue
-                chosen += _screen(raw, existing + chosen, counts(record))
-            if not chosen:
-                last_reason[id(record)] = "no valid proposal"
-            staged.append((record, existing, chosen[:max_new]))
-        staged = [s for s in staged if s[2]]
-        verdicts = judge([[{"role": "user", "content": render(validate_t, prompt=r[prompt_field],
-                                                              constraints=_numbered(c))}] for r, _, c in staged])
-        accepted = []
-        for (record, existing, chosen), reply in zip(staged, verdicts):
-            try:
-                marks = parse_checklist(reply or "", len(chosen)) if reply is not None else None
-            except ValueError:
-                marks = None
-            if marks is None:
-                counts(record)["judge failed"] += 1
-                last_reason[id(record)] = "judge failed"
-                continue
-            counts(record)["judge rejected"] += marks.count(False)
-            kept = [c for c, ok in zip(chosen, marks) if ok]
-            if not kept:
-                last_reason[id(record)] = "no constraint accepted"
-                continue
-            prompt = record[prompt_field].rstrip() + " " + " ".join(c["text"] for c in kept)
-            accepted.append((record, prompt, existing + kept))
-        need = [a for a in accepted if not isinstance(a[0].get(response_field), str)]
-        if need and responder is None:
-            raise ValueError(f"records without `{response_field}` need a responder model")
-        replies = iter(responder([[{"role": "user", "content": p}] for _, p, _ in need]) if need else [])
-        done = set()
-        for record, prompt, constraints in accepted:
-            response = record[response_field] if isinstance(record.get(response_field), str) else next(replies)
-            if response is None or not all(check_all(response, constraints)):
-                counts(record)["response fails a constraint"] += 1
-                last_reason[id(record)] = "response fails a constraint"
-                continue
-            result.kept.append({**with_level(record, constraints), prompt_field: prompt, response_field: response, constraints_field: constraints,
-                                "expansion": {"round": round_no, "original_prompt": record[prompt_field],
-                                              "rejected": dict(sorted(counts(record).items()))}})
-            done.add(id(record))
+        asks = [[{"role": "user", "content": render(propose_t, prompt=r[prompt_field], max_new=max_new,
+                                                    library=library_menu(variant=rng.randrange(3)))}] for r in pending]
+        staged = run.propose(pending, proposers, asks, max_new)
+        done = run.respond(run.validate(staged, judge, validate_t), responder, round_no)
         pending = [r for r in pending if id(r) not in done]
     for record in pending:
-        result.dropped.append((record, f"{last_reason.get(id(record), 'no valid proposal')} after {max_rounds} rounds"))
+        reason = run.last_reason.get(id(record), "no valid proposal")
+        result.dropped.append((record, f"{reason} after {max_rounds} rounds"))
     for c in result.per_record.values():
         result.counts.update(c)
     return result
