@@ -187,10 +187,15 @@ def pass_rates(model_dir: Path, items: list[dict]) -> dict:
     replies = generate_chat(model, tokenizer, [[{"role": "user", "content": i["prompt"]}] for i in items],
                             max_new_tokens=96)
     groups: dict[str, list[bool]] = {}
+    per_type: dict[str, list[bool]] = {}
     for item, reply in zip(items, replies):
-        groups.setdefault(item["group"], []).append(all(check_all(reply, item["constraints"])))
-    return {g: round(sum(v) / len(v), 4) for g, v in groups.items()} | {
-        "all": round(sum(sum(v) for v in groups.values()) / len(items), 4), "example": replies[len(items) // 2]}
+        ok = all(check_all(reply, item["constraints"]))
+        groups.setdefault(item["group"], []).append(ok)
+        per_type.setdefault(item["type"], []).append(ok)
+    rate = lambda v: round(sum(v) / len(v), 4)  # noqa: E731
+    return {g: rate(v) for g, v in groups.items()} | {
+        "all": round(sum(sum(v) for v in groups.values()) / len(items), 4),
+        "per_type": {t: rate(v) for t, v in per_type.items()}, "example": replies[len(items) // 2]}
 
 
 def main() -> None:
