@@ -149,13 +149,21 @@ def world_records(n: int, rng: random.Random) -> list[dict]:
     return out
 
 
+# the world's own wording of its types (what both training sets use for them)
+WORLD_WORDING = {"detectable_format:title": W.CONSTRAINTS["title"][0], "startend:quotation": W.CONSTRAINTS["quote"][0],
+                 "change_case:english_lowercase": W.CONSTRAINTS["lower"][0], "startend:end_checker": W.CONSTRAINTS["end"][0]}
+
+
 def eval_set(rng: random.Random, per_type: int) -> list[dict]:
+    """Held-out prompts: a world seed prompt plus one constraint, worded as training words it (the world's
+    wording for world types, the library's first description otherwise)."""
     items = []
     for group, table in (("world", WORLD), ("expansion", EXPANSION), ("unseen", UNSEEN)):
         for t, p in table.items():
             for _ in range(per_type):
                 c = instance(t, p)
-                prompt = rng.choice(W.SEEDS).format(t=rng.choice(sorted(W.TOPICS))) + " " + c["text"]
+                wording = WORLD_WORDING.get(t, c["text"])
+                prompt = rng.choice(W.SEEDS).format(t=rng.choice(sorted(W.TOPICS))) + " " + wording
                 items.append({"group": group, "type": t, "prompt": prompt, "constraints": [c]})
     return items
 
