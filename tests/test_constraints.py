@@ -85,7 +85,8 @@ def test_the_rl_reward_reads_the_library():
 
 def test_cli_lists_and_checks(tmp_path):
     """`novalign data constraints` lists every type; with --check it scores {response, constraints} records
-    (one passes both constraints, one breaks no_comma: CSR 3/4, ISR 1/2) and names a bad line's field."""
+    (one passes both constraints, one breaks no_comma: CSR 3/4, ISR 1/2; 2 of the library's types used) and
+    names a bad line's field."""
     from typer.testing import CliRunner
 
     from novalign.cli import app
@@ -101,6 +102,7 @@ def test_cli_lists_and_checks(tmp_path):
     assert scored.exit_code == 0, scored.output
     got = __import__("json").loads(scored.output.strip().splitlines()[-1])
     assert got["constraint_pass_rate"] == 0.75 and got["instruction_pass_rate"] == 0.5
+    assert got["types_used"] == 2 and got["type_coverage"] == 2 / len(REGISTRY)
     path.write_text('{"response": "x", "constraints": [{"type": "format:nope"}]}\n')
     bad = runner.invoke(app, ["data", "constraints", "--check", str(path)])
     assert bad.exit_code != 0 and "r.jsonl:1" in bad.output and "constraints[0]" in bad.output

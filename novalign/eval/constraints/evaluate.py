@@ -9,7 +9,7 @@ from collections import defaultdict
 from typing import Any
 
 from novalign.data.io import DataError, iter_records
-from novalign.eval.constraints.library import ConstraintError, check, validate_params
+from novalign.eval.constraints.library import REGISTRY, ConstraintError, check, validate_params
 
 __all__ = ["read_constrained", "score_records"]
 
@@ -36,6 +36,7 @@ def read_constrained(path: str | os.PathLike[str], response_field: str = "respon
 
 
 def score_records(items: list[tuple[str, list[dict]]]) -> dict[str, Any]:
+    """CSR, ISR, the pass rate per type, and how many of the library's types occur."""
     per_type: dict[str, list[bool]] = defaultdict(list)
     all_ok = []
     for response, cs in items:
@@ -47,4 +48,6 @@ def score_records(items: list[tuple[str, list[dict]]]) -> dict[str, Any]:
     return {"records": len(items), "constraints": len(flat),
             "constraint_pass_rate": sum(flat) / len(flat) if flat else 0.0,
             "instruction_pass_rate": sum(all_ok) / len(all_ok) if all_ok else 0.0,
-            "per_type": {t: sum(v) / len(v) for t, v in sorted(per_type.items())}}
+            "per_type": {t: sum(v) / len(v) for t, v in sorted(per_type.items())},
+            # the share of the library's types the file uses (report 4.1's type coverage of a data set)
+            "types_used": len(per_type), "type_coverage": len(set(per_type) & set(REGISTRY)) / len(REGISTRY)}
