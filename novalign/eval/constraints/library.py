@@ -37,16 +37,11 @@ NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven tw
 
 def get(name: str) -> ConstraintType:
     """The registered type ``name``; an unknown name raises with the closest known one."""
-    _load()
     if name not in REGISTRY:
         close = difflib.get_close_matches(str(name), list(REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConstraintError(f"unknown constraint type {name!r}{hint}")
     return REGISTRY[name]
-
-
-def _load() -> None:
-    """Kept for callers: the type modules are imported with this one, so the registry is full."""
 
 
 def validate_params(name: str, params: Mapping[str, Any] | None, ctype: ConstraintType | None = None) -> dict:
@@ -106,7 +101,6 @@ def constraint_reward(response: str, constraints: Sequence[Mapping[str, Any]]) -
 
 def matching_types(text: str, names: Iterable[str] | None = None) -> list[str]:
     """The types whose cues occur in an instruction ``text`` (case-insensitive), in registry order."""
-    _load()
     low = text.lower()
     return [n for n in (names or REGISTRY) if any(re.search(c, low) for c in get(n).cues)]
 

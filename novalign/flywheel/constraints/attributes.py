@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from novalign.eval.ifeval import count_words
-from novalign.eval.constraints.library import REGISTRY, _load, check, instance, matching_types
+from novalign.eval.constraints.library import REGISTRY, check, instance, matching_types
 
 __all__ = ["Ask", "client_ask", "constraint_level", "coverage", "detect_attributes", "field_value", "parse_json_object",
            "type_coverage", "with_level"]
@@ -135,7 +135,6 @@ def detect_attributes(text: str) -> list[dict]:
 
 def type_coverage(constraint_lists: Iterable[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
     """The share of the library's types that occur in some record's constraints, with the counts per type."""
-    _load()
     counts = Counter(c["type"] for cs in constraint_lists for c in cs)
     return {"types_used": len(counts), "types_total": len(REGISTRY),
             "type_coverage": len(set(counts) & set(REGISTRY)) / len(REGISTRY), "per_type": dict(sorted(counts.items()))}

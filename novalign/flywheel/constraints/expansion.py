@@ -18,7 +18,7 @@ from typing import Any
 
 from novalign.eval.judge import load_template, parse_checklist, render
 from novalign.flywheel.constraints.attributes import Ask, field_value, parse_json_object, with_level
-from novalign.eval.constraints.library import REGISTRY, ConstraintError, _load, check_all, describe, get, validate_params
+from novalign.eval.constraints.library import REGISTRY, ConstraintError, check_all, describe, get, validate_params
 
 __all__ = ["CONFLICTS", "ExpansionResult", "conflicts", "expand", "library_menu", "parse_proposal"]
 
@@ -51,7 +51,6 @@ def conflicts(constraints: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]
 
 def library_menu(names: Sequence[str] | None = None, variant: int = 0) -> str:
     """One line per type for a proposing LLM: name, category, a description with example values, parameters."""
-    _load()
     lines = []
     for name in names or REGISTRY:
         t = get(name)
