@@ -270,3 +270,18 @@ def test_the_data_steps_through_the_pipeline(tmp_path):
         assert [s["requests"] for s in out.steps] == [3, 1, 2] and "unused" not in llm.bodies
     finally:
         llm.close()
+
+
+def test_textbook_templates_are_editable(tmp_path):
+    """A user's textbook.en.txt in template_dir replaces the bundled one, its own '## ' headings become the
+    required sections (the last is the answer); a template with fewer than two sections is refused."""
+    import pytest
+
+    from novalign.flywheel.constraints.textbook import load_lesson_template, required_sections
+
+    assert required_sections(load_lesson_template()) == ["Intent", "Reasoning", "Pitfalls", "Constraints", "Answer"]
+    (tmp_path / "textbook.en.txt").write_text("Teach {prompt} ({constraints})\n## Why\n## Solution\n")
+    assert required_sections(load_lesson_template("textbook", str(tmp_path))) == ["Why", "Solution"]
+    (tmp_path / "bad.en.txt").write_text("Just answer {prompt}.\n## Answer\n")
+    with pytest.raises(ValueError, match="at least two"):
+        load_lesson_template("bad", str(tmp_path))
