@@ -547,6 +547,38 @@ def data_run_command(pipeline: Optional[Path] = typer.Argument(None, help="Pipel
         _fail(str(exc))
 
 
+@data_app.command("constraints")
+def data_constraints_command(
+    check_file: Optional[Path] = typer.Option(None, "--check", help="Score a JSONL of {response, constraints} records."),
+    coverage_file: Optional[Path] = typer.Option(None, "--coverage", help="A text file of constraint sentences, one a "
+                                                 "line: the share the library can express."),
+) -> None:
+    """The instruction-following constraint library (report 4.1): list its types (name, category, a description);
+    --check scores responses with its validators (CSR, ISR, per type, one JSON line); --coverage measures how much
+    of an instruction pool's constraints it can express. The data steps (constraint_expand, response_reverse,
+    sysmsg_decompose, sysmsg_assemble, textbook) run through `novalign data run`."""
+    import json
+
+    from novalign.data.io import DataError
+    from novalign.eval.constraints import REGISTRY, describe
+
+    try:
+        if check_file is not None:
+            from novalign.eval.constraints.evaluate import read_constrained, score_records
+
+            typer.echo(json.dumps(score_records(read_constrained(check_file))))
+        elif coverage_file is not None:
+            from novalign.flywheel.constraints.attributes import coverage
+
+            lines = [ln.strip() for ln in coverage_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            typer.echo(json.dumps(coverage(lines), ensure_ascii=False))
+        else:
+            for name, t in REGISTRY.items():
+                typer.echo(f"{name}\t{t.category}\t{describe(name, t.example)}")
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

@@ -28,7 +28,8 @@ class StepSpec(Strict):
 
     name: str = Field(..., description="The step's name: its output folder, its row in the report.")
     type: str = Field(..., description="A registered step type (exact_dedup, minhash_dedup, filter, language, "
-                      "llm_generate, llm_judge, sample, balance, pref_groups).")
+                      "llm_generate, llm_judge, sample, balance, pref_groups; IF data: constraint_expand, response_reverse, "
+                      "sysmsg_decompose, sysmsg_assemble, textbook).")
     input: str | None = Field(None, description="A source or an earlier step (default: the step before, or the "
                               "only source).")
     config: dict[str, Any] = Field(default_factory=dict, description="The step type's options (see the README).")

@@ -23,9 +23,10 @@ def inherit_judge_llm(rewards: Any, llm: Any) -> Any:
 class RewardComponentConfig(Strict):
     """One term of the weighted reward mix (novalign.train.rl.rewards)."""
 
-    type: Literal["exact_answer", "ifeval", "reward_model", "llm_judge"] = Field(
+    type: Literal["exact_answer", "ifeval", "constraints", "reward_model", "llm_judge"] = Field(
         ..., description="'exact_answer': the record's `answer` field; 'ifeval': IFEval's verifiers on the record's "
-        "`instruction_id_list` / `kwargs`; 'reward_model': a `novalign rm` model directory (path); 'llm_judge': a "
+        "`instruction_id_list` / `kwargs`; 'constraints': the constraint library's validators on the record's "
+        "`constraints` (fraction satisfied); 'reward_model': a `novalign rm` model directory (path); 'llm_judge': a "
         "judge model through the LLM access layer (llm, template, parse, scale, on_failure)."
     )
     weight: float = Field(1.0, description="Weight of this component in the total reward.")

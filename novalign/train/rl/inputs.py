@@ -44,7 +44,7 @@ PromptRecord = tuple[list[dict], dict[str, Any]]  # (messages ending in a user t
 
 
 # the record fields each reward type reads: checked when the prompts are read, before any model is loaded
-REWARD_FIELDS = {"exact_answer": ("answer",), "ifeval": ("instruction_id_list",)}
+REWARD_FIELDS = {"exact_answer": ("answer",), "ifeval": ("instruction_id_list",), "constraints": ("constraints",)}
 
 
 def required_fields(components: list[RewardComponentConfig]) -> tuple[str, ...]:
@@ -156,6 +156,10 @@ def _component(c: RewardComponentConfig, device: str) -> RewardFn:
         from novalign.eval.ifeval import ifeval_reward
 
         fn = verifier_reward(ifeval_reward, name="ifeval")
+    elif c.type == "constraints":  # the constraint library shared with data synthesis and evaluation
+        from novalign.eval.constraints import constraint_reward
+
+        fn = verifier_reward(constraint_reward, name="constraints")
     elif c.type == "llm_judge":
         return judge_from_config(c)
     elif c.path is None:
