@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Body, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -51,7 +51,9 @@ def create_app(db_url: str) -> FastAPI:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
-    def db():
+    async def db():
+        # async on purpose: the teardown (close = rollback, releasing SQLite's write lock) then runs on the event
+        # loop and never waits for a worker thread -- threads blocked on that lock would otherwise deadlock it
         s = Session()
         try:
             yield s
@@ -180,12 +182,12 @@ def create_app(db_url: str) -> FastAPI:
         return back(f"project {name} created")
 
     @app.post("/admin/projects/{pid}/import")
-    async def import_upload(pid: int, file: UploadFile = File(...), _u: User = Depends(role("admin")), s=Depends(db)):
+    def import_upload(pid: int, file: UploadFile = File(...), _u: User = Depends(role("admin")), s=Depends(db)):
         project = s.get(Project, pid) or _missing()
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(file.filename or "upload.jsonl").name)[:100] or "upload.jsonl"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            path.write_bytes(await file.read())
+            path.write_bytes(file.file.read())
             try:
                 counts = import_file(s, project, path)
             except (DataError, ValueError) as err:
@@ -235,13 +237,8 @@ def create_app(db_url: str) -> FastAPI:
         return _task_json(row) | {"assignment_id": aid, "status": row.status}
 
     @app.post("/api/assignments/{aid}/submit")
-    async def submit_api(aid: int, request: Request, user: User = Depends(current), s=Depends(db)):
-        try:
-            payload = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the body must be JSON") from None
-        if not isinstance(payload, dict):
-            raise HTTPException(400, "the body must be a JSON object")
+    def submit_api(aid: int, payload: dict[str, Any] = Body(...), user: User = Depends(current), s=Depends(db)):
+        # a sync handler (FastAPI runs it in a worker thread): blocking database calls never run on the event loop
         sub = submit(s, aid, user, payload)
         return {"submission_id": sub.id}
 

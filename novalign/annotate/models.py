@@ -4,8 +4,8 @@ migrations in ``migrations/versions``, never by ``create_all``, so SQLite and Po
 How the tables keep the routing promises (report 3.2: several annotators per task, each task to annotators whose
 skills match its labels):
 
-* a task has ``overlap`` slots; an :class:`Assignment` is one annotator holding one slot. ``(task_id, slot)`` is
-  unique, so two annotators never hold the same slot even when two requests race to insert it, and
+* a task has ``overlap`` slots numbered 1..k; an :class:`Assignment` is one annotator holding one slot.
+  ``(task_id, slot)`` is unique (a rejected assignment moves to slot ``-id``), so two annotators never hold the same slot even when two requests race to insert it, and
   ``(task_id, user_id)`` is unique, so nobody annotates one task twice.
 * a lease expires at ``lease_expires``; an expired, unsubmitted assignment is taken over by the next annotator
   with a conditional UPDATE (it only succeeds while the row is still expired), which is the re-routing.

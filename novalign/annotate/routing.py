@@ -1,8 +1,9 @@
 """Routing, leases, submissions and reviews (report 3.2: tasks go to annotators whose skills match the prompt's
 labels, several annotators per task).
 
-A task has ``project.overlap`` (k) live slots. A slot is live while its assignment is submitted, or leased and
-not expired; a rejected submission frees its slot. :func:`next_assignment` gives an annotator, in this order,
+A task has ``project.overlap`` (k) slots numbered 1..k; ``(task_id, slot)`` is unique, so a task can never
+have more than k assignments holding a slot, however requests race. A slot is live while its assignment is
+submitted, or leased and not expired; a rejected submission gives its slot number up (it moves to ``-id``). :func:`next_assignment` gives an annotator, in this order,
 the lease they already hold, an expired lease of someone else on a task they may take (re-routing), or a new
 slot. Database constraints, not Python locks, keep the promises across processes (see ``models``), so the app
 runs as several workers on PostgreSQL as well.
@@ -87,7 +88,10 @@ def _claim(db: DBSession, project: Project, user: User, task_id: int, now: dt.da
                                                    Assignment.lease_expires <= now)
                           .values(user_id=user.id, leased_at=now, lease_expires=expires))
         return db.get(Assignment, stale, populate_existing=True) if took.rowcount == 1 else None
-    slot = (db.scalar(select(func.max(Assignment.slot)).where(Assignment.task_id == task_id)) or 0) + 1
+    used = set(db.scalars(select(Assignment.slot).where(Assignment.task_id == task_id, Assignment.slot > 0)))
+    slot = next((n for n in range(1, project.overlap + 1) if n not in used), None)
+    if slot is None:
+        return None
     try:
         with db.begin_nested():
             row = Assignment(task_id=task_id, project_id=project.id, slot=slot, user_id=user.id,
@@ -184,6 +188,9 @@ def review(db: DBSession, submission_id: int, reviewer: User, accept: bool, note
     sub.reviewer_id = reviewer.id
     sub.review_note = note
     if not accept and sub.assignment_id is not None:
-        db.execute(update(Assignment).where(Assignment.id == sub.assignment_id).values(status="rejected"))
+        # the slot number goes negative (unique, out of 1..k): the slot is free again and the annotator, whose row
+        # stays, is not routed the same task twice
+        db.execute(update(Assignment).where(Assignment.id == sub.assignment_id)
+                   .values(status="rejected", slot=-sub.assignment_id))
     db.commit()
     return sub
