@@ -90,6 +90,54 @@ def task(tid: str, ability: str = "Math", n: int = 3, **extra: Any) -> dict[str,
                           for i in range(n)], **extra}
 
 
+USERS = {"admin": ("admin", "*"), "ann_math": ("annotator", "Math"), "ann_code": ("annotator", "Code"),
+         "ann_any": ("annotator", "*"), "ann_mc": ("annotator", "Math, Code"), "rev": ("reviewer", ""),
+         **{f"load{i}": ("annotator", "*") for i in range(8)}}
+SCRIPT = "<script>window.__pwned = 1</script><b>not bold</b>"
+SQLI = "x'; DROP TABLE users; -- \" OR 1=1 --"
+_ENVS: dict[str, dict[str, Any]] = {}
+
+
+def shared_env(kind: str, tmp_root: Path) -> dict[str, Any]:
+    """One seeded database and one served app per backend for the whole session (stopped at exit). Projects:
+    1 ``route`` (m1 Math, c1 Code; k=2), 2 ``lease`` (k=1, 1 s leases), 3 ``load`` (30 tasks, k=2),
+    4 ``security`` (s1 with HTML in a response, s2 with SQL metacharacters everywhere; k=1),
+    5 ``browser`` (b1, a two-turn prompt with a system message; k=1)."""
+    if kind in _ENVS:
+        return _ENVS[kind]
+    tmp = tmp_root / kind
+    tmp.mkdir(parents=True, exist_ok=True)
+    db = fresh_db(kind, tmp)
+    seed(db, tmp, [task("m1", "Math"), task("c1", "Code")], project="route", overlap=2, users=USERS)
+    seed(db, tmp, [task("x1", "Math")], project="lease", overlap=1, lease_seconds=1)
+    seed(db, tmp, [task(f"l{i}", "Math", n=2) for i in range(30)], project="load", overlap=2)
+    s1 = task("s1", "Code", n=2)
+    s1["responses"][0]["content"] = SCRIPT
+    s2 = task(SQLI, SQLI, n=2)
+    s2["responses"][1]["content"] = SQLI
+    s2["labels"]["domain"] = SQLI
+    seed(db, tmp, [s1, s2], project="security", overlap=1)
+    seed(db, tmp, [browser_task()], project="browser", overlap=1)
+    proc, url, _ = start_server(["annotate", "serve", "--db", db, "--port", "0"], marker="novalign annotate:")
+    atexit.register(stop, proc)
+    _ENVS[kind] = {"db": db, "base": url.rstrip("/"), "tmp": tmp, "kind": kind}
+    return _ENVS[kind]
+
+
+def browser_task() -> dict[str, Any]:
+    return {"task_id": "b1", "labels": {"ability": "KQA", "language": "en"},
+            "prompt": [{"role": "system", "content": "You are a careful geography tutor."},
+                       {"role": "user", "content": "What is the capital of Australia?"},
+                       {"role": "assistant", "content": "Do you mean the country or a state?"},
+                       {"role": "user", "content": "The country, and say why it was chosen."}],
+            "responses": [
+                {"response_id": "r0", "model": "small-7b",
+                 "content": "The capital is Sydney, the largest city, chosen because it is the oldest."},
+                {"response_id": "r1", "model": "mid-13b",
+                 "content": "Canberra. It was chosen in 1908 as a compromise between Sydney and Melbourne."},
+                {"response_id": "r2", "model": "tiny-1b", "content": "Melbourne <b>probably</b>."}]}
+
+
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 

@@ -5,27 +5,17 @@ QC numbers, exports, Label Studio import, and a short concurrent load."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 
-from annotate_kit import PASSWORD, Client, fresh_db, full_result, seed, served, task
+from annotate_kit import PASSWORD, Client, full_result, shared_env
 from novalign.annotate.loadgen import run_load
-
-USERS = {"admin": ("admin", "*"), "ann_math": ("annotator", "Math"), "ann_code": ("annotator", "Code"),
-         "ann_any": ("annotator", "*"), "ann_mc": ("annotator", "Math, Code"), "rev": ("reviewer", "")}
-
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def env(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(request.param)
-    db = fresh_db(request.param, tmp)
-    seed(db, tmp, [task("m1", "Math"), task("c1", "Code")], project="route", overlap=2, users=USERS)
-    seed(db, tmp, [task("x1", "Math")], project="lease", overlap=1, lease_seconds=1)
-    seed(db, tmp, [task(f"l{i}", "Math", n=2) for i in range(30)], project="load", overlap=2,
-         users={f"load{i}": ("annotator", "*") for i in range(8)})
-    with served(db) as base:
-        yield {"db": db, "base": base, "tmp": tmp}
+    return shared_env(request.param, tmp_path_factory.getbasetemp())
 
 
 def test_routing_submit_review_qc_export(env):
@@ -71,7 +61,7 @@ def test_routing_submit_review_qc_export(env):
     assert qc["annotators"]["ann_math"]["submissions"] == 1
 
     review = c["rev"].http.get("/projects/1/review").text
-    sub_ids = [int(x) for x in __import__("re").findall(r'id="sub-(\d+)"', review)]
+    sub_ids = [int(x) for x in re.findall(r'id="sub-(\d+)"', review)]
     any_sub = sub_ids[1]  # submissions in id order: ann_math, ann_any, ann_code, ann_mc
     assert c["rev"].form(f"/submissions/{any_sub}/review", {"verdict": "reject", "note": "careless"}).status_code == 303
     assert c["rev"].form(f"/submissions/{sub_ids[0]}/review", {"verdict": "accept"}).status_code == 303
@@ -96,9 +86,10 @@ def test_routing_submit_review_qc_export(env):
     path = env["tmp"] / "ls.json"
     path.write_text(json.dumps(ls))
     with path.open("rb") as fh:
-        r = c["admin"].form("/admin/projects/4/import", {}, files={"file": ("ls.json", fh, "application/json")})
+        new_id = max(int(x) for x in re.findall(r"/admin/projects/(\d+)/import", c["admin"].http.get("/admin").text))
+        r = c["admin"].form(f"/admin/projects/{new_id}/import", {}, files={"file": ("ls.json", fh, "application/json")})
     assert "imported 2 tasks and 3 results" in r.headers["location"].replace("+", " ")
-    back = [json.loads(x) for x in c["admin"].http.get("/projects/4/export/results").text.splitlines()]
+    back = [json.loads(x) for x in c["admin"].http.get(f"/projects/{new_id}/export/results").text.splitlines()]
     assert {(b["task_id"], b["annotator"]) for b in back} == {("m1", "ls:ann_math"), ("c1", "ls:ann_code"),
                                                              ("c1", "ls:ann_mc")}
     ours = next(b for b in back if b["annotator"] == "ls:ann_math")
@@ -122,7 +113,7 @@ def test_expired_lease_is_rerouted(env):
 
 
 def test_short_concurrent_load(env):
-    """8 clients for 3 s on project 3 (30 tasks, k=2): every acknowledged submission is stored, none twice."""
-    report = run_load(env["base"], env["db"], [f"load{i}" for i in range(8)], PASSWORD, 3, seconds=3)
+    """8 clients for 2 s on project 3 (30 tasks, k=2): every acknowledged submission is stored, none twice."""
+    report = run_load(env["base"], env["db"], [f"load{i}" for i in range(8)], PASSWORD, 3, seconds=2)
     assert report["submissions"] > 0 and report["errors"] == 0, report
     assert report["lost"] == 0 and report["duplicated"] == 0 and report["unacknowledged_stored"] == 0, report

@@ -227,9 +227,17 @@ def create_app(db_url: str) -> FastAPI:
     @app.get("/assignments/{aid}", response_class=HTMLResponse)
     def task_page(request: Request, aid: int, user: User = Depends(current), s=Depends(db)):
         row = own_assignment(s, aid, user)
+        project = s.get(Project, row.project_id)
         data = _task_json(row) | {"assignment_id": aid, "status": row.status, "dimensions": list(SCORE_DIMENSIONS),
-                                  "span_kinds": list(SPAN_KINDS)}
-        return page(request, "task.html", user, a=row, task=row.task, data=data, project=s.get(Project, row.project_id))
+                                  "span_kinds": list(SPAN_KINDS), "critique_llm": bool(project.critique_llm)}
+        return page(request, "task.html", user, a=row, task=row.task, data=data, project=project)
+
+    @app.get("/api/assignments")
+    def my_assignments(user: User = Depends(current), s=Depends(db)):
+        rows = s.execute(select(Assignment.id, Task.external_id, Assignment.status, Assignment.project_id)
+                         .join(Task, Task.id == Assignment.task_id).where(Assignment.user_id == user.id)
+                         .order_by(Assignment.id)).all()
+        return [{"assignment_id": a, "task_id": t, "status": st, "project_id": p} for a, t, st, p in rows]
 
     @app.get("/api/assignments/{aid}")
     def task_api(aid: int, user: User = Depends(current), s=Depends(db)):

@@ -196,6 +196,7 @@
   function critiqueBox(r) {
     const box = el("div", { class: "critique" });
     if (r.critique) { box.appendChild(el("p", {}, "Critique: " + r.critique)); return box; }
+    if (!data.critique_llm) return box;
     const b = el("button", { type: "button", class: "link" }, "Ask the LLM for a critique");
     b.addEventListener("click", async () => {
       const res = await fetch("/api/responses/" + r.id + "/critique", { method: "POST", headers: { "X-CSRF-Token": csrf } });
