@@ -12,6 +12,7 @@ import pytest
 
 from annotate_kit import PASSWORD, Client, full_result, shared_env
 from novalign.annotate.loadgen import run_load
+from scripted_llm import ScriptedLLM
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def env(request, tmp_path_factory):
@@ -117,3 +118,37 @@ def test_short_concurrent_load(env):
     report = run_load(env["base"], env["db"], [f"load{i}" for i in range(8)], PASSWORD, 3, seconds=2)
     assert report["submissions"] > 0 and report["errors"] == 0, report
     assert report["lost"] == 0 and report["duplicated"] == 0 and report["unacknowledged_stored"] == 0, report
+
+
+def test_llm_critique_is_asked_once(env, tmp_path):
+    """A project with a critique LLM (a scripted OpenAI-compatible server standing in for an external model):
+    the first request for a response's critique asks the LLM, through the LLM client, with the conversation
+    and the answer; the second is served from the stored critique, and the LLM is not asked again."""
+    llm = ScriptedLLM(lambda route, messages: f"Check the year. ({len(messages)} messages)")
+    try:
+        admin = Client(env["base"], "admin")
+        cfg = {"base_url": llm.base_url("critic"), "model": "critic", "api_key": "k",
+               "cache_path": str(tmp_path / "llm-cache.sqlite")}
+        name = f"critique-{env['kind']}"
+        assert admin.form("/admin/projects", {"name": name, "overlap": 1, "critique_llm": json.dumps(cfg)}).status_code == 303
+        pid = max(int(x) for x in re.findall(r"/admin/projects/(\d+)/import", admin.http.get("/admin").text))
+        path = tmp_path / "critique.jsonl"
+        path.write_text(json.dumps({"prompt": "When did the war end?", "responses": ["In 1946.", "In 1945."],
+                                    "labels": {"ability": "KQA"}}) + "\n")
+        with path.open("rb") as fh:
+            admin.form(f"/admin/projects/{pid}/import", {}, files={"file": ("critique.jsonl", fh)})
+        ann = Client(env["base"], "ann_any")
+        got = ann.next(pid)
+        assert got["task"]["task_id"] == "critique.jsonl:1"
+        rid = got["task"]["responses"][0]["id"]
+        first = ann.http.post(f"/api/responses/{rid}/critique", headers={"X-CSRF-Token": ann.csrf}).json()
+        second = ann.http.post(f"/api/responses/{rid}/critique", headers={"X-CSRF-Token": ann.csrf}).json()
+        assert first == {"critique": "Check the year. (2 messages)", "cached": False}
+        assert second == {"critique": first["critique"], "cached": True}
+        assert len(llm.bodies["critic"]) == 1
+        assert "In 1946." in llm.bodies["critic"][0]["messages"][1]["content"]
+        outsider = Client(env["base"], "ann_code")  # holds nothing of this task
+        assert outsider.http.post(f"/api/responses/{rid}/critique",
+                                  headers={"X-CSRF-Token": outsider.csrf}).status_code == 404
+    finally:
+        llm.close()
