@@ -14,7 +14,7 @@ import httpx2
 from sqlalchemy import func, select
 
 from novalign.annotate.db import make_engine
-from novalign.annotate.models import Assignment, Project, Submission
+from novalign.annotate.models import Assignment, Project, Submission, User
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -27,7 +27,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def _client(base: str, user: str, password: str, project_id: int, seconds: float, start: threading.Barrier,
-            out: dict[str, Any]) -> None:
+            out: dict[str, Any], think_s: float = 0.0) -> None:
     with httpx2.Client(base_url=base, timeout=60) as http:
         token = _CSRF.search(http.get("/login").text).group(1)
         http.post("/login", data={"csrf_token": token, "username": user, "password": password})
@@ -47,6 +47,8 @@ def _client(base: str, user: str, password: str, project_id: int, seconds: float
             if body["assignment_id"] is None:
                 out["exhausted"] += 1
                 return
+            if think_s:  # reading and labelling time, not part of any latency
+                time.sleep(think_s)
             ids = [x["response_id"] for x in body["task"]["responses"]]
             result = {"ranking": [ids], "scores": {rid: {"helpfulness": 3, "fluency": 4, "safety": 5} for rid in ids}}
             t0 = time.perf_counter()
@@ -58,11 +60,11 @@ def _client(base: str, user: str, password: str, project_id: int, seconds: float
                 out["errors"].append(f"submit {s.status_code}: {s.text[:100]}")
 
 
-def run_load(base: str, db_url: str, users: list[str], password: str, project_id: int, seconds: float
-             ) -> dict[str, Any]:
+def run_load(base: str, db_url: str, users: list[str], password: str, project_id: int, seconds: float,
+             think_s: float = 0.0) -> dict[str, Any]:
     shared: dict[str, Any] = {"acked": [], "errors": [], "next_latency": [], "submit_latency": [], "exhausted": 0}
     barrier = threading.Barrier(len(users) + 1)
-    threads = [threading.Thread(target=_client, args=(base, u, password, project_id, seconds, barrier, shared),
+    threads = [threading.Thread(target=_client, args=(base, u, password, project_id, seconds, barrier, shared, think_s),
                                 daemon=True) for u in users]
     for t in threads:
         t.start()
@@ -73,9 +75,10 @@ def run_load(base: str, db_url: str, users: list[str], password: str, project_id
     elapsed = time.monotonic() - start
     engine = make_engine(db_url)
     with engine.connect() as conn:
+        ours = select(User.id).where(User.username.in_(users))
         rows = conn.execute(select(Submission.id, Submission.task_id, Submission.user_id)
                             .join(Assignment, Assignment.id == Submission.assignment_id)
-                            .where(Assignment.project_id == project_id)).all()
+                            .where(Assignment.project_id == project_id, Submission.user_id.in_(ours))).all()
         overlap = conn.scalar(select(Project.overlap).where(Project.id == project_id))
         per_task = conn.execute(select(Submission.task_id, func.count()).join(
             Assignment, Assignment.id == Submission.assignment_id).where(Assignment.project_id == project_id)
