@@ -20,9 +20,9 @@ def env(request, tmp_path_factory):
 
 
 def test_routing_submit_review_qc_export(env):
-    """Routing on project 1 (k=2; m1 is Math, c1 is Code). Fuller tasks first, then task order:
-    ann_code -> c1 (its only skill); ann_math -> m1, and again m1 (the lease it holds); ann_any -> m1 (both
-    tasks have 1 live slot, m1 comes first); ann_mc -> c1 (m1 is full). Then nothing is left for ann_any.
+    """Routing on project 1 (k=2; m1 is Math, c1 is Code), open tasks in task order:
+    ann_code -> c1 (its only skill); ann_math -> m1, and again m1 (the lease it holds); ann_any -> m1 (it has a
+    free slot and comes first); ann_mc -> c1 (m1 is full). Then nothing is left for ann_any.
 
     QC before review: m1 rankings r0>r1>r2 (ann_math) and r0>r2>r1 (ann_any): of 3 pairs 2 concordant, 1
     discordant, tau = 1/3; c1 twice r0>r1>r2, tau = 1; mean tau = (1/3 + 1) / 2 = 2/3 over 2 pairs.

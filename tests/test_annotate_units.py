@@ -139,3 +139,35 @@ def test_cli_migrate_and_create_admin(tmp_path):
         assert user is not None and user.role == "admin" and user.password_hash.startswith("$argon2id$")
         assert accounts.authenticate(s, "admin", "wrong") is None and accounts.authenticate(s, "nobody", "x") is None
     engine.dispose()
+
+
+def test_migration_0002_marks_full_tasks_done(tmp_path):
+    """A database made at revision 0001 with one task of k=1 submitted and one not: upgrading to the head adds
+    ``tasks.done`` and sets it for the full one only."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from novalign.annotate.db import MIGRATIONS, migrate
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.commit()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, username, role, skills, active, created_at) "
+                          "VALUES (1, 'u', 'annotator', '[]', 1, '2026-01-01')"))
+        conn.execute(text("INSERT INTO projects (id, name, overlap, route_field, lease_seconds, created_at) "
+                          "VALUES (1, 'p', 1, 'labels.ability', 60, '2026-01-01')"))
+        for tid in (1, 2):
+            conn.execute(text(f"INSERT INTO tasks (id, project_id, external_id, kind, prompt, labels, meta) "
+                              f"VALUES ({tid}, 1, 't{tid}', 'preference', '[]', '{{}}', '{{}}')"))
+        conn.execute(text("INSERT INTO assignments (task_id, project_id, slot, user_id, status, leased_at, lease_expires)"
+                          " VALUES (1, 1, 1, 1, 'submitted', '2026-01-01', '2026-01-01')"))
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, done FROM tasks ORDER BY id")).all() == [(1, 1), (2, 0)]
+    engine.dispose()

@@ -44,47 +44,68 @@ class NeedLogin(Exception):
 def create_app(db_url: str) -> FastAPI:
     engine = make_engine(db_url)
     migrate(engine)
-    Session = session_factory(engine)
     app = FastAPI(title="novalign annotate", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.critics = {}
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    d = _Deps(session_factory(engine), Jinja2Templates(directory=str(HERE / "templates")))
+    _guards(app)
+    for add in (_login_routes, _admin_routes, _task_routes, _review_routes):
+        add(app, d)
+    return app
 
-    async def db():
+
+class _Deps:
+    """The request dependencies every route group shares: a database session, the logged-in user (with the
+    CSRF check of POSTs), role checks, and page rendering."""
+
+    def __init__(self, session_factory, templates: Jinja2Templates):
+        self.Session, self.templates = session_factory, templates
+        self.current = self._make_current()
+
+    async def db(self):
         # async on purpose: the teardown (close = rollback, releasing SQLite's write lock) then runs on the event
         # loop and never waits for a worker thread -- threads blocked on that lock would otherwise deadlock it
-        s = Session()
+        s = self.Session()
         try:
             yield s
         finally:
             s.close()
 
-    async def form_token(request: Request) -> str | None:
+    async def form_token(self, request: Request) -> str | None:
         # FastAPI keeps the parsed form on the request, so the handler's Form(...) fields read the same one
         if request.method == "POST" and "form" in request.headers.get("content-type", ""):
             token = (await request.form()).get("csrf_token")
             return token if isinstance(token, str) else None
         return None
 
-    def current(request: Request, form_csrf: str | None = Depends(form_token), s=Depends(db)):
-        row = accounts.session_of(s, request.cookies.get(COOKIE))
-        if row is None:
-            raise NeedLogin()
-        user, expected = row.user, row.csrf_token
-        s.commit()  # end the lookup's transaction: on SQLite it holds the write lock (see db.make_engine)
-        if request.method == "POST" and not accounts.csrf_ok(expected, request.headers.get("x-csrf-token") or form_csrf):
-            raise HTTPException(403, "CSRF token missing or wrong")
-        request.state.csrf = expected
-        return user
+    def _make_current(self):
+        def current(request: Request, form_csrf: str | None = Depends(self.form_token), s=Depends(self.db)) -> User:
+            row = accounts.session_of(s, request.cookies.get(COOKIE))
+            if row is None:
+                raise NeedLogin()
+            user, expected = row.user, row.csrf_token
+            s.commit()  # end the lookup's transaction: on SQLite it holds the write lock (see db.make_engine)
+            given = request.headers.get("x-csrf-token") or form_csrf
+            if request.method == "POST" and not accounts.csrf_ok(expected, given):
+                raise HTTPException(403, "CSRF token missing or wrong")
+            request.state.csrf = expected
+            return user
+        return current
 
-    def role(*roles: str):
-        def check(user: User = Depends(current)) -> User:
+    def role(self, *roles: str):
+        def check(user: User = Depends(self.current)) -> User:
             if user.role not in roles:
                 raise HTTPException(403, "not allowed for your role")
             return user
         return check
 
+    def page(self, request: Request, name: str, user: User | None, **ctx: Any) -> HTMLResponse:
+        return self.templates.TemplateResponse(request, name, {"user": user, "csrf": getattr(request.state, "csrf", ""),
+                                                               **ctx})
+
+
+def _guards(app: FastAPI) -> None:
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
@@ -104,21 +125,19 @@ def create_app(db_url: str) -> FastAPI:
     async def routing_error(request: Request, exc: RoutingError):
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
-    def page(request: Request, name: str, user: User | None, **ctx: Any) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"user": user, "csrf": getattr(request.state, "csrf", ""),
-                                                          **ctx})
 
+def _login_routes(app: FastAPI, d: _Deps) -> None:
     # --- login --------------------------------------------------------------------------------------------
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request, error: str = ""):
         token = secrets.token_urlsafe(24)
-        resp = page(request, "login.html", None, login_csrf=token, error=error)
+        resp = d.page(request, "login.html", None, login_csrf=token, error=error)
         resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict")
         return resp
 
     @app.post("/login")
     def login(request: Request, username: str = Form(...), password: str = Form(...),
-              given: str | None = Depends(form_token), s=Depends(db)):
+              given: str | None = Depends(d.form_token), s=Depends(d.db)):
         expected = request.cookies.get(LOGIN_COOKIE)
         if not expected or not accounts.csrf_ok(expected, given):  # double-submit token: no login CSRF
             raise HTTPException(403, "CSRF token missing or wrong")
@@ -133,34 +152,36 @@ def create_app(db_url: str) -> FastAPI:
         return resp
 
     @app.post("/logout")
-    def logout(request: Request, _user: User = Depends(current), s=Depends(db)):
+    def logout(request: Request, _user: User = Depends(d.current), s=Depends(d.db)):
         accounts.close_session(s, request.cookies.get(COOKIE))
         s.commit()
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(COOKIE)
         return resp
 
+
+def _admin_routes(app: FastAPI, d: _Deps) -> None:
     # --- home and admin -----------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)
-    def home(request: Request, user: User = Depends(current), s=Depends(db)):
+    def home(request: Request, user: User = Depends(d.current), s=Depends(d.db)):
         projects = list(s.scalars(select(Project).order_by(Project.id)))
         done = dict(s.execute(select(Assignment.project_id, func.count()).where(
             Assignment.user_id == user.id, Assignment.status == "submitted").group_by(Assignment.project_id)).all())
-        return page(request, "home.html", user, projects=projects, done=done)
+        return d.page(request, "home.html", user, projects=projects, done=done)
 
     @app.get("/admin", response_class=HTMLResponse)
-    def admin_page(request: Request, message: str = "", user: User = Depends(role("admin")), s=Depends(db)):
+    def admin_page(request: Request, message: str = "", user: User = Depends(d.role("admin")), s=Depends(d.db)):
         users = list(s.scalars(select(User).order_by(User.id)))
         projects = list(s.scalars(select(Project).order_by(Project.id)))
         counts = dict(s.execute(select(Task.project_id, func.count()).group_by(Task.project_id)).all())
-        return page(request, "admin.html", user, users=users, projects=projects, counts=counts, message=message)
+        return d.page(request, "admin.html", user, users=users, projects=projects, counts=counts, message=message)
 
     def back(message: str) -> RedirectResponse:
         return RedirectResponse("/admin?" + _query(message=message), status_code=303)
 
     @app.post("/admin/users")
     def add_user(username: str = Form(...), password: str = Form(...), role_: str = Form(..., alias="role"),
-                 skills: str = Form(""), _u: User = Depends(role("admin")), s=Depends(db)):
+                 skills: str = Form(""), _u: User = Depends(d.role("admin")), s=Depends(d.db)):
         try:
             accounts.create_user(s, username, password, role_, accounts.parse_skills(skills))
             s.commit()
@@ -172,7 +193,7 @@ def create_app(db_url: str) -> FastAPI:
     @app.post("/admin/projects")
     def add_project(name: str = Form(...), overlap: int = Form(1), route_field: str = Form("labels.ability"),
                     lease_seconds: int = Form(1800), critique_llm: str = Form(""),
-                    _u: User = Depends(role("admin")), s=Depends(db)):
+                    _u: User = Depends(d.role("admin")), s=Depends(d.db)):
         try:
             llm = json.loads(critique_llm) if critique_llm.strip() else None
             create_project(s, name, overlap, route_field, lease_seconds, llm)
@@ -182,7 +203,7 @@ def create_app(db_url: str) -> FastAPI:
         return back(f"project {name} created")
 
     @app.post("/admin/projects/{pid}/import")
-    def import_upload(pid: int, file: UploadFile = File(...), _u: User = Depends(role("admin")), s=Depends(db)):
+    def import_upload(pid: int, file: UploadFile = File(...), _u: User = Depends(d.role("admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(file.filename or "upload.jsonl").name)[:100] or "upload.jsonl"
         with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +216,7 @@ def create_app(db_url: str) -> FastAPI:
         return back(f"imported {counts['tasks']} tasks and {counts['results']} results into {project.name}")
 
     @app.get("/projects/{pid}/export/{fmt}")
-    def export(pid: int, fmt: str, normalize: str = "minmax", _u: User = Depends(role("admin")), s=Depends(db)):
+    def export(pid: int, fmt: str, normalize: str = "minmax", _u: User = Depends(d.role("admin")), s=Depends(d.db)):
         s.get(Project, pid) or _missing()
         if fmt not in exports.FORMATS or normalize not in ("minmax", "zscore", "range"):
             raise HTTPException(404, "unknown export format")
@@ -207,9 +228,11 @@ def create_app(db_url: str) -> FastAPI:
         return Response(body, media_type="application/json",
                         headers={"Content-Disposition": f'attachment; filename="project{pid}-{fmt}.{ext}"'})
 
+
+def _task_routes(app: FastAPI, d: _Deps) -> None:
     # --- annotating ---------------------------------------------------------------------------------------
     @app.post("/projects/{pid}/next")
-    def next_page(pid: int, user: User = Depends(role("annotator", "admin")), s=Depends(db)):
+    def next_page(pid: int, user: User = Depends(d.role("annotator", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
         row = next_assignment(s, project, user)
         if row is None:
@@ -217,7 +240,7 @@ def create_app(db_url: str) -> FastAPI:
         return RedirectResponse(f"/assignments/{row.id}", status_code=303)
 
     @app.post("/api/projects/{pid}/next")
-    def next_api(pid: int, user: User = Depends(role("annotator", "admin")), s=Depends(db)):
+    def next_api(pid: int, user: User = Depends(d.role("annotator", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
         row = next_assignment(s, project, user)
         if row is None:
@@ -225,33 +248,33 @@ def create_app(db_url: str) -> FastAPI:
         return {"assignment_id": row.id, "task": _task_json(row)}
 
     @app.get("/assignments/{aid}", response_class=HTMLResponse)
-    def task_page(request: Request, aid: int, user: User = Depends(current), s=Depends(db)):
+    def task_page(request: Request, aid: int, user: User = Depends(d.current), s=Depends(d.db)):
         row = own_assignment(s, aid, user)
         project = s.get(Project, row.project_id)
         data = _task_json(row) | {"assignment_id": aid, "status": row.status, "dimensions": list(SCORE_DIMENSIONS),
                                   "span_kinds": list(SPAN_KINDS), "critique_llm": bool(project.critique_llm)}
-        return page(request, "task.html", user, a=row, task=row.task, data=data, project=project)
+        return d.page(request, "task.html", user, a=row, task=row.task, data=data, project=project)
 
     @app.get("/api/assignments")
-    def my_assignments(user: User = Depends(current), s=Depends(db)):
+    def my_assignments(user: User = Depends(d.current), s=Depends(d.db)):
         rows = s.execute(select(Assignment.id, Task.external_id, Assignment.status, Assignment.project_id)
                          .join(Task, Task.id == Assignment.task_id).where(Assignment.user_id == user.id)
                          .order_by(Assignment.id)).all()
         return [{"assignment_id": a, "task_id": t, "status": st, "project_id": p} for a, t, st, p in rows]
 
     @app.get("/api/assignments/{aid}")
-    def task_api(aid: int, user: User = Depends(current), s=Depends(db)):
+    def task_api(aid: int, user: User = Depends(d.current), s=Depends(d.db)):
         row = own_assignment(s, aid, user)
         return _task_json(row) | {"assignment_id": aid, "status": row.status}
 
     @app.post("/api/assignments/{aid}/submit")
-    def submit_api(aid: int, payload: dict[str, Any] = Body(...), user: User = Depends(current), s=Depends(db)):
+    def submit_api(aid: int, payload: dict[str, Any] = Body(...), user: User = Depends(d.current), s=Depends(d.db)):
         # a sync handler (FastAPI runs it in a worker thread): blocking database calls never run on the event loop
         sub = submit(s, aid, user, payload)
         return {"submission_id": sub.id}
 
     @app.post("/api/responses/{rid}/critique")
-    def critique_api(rid: int, user: User = Depends(current), s=Depends(db)):
+    def critique_api(rid: int, user: User = Depends(d.current), s=Depends(d.db)):
         resp = s.get(ResponseRow, rid)
         if resp is None:
             raise HTTPException(404, "no such response")
@@ -269,35 +292,36 @@ def create_app(db_url: str) -> FastAPI:
         s.commit()
         return {"critique": resp.critique, "cached": False}
 
+
+def _review_routes(app: FastAPI, d: _Deps) -> None:
     # --- review and QC ------------------------------------------------------------------------------------
     @app.get("/projects/{pid}/review", response_class=HTMLResponse)
-    def review_page(request: Request, pid: int, user: User = Depends(role("reviewer", "admin")), s=Depends(db)):
+    def review_page(request: Request, pid: int, user: User = Depends(d.role("reviewer", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
         subs = list(s.scalars(select(Submission).join(Task).where(Task.project_id == pid).order_by(Submission.id)))
         edits = {r.response_id: r for sub in subs for r in sub.task.responses if r.parent_id is not None}
-        return page(request, "review.html", user, project=project, subs=subs, edits=edits)
+        return d.page(request, "review.html", user, project=project, subs=subs, edits=edits)
 
     @app.post("/submissions/{sid}/review")
     def review_post(sid: int, verdict: str = Form(...), note: str = Form(""),
-                    user: User = Depends(role("reviewer", "admin")), s=Depends(db)):
+                    user: User = Depends(d.role("reviewer", "admin")), s=Depends(d.db)):
         if verdict not in ("accept", "reject"):
             raise HTTPException(400, "verdict: accept or reject")
         sub = review(s, sid, user, verdict == "accept", note)
         return RedirectResponse(f"/projects/{sub.task.project_id}/review", status_code=303)
 
     @app.get("/projects/{pid}/qc", response_class=HTMLResponse)
-    def qc_page(request: Request, pid: int, user: User = Depends(role("reviewer", "admin")), s=Depends(db)):
+    def qc_page(request: Request, pid: int, user: User = Depends(d.role("reviewer", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
         agreement, stats = project_qc(s, pid)
-        return page(request, "qc.html", user, project=project, agreement=agreement, stats=stats, fmt=qc.fmt)
+        return d.page(request, "qc.html", user, project=project, agreement=agreement, stats=stats, fmt=qc.fmt)
 
     @app.get("/api/projects/{pid}/qc")
-    def qc_api(pid: int, _u: User = Depends(role("reviewer", "admin")), s=Depends(db)):
+    def qc_api(pid: int, _u: User = Depends(d.role("reviewer", "admin")), s=Depends(d.db)):
         s.get(Project, pid) or _missing()
         agreement, stats = project_qc(s, pid)
         return {"agreement": agreement, "annotators": stats}
 
-    return app
 
 
 def project_qc(s, pid: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:

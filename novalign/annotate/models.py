@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ROLES = ("admin", "annotator", "reviewer")
@@ -71,7 +71,7 @@ class Project(Base):
 
 class Task(Base):
     __tablename__ = "tasks"
-    __table_args__ = (UniqueConstraint("project_id", "external_id"),)
+    __table_args__ = (UniqueConstraint("project_id", "external_id"), Index("ix_tasks_open", "project_id", "done", "id"))
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
     external_id: Mapped[str] = mapped_column(String(200))
@@ -84,6 +84,8 @@ class Task(Base):
     """The label at the project's ``route_field``, copied out so routing is one indexed comparison."""
     gold: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    done: Mapped[bool] = mapped_column(default=False, server_default=false())
+    """All k slots submitted (migration 0002): routing skips the task without counting its assignments."""
     responses: Mapped[list["Response"]] = relationship(order_by="Response.position", back_populates="task")
 
 

@@ -44,16 +44,18 @@ def _live(now: dt.datetime):
 
 
 def _candidates(db: DBSession, project: Project, user: User, now: dt.datetime, limit: int = 20) -> list[int]:
-    live = (select(Assignment.task_id, func.count().label("n")).where(_live(now), Assignment.project_id == project.id)
-            .group_by(Assignment.task_id).subquery())
+    """Open tasks of ``project`` this user may take, with a free slot, in task order (so tasks fill up to k --
+    and agreement can be measured -- before later ones start). ``Task.done`` keeps the scan to open tasks: the
+    live-slot count is a correlated subquery per open task, never a pass over every assignment."""
+    live_n = (select(func.count()).select_from(Assignment).where(Assignment.task_id == Task.id, _live(now))
+              .correlate(Task).scalar_subquery())
     mine = select(Assignment.task_id).where(Assignment.user_id == user.id, Assignment.project_id == project.id)
-    q = (select(Task.id).outerjoin(live, live.c.task_id == Task.id)
-         .where(Task.project_id == project.id, func.coalesce(live.c.n, 0) < project.overlap, Task.id.not_in(mine)))
+    q = select(Task.id).where(Task.project_id == project.id, Task.done.is_(False), live_n < project.overlap,
+                              Task.id.not_in(mine))
     skills = user.skills or []
     if "*" not in skills:
         q = q.where(or_(Task.route_value.is_(None), Task.route_value.in_(skills)))
-    # fuller tasks first, so tasks reach k annotators (and agreement can be measured) before new ones start
-    return list(db.scalars(q.order_by(func.coalesce(live.c.n, 0).desc(), Task.id).limit(limit)))
+    return list(db.scalars(q.order_by(Task.id).limit(limit)))
 
 
 def next_assignment(db: DBSession, project: Project, user: User, now: dt.datetime | None = None) -> Assignment | None:
@@ -155,6 +157,11 @@ def submit(db: DBSession, assignment_id: int, user: User, payload: dict[str, Any
     db.add(sub)
     db.flush()
     store_rows(db, sub, result, task, user)
+    overlap = db.scalar(select(Project.overlap).where(Project.id == row.project_id))
+    submitted = db.scalar(select(func.count()).select_from(Assignment)
+                          .where(Assignment.task_id == task.id, Assignment.status == "submitted"))
+    if submitted >= overlap:  # (two last submits racing on PostgreSQL may both miss this: then the task is only
+        db.execute(update(Task).where(Task.id == task.id).values(done=True))  # scanned longer, never over-filled)
     db.commit()
     return sub
 
@@ -192,5 +199,6 @@ def review(db: DBSession, submission_id: int, reviewer: User, accept: bool, note
         # stays, is not routed the same task twice
         db.execute(update(Assignment).where(Assignment.id == sub.assignment_id)
                    .values(status="rejected", slot=-sub.assignment_id))
+        db.execute(update(Task).where(Task.id == sub.task_id).values(done=False))
     db.commit()
     return sub
