@@ -17,7 +17,7 @@ import secrets
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session as DBSession
+from sqlalchemy.orm import Session as DBSession, joinedload
 
 from novalign.annotate.models import ROLES, Session, User, utcnow
 
@@ -100,7 +100,7 @@ def open_session(db: DBSession, user: User) -> tuple[str, Session]:
 def session_of(db: DBSession, token: str | None) -> Session | None:
     if not token:
         return None
-    row = db.scalar(select(Session).where(Session.token_hash == _digest(token)))
+    row = db.scalar(select(Session).options(joinedload(Session.user)).where(Session.token_hash == _digest(token)))
     if row is None or row.expires_at < utcnow() or not row.user.active:
         return None
     return row

@@ -13,8 +13,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("tasks") as batch:
-        batch.add_column(sa.Column("done", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # a plain ADD COLUMN (SQLite has it): batch mode would copy the table, which its foreign keys forbid
+    op.add_column("tasks", sa.Column("done", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_index("ix_tasks_open", "tasks", ["project_id", "done", "id"])
     # tasks already full when this migration runs
     op.execute("UPDATE tasks SET done = (SELECT COUNT(*) FROM assignments a WHERE a.task_id = tasks.id "
@@ -23,5 +23,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_tasks_open", table_name="tasks")
-    with op.batch_alter_table("tasks") as batch:
-        batch.drop_column("done")
+    op.drop_column("tasks", "done")  # SQLite >= 3.35 drops a column in place
