@@ -26,6 +26,12 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def _server_time(response: httpx2.Response) -> float:
+    """Seconds the app spent on the request, from its ``Server-Timing: app;dur=<ms>`` header."""
+    value = response.headers.get("server-timing", "app;dur=nan")
+    return float(value.split("dur=", 1)[1]) / 1000
+
+
 def _client(base: str, user: str, password: str, project_id: int, seconds: float, start: threading.Barrier,
             out: dict[str, Any], think_s: float = 0.0) -> None:
     with httpx2.Client(base_url=base, timeout=60) as http:
@@ -44,6 +50,7 @@ def _client(base: str, user: str, password: str, project_id: int, seconds: float
                 continue
             body = r.json()
             out["next_latency"].append(latency)
+            out["next_server"].append(_server_time(r))
             if body["assignment_id"] is None:
                 out["exhausted"] += 1
                 return
@@ -62,7 +69,8 @@ def _client(base: str, user: str, password: str, project_id: int, seconds: float
 
 def run_load(base: str, db_url: str, users: list[str], password: str, project_id: int, seconds: float,
              think_s: float = 0.0) -> dict[str, Any]:
-    shared: dict[str, Any] = {"acked": [], "errors": [], "next_latency": [], "submit_latency": [], "exhausted": 0}
+    shared: dict[str, Any] = {"acked": [], "errors": [], "next_latency": [], "next_server": [], "submit_latency": [],
+                              "exhausted": 0}
     barrier = threading.Barrier(len(users) + 1)
     threads = [threading.Thread(target=_client, args=(base, u, password, project_id, seconds, barrier, shared, think_s),
                                 daemon=True) for u in users]
@@ -94,5 +102,7 @@ def run_load(base: str, db_url: str, users: list[str], password: str, project_id
             "next_p50_ms": ms(_percentile(shared["next_latency"], 0.5)),
             "next_p95_ms": ms(_percentile(shared["next_latency"], 0.95)),
             "submit_p95_ms": ms(_percentile(shared["submit_latency"], 0.95)),
+            "next_server_p50_ms": ms(_percentile(shared["next_server"], 0.5)),
+            "next_server_p95_ms": ms(_percentile(shared["next_server"], 0.95)),
             "errors": len(shared["errors"]), "error_examples": shared["errors"][:3],
             "clients_out_of_tasks": shared["exhausted"]}
