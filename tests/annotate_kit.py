@@ -100,7 +100,7 @@ _ENVS: dict[str, dict[str, Any]] = {}
 
 def shared_env(kind: str, tmp_root: Path) -> dict[str, Any]:
     """One seeded database and one served app per backend for the whole session (stopped at exit). Projects:
-    1 ``route`` (m1 Math, c1 Code; k=2), 2 ``lease`` (k=1, 1 s leases), 3 ``load`` (30 tasks, k=2),
+    1 ``route`` (m1 Math, c1 Code; k=2), 2 ``lease`` (k=1, 1 s leases), 3 ``load`` (20 tasks, k=2),
     4 ``security`` (s1 with HTML in a response, s2 with SQL metacharacters everywhere; k=1),
     5 ``browser`` (b1, a two-turn prompt with a system message; k=1)."""
     if kind in _ENVS:
@@ -110,7 +110,7 @@ def shared_env(kind: str, tmp_root: Path) -> dict[str, Any]:
     db = fresh_db(kind, tmp)
     seed(db, tmp, [task("m1", "Math"), task("c1", "Code")], project="route", overlap=2, users=USERS)
     seed(db, tmp, [task("x1", "Math")], project="lease", overlap=1, lease_seconds=1)
-    seed(db, tmp, [task(f"l{i}", "Math", n=2) for i in range(30)], project="load", overlap=2)
+    seed(db, tmp, [task(f"l{i}", "Math", n=2) for i in range(20)], project="load", overlap=2)
     s1 = task("s1", "Code", n=2)
     s1["responses"][0]["content"] = SCRIPT
     s2 = task(SQLI, SQLI, n=2)

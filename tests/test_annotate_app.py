@@ -114,7 +114,7 @@ def test_expired_lease_is_rerouted(env):
 
 
 def test_short_concurrent_load(env):
-    """8 clients for 2 s on project 3 (30 tasks, k=2): every acknowledged submission is stored, none twice."""
+    """8 clients for 2 s on project 3 (20 tasks, k=2): every acknowledged submission is stored, none twice."""
     report = run_load(env["base"], env["db"], [f"load{i}" for i in range(8)], PASSWORD, 3, seconds=2)
     assert report["submissions"] > 0 and report["errors"] == 0, report
     assert report["lost"] == 0 and report["duplicated"] == 0 and report["unacknowledged_stored"] == 0, report

@@ -52,7 +52,7 @@ def test_every_route_refuses_without_a_session(env, tmp_path):
 
 
 def test_annotators_are_fenced_in(env):
-    """ann_code holds s1 (Code) of project 4; ann_any, an annotator too, probes assignment ids 1-30 and finds
+    """ann_code holds s1 (Code) of project 4; ann_any, an annotator too, probes assignment ids 1-20 and finds
     only their own; ann_code's task stays unsubmitted. Annotators reach no admin, review or QC route; a
     reviewer no admin route."""
     owner, other, rev = Client(env["base"], "ann_code"), Client(env["base"], "ann_any"), Client(env["base"], "rev")
@@ -60,7 +60,7 @@ def test_annotators_are_fenced_in(env):
     aid = held["assignment_id"]
     assert held["task"]["task_id"] == "s1"
     own = {a["assignment_id"] for a in other.http.get("/api/assignments").json()}
-    for guess in range(1, 31):
+    for guess in range(1, 21):
         api = other.http.get(f"/api/assignments/{guess}")
         assert api.status_code == (200 if guess in own else 404), guess
     assert aid not in own and other.http.get(f"/assignments/{aid}").status_code == 404
