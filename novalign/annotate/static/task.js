@@ -131,7 +131,8 @@
     dims.forEach((d) => box.appendChild(scoreRow(rid, d)));
     if (!edit) box.appendChild(spanTools(rid, content));
     if (!edit) box.appendChild(editTools(rid));
-    if (r) box.appendChild(critiqueBox(r));
+    const critique = r ? critiqueBox(r) : null;
+    if (critique) box.appendChild(critique);
     box.addEventListener("click", () => { if (state.focus !== index) { state.focus = index; markFocus(); } });
     return box;
   }
@@ -196,7 +197,7 @@
   function critiqueBox(r) {
     const box = el("div", { class: "critique" });
     if (r.critique) { box.appendChild(el("p", {}, "Critique: " + r.critique)); return box; }
-    if (!data.critique_llm) return box;
+    if (!data.critique_llm) return null;  // no critique and none to ask for: no box
     const b = el("button", { type: "button", class: "link" }, "Ask the LLM for a critique");
     b.addEventListener("click", async () => {
       const res = await fetch("/api/responses/" + r.id + "/critique", { method: "POST", headers: { "X-CSRF-Token": csrf } });
