@@ -10,7 +10,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo quickstart test clean bench
+.PHONY: install demo quickstart test clean bench system-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -33,7 +33,16 @@ quickstart: install
 	@echo "--- after SFT ---"
 	$(VENV)/bin/novalign generate runs/demo-sft/model --input novalign/assets/demo_sft_eval.jsonl --output runs/demo-sft/replies_sft.jsonl
 
-test: install
+# the annotation app's tests need a real browser and a real PostgreSQL server (Debian packages); installed only
+# when missing, so a second run (or a machine that has them) does nothing here
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; fi
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; fi
+
+test: install system-deps
 	$(VENV)/bin/python -m pytest tests
 
 bench: install

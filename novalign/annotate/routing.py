@@ -1,0 +1,204 @@
+"""Routing, leases, submissions and reviews (report 3.2: tasks go to annotators whose skills match the prompt's
+labels, several annotators per task).
+
+A task has ``project.overlap`` (k) slots numbered 1..k; ``(task_id, slot)`` is unique, so a task can never
+have more than k assignments holding a slot, however requests race. A slot is live while its assignment is
+submitted, or leased and not expired; a rejected submission gives its slot number up (it moves to ``-id``). :func:`next_assignment` gives an annotator, in this order,
+the lease they already hold, an expired lease of someone else on a task they may take (re-routing), or a new
+slot. Database constraints, not Python locks, keep the promises across processes (see ``models``), so the app
+runs as several workers on PostgreSQL as well.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as DBSession
+
+from novalign.annotate.models import Assignment, Project, Response, Score, SpanRow, Submission, Task, User, utcnow
+from novalign.data.annotation import AnnotationResult, AnnotationTask, check_result
+
+
+class RoutingError(Exception):
+    """``status`` is the HTTP status the app answers with."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+def eligible(user: User, route_value: str | None) -> bool:
+    """An annotator takes a task when its routing label is one of their skills; ``"*"`` takes any, and a task
+    without the label goes to anyone (routing cannot apply to it)."""
+    skills = user.skills or []
+    return route_value is None or "*" in skills or route_value in skills
+
+
+def _live(now: dt.datetime):
+    return or_(Assignment.status == "submitted", and_(Assignment.status == "leased", Assignment.lease_expires > now))
+
+
+def _candidates(db: DBSession, project: Project, user: User, now: dt.datetime, limit: int = 20) -> list[int]:
+    """Open tasks of ``project`` this user may take, with a free slot, in task order (so tasks fill up to k --
+    and agreement can be measured -- before later ones start). ``Task.done`` keeps the scan to open tasks: the
+    live-slot count is a correlated subquery per open task, never a pass over every assignment."""
+    live_n = (select(func.count()).select_from(Assignment).where(Assignment.task_id == Task.id, _live(now))
+              .correlate(Task).scalar_subquery())
+    mine = select(Assignment.task_id).where(Assignment.user_id == user.id, Assignment.project_id == project.id)
+    q = select(Task.id).where(Task.project_id == project.id, Task.done.is_(False), live_n < project.overlap,
+                              Task.id.not_in(mine))
+    skills = user.skills or []
+    if "*" not in skills:
+        q = q.where(or_(Task.route_value.is_(None), Task.route_value.in_(skills)))
+    return list(db.scalars(q.order_by(Task.id).limit(limit)))
+
+
+def next_assignment(db: DBSession, project: Project, user: User, now: dt.datetime | None = None) -> Assignment | None:
+    """The assignment ``user`` should work on next in ``project`` (committed), or None when nothing is left."""
+    now = now or utcnow()
+    held = db.scalar(select(Assignment).where(Assignment.project_id == project.id, Assignment.user_id == user.id,
+                                              Assignment.status == "leased", Assignment.lease_expires > now))
+    if held is not None:
+        return held
+    expires = now + dt.timedelta(seconds=project.lease_seconds)
+    for _ in range(5):  # another worker may take the same slot between our read and write: then look again
+        candidates = _candidates(db, project, user, now)
+        if not candidates:
+            db.commit()
+            return None
+        for task_id in candidates:
+            row = _claim(db, project, user, task_id, now, expires)
+            if row is not None:
+                db.commit()
+                return row
+    db.commit()
+    return None
+
+
+def _claim(db: DBSession, project: Project, user: User, task_id: int, now: dt.datetime, expires: dt.datetime
+           ) -> Assignment | None:
+    """Take an expired lease of ``task_id`` (re-routing) or its next slot; None when another worker won."""
+    stale = db.scalar(select(Assignment.id).where(Assignment.task_id == task_id, Assignment.status == "leased",
+                                                  Assignment.lease_expires <= now).limit(1))
+    if stale is not None:  # the WHERE repeats the expiry test, so only one of two racing takeovers succeeds
+        took = db.execute(update(Assignment).where(Assignment.id == stale, Assignment.status == "leased",
+                                                   Assignment.lease_expires <= now)
+                          .values(user_id=user.id, leased_at=now, lease_expires=expires))
+        return db.get(Assignment, stale, populate_existing=True) if took.rowcount == 1 else None
+    used = set(db.scalars(select(Assignment.slot).where(Assignment.task_id == task_id, Assignment.slot > 0)))
+    slot = next((n for n in range(1, project.overlap + 1) if n not in used), None)
+    if slot is None:
+        return None
+    try:
+        with db.begin_nested():
+            row = Assignment(task_id=task_id, project_id=project.id, slot=slot, user_id=user.id,
+                             status="leased", leased_at=now, lease_expires=expires)
+            db.add(row)
+        return row
+    except IntegrityError:  # the slot (or this user on this task) was taken meanwhile
+        return None
+
+
+def annotation_task(task: Task) -> AnnotationTask:
+    """The task in the hand-off format, with its original responses (not annotators' edits)."""
+    return AnnotationTask(
+        task_id=task.external_id, kind=task.kind, prompt=task.prompt, labels=task.labels, gold=task.gold,
+        meta=task.meta,
+        responses=[{"response_id": r.response_id, "content": r.content, "model": r.model, "score": r.machine_score,
+                    "critique": r.critique} for r in task.responses if r.parent_id is None])
+
+
+def own_assignment(db: DBSession, assignment_id: int, user: User) -> Assignment:
+    """The assignment if ``user`` holds it; 404 otherwise, so guessed ids reveal nothing."""
+    row = db.get(Assignment, assignment_id)
+    if row is None or row.user_id != user.id:
+        raise RoutingError(404, "no such task")
+    return row
+
+
+def _edited_id(response_id: str, assignment_id: int) -> str:
+    return f"{response_id}-edit{assignment_id}"
+
+
+def submit(db: DBSession, assignment_id: int, user: User, payload: dict[str, Any]) -> Submission:
+    """Check and store one result; exactly once per assignment (a repeat is a 409)."""
+    row = own_assignment(db, assignment_id, user)
+    if row.status != "leased":
+        raise RoutingError(409, f"this task is already {row.status}")
+    task = row.task
+    # the server names edited responses, so two annotators' edits of one response never collide
+    renames = {e.get("new_response_id"): _edited_id(str(e.get("response_id")), row.id)
+               for e in payload.get("edits") or [] if isinstance(e, dict)}
+    body = dict(payload, task_id=task.external_id, annotator=user.username, kind=task.kind,
+                submitted_at=utcnow().isoformat() + "Z")
+    body["edits"] = [dict(e, new_response_id=renames.get(e.get("new_response_id"))) if isinstance(e, dict) else e
+                     for e in payload.get("edits") or []]
+    if isinstance(body.get("scores"), dict):
+        body["scores"] = {renames.get(k, k): v for k, v in body["scores"].items()}
+    try:
+        result = AnnotationResult.model_validate(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise RoutingError(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    problems = check_result(result, annotation_task(task))
+    if problems:
+        raise RoutingError(422, "; ".join(problems))
+    done = db.execute(update(Assignment).where(Assignment.id == row.id, Assignment.user_id == user.id,
+                                               Assignment.status == "leased").values(status="submitted"))
+    if done.rowcount != 1:
+        db.rollback()
+        raise RoutingError(409, "this task was submitted or re-routed meanwhile")
+    sub = Submission(assignment_id=row.id, task_id=task.id, user_id=user.id, result=result.model_dump(exclude_none=True))
+    db.add(sub)
+    db.flush()
+    store_rows(db, sub, result, task, user)
+    overlap = db.scalar(select(Project.overlap).where(Project.id == row.project_id))
+    submitted = db.scalar(select(func.count()).select_from(Assignment)
+                          .where(Assignment.task_id == task.id, Assignment.status == "submitted"))
+    if submitted >= overlap:  # (two last submits racing on PostgreSQL may both miss this: then the task is only
+        db.execute(update(Task).where(Task.id == task.id).values(done=True))  # scanned longer, never over-filled)
+    db.commit()
+    return sub
+
+
+def store_rows(db: DBSession, sub: Submission, result: AnnotationResult, task: Task, user: User | None) -> None:
+    """The result's scores, spans and edited responses as rows (edits keep their unified diff)."""
+    by_id = {r.response_id: r for r in task.responses}
+    position = max((r.position for r in task.responses), default=-1) + 1
+    for i, edit in enumerate(result.edits):
+        parent = by_id[edit.response_id]
+        diff = "".join(difflib.unified_diff(parent.content.splitlines(keepends=True),
+                                            edit.content.splitlines(keepends=True),
+                                            fromfile=edit.response_id, tofile=edit.new_response_id))
+        db.add(Response(task_id=task.id, response_id=edit.new_response_id, position=position + i, content=edit.content,
+                        model=f"human:{user.username}" if user else "human", parent_id=parent.id, diff=diff,
+                        created_by=user.id if user else None))
+    for rid, dims in result.scores.items():
+        for dim, value in dims.items():
+            db.add(Score(submission_id=sub.id, response_id=rid, dimension=dim, value=value))
+    for span in result.spans:
+        db.add(SpanRow(submission_id=sub.id, response_id=span.response_id, start=span.start, end=span.end,
+                       kind=span.kind, note=span.note))
+
+
+def review(db: DBSession, submission_id: int, reviewer: User, accept: bool, note: str = "") -> Submission:
+    """Accept or reject a submission; a rejection frees its slot for another annotator."""
+    sub = db.get(Submission, submission_id)
+    if sub is None:
+        raise RoutingError(404, "no such submission")
+    sub.review_status = "accepted" if accept else "rejected"
+    sub.reviewer_id = reviewer.id
+    sub.review_note = note
+    if not accept and sub.assignment_id is not None:
+        # the slot number goes negative (unique, out of 1..k): the slot is free again and the annotator, whose row
+        # stays, is not routed the same task twice
+        db.execute(update(Assignment).where(Assignment.id == sub.assignment_id)
+                   .values(status="rejected", slot=-sub.assignment_id))
+        db.execute(update(Task).where(Task.id == sub.task_id).values(done=False))
+    db.commit()
+    return sub
