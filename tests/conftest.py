@@ -35,3 +35,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+from memorized_model import memorized_model  # noqa: E402,F401  session fixture: a tiny model that says given replies

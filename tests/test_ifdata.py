@@ -199,28 +199,67 @@ def test_sysmsg_round_trip_over_http(tmp_path):
         llm.close()
 
 
-def test_sysmsg_steps_against_novalign_serve(tiny_model_dir, tmp_path):
-    """The same steps against `novalign serve` with the tiny (random) model over HTTP: its replies are not
-    decompositions, so both system messages are dropped as 'unparsable decomposition' (counted, the raw reply
-    kept); its evolution and rationalization rewrites drop the prompt's constraint, so both are rejected and
-    the deterministic draft is kept with its constraint. Requests the server answered: 2 decompositions +
-    2 passes = 4, as its /health counts them."""
-    with served(tiny_model_dir, "--set", "engine.max_batch_size=8", name="m",
+NO_COMMA = {"type": "punctuation:no_comma", "params": {}, "text": "Do not use any commas."}
+# What the served model is taught to say: a decomposition of each of SYSTEMS (they share the rule 'Be polite.'),
+# then for the prompt 'rome' an evolution and a rationalization that each add a rule, and an 8 from the filter.
+DECOMPOSED = [{"opening": "You are a travel agent.", "task": "Plan trips for users.", "constraints": ["Be polite."]},
+              {"opening": "You are a math tutor.", "task": "Explain each step.", "constraints": ["Be polite."]}]
+POOL = [("opening", "You are a travel agent."), ("task", "Plan trips for users."), ("constraints", "Be polite."),
+        ("opening", "You are a math tutor."), ("task", "Explain each step.")]  # after exact_dedup, in order
+FILTER_REPLY = "Coherent and possible to follow. Rating: [[8]]"
+
+
+def _sysmsg_script():
+    """(pairs to memorize, draft, evolved, rationalized): every prompt made by the steps' own renderers
+    (decompose_messages, draft, pass_messages, filter_messages) and the bundled templates they load."""
+    from novalign.eval.judge import load_template
+    from novalign.flywheel.constraints.sysmsg import (PASS_TEMPLATES, decompose_messages, draft, filter_messages,
+                                                      pass_messages, pools_of)
+
+    template = load_template("ifdata_decompose")
+    pairs = [(decompose_messages(s, template), json.dumps(d)) for s, d in zip(SYSTEMS, DECOMPOSED)]
+    drafted = draft(pools_of([{"kind": k, "text": t} for k, t in POOL]), [NO_COMMA], 0, "rome", 1)
+    evolved, rationalized = drafted + "\n- Stay on topic.", drafted + "\n- Stay on topic.\n- Answer in English."
+    pairs += [(pass_messages(load_template(PASS_TEMPLATES["evolution"]), drafted, [NO_COMMA]), evolved),
+              (pass_messages(load_template(PASS_TEMPLATES["rationalization"]), evolved, [NO_COMMA]), rationalized),
+              (filter_messages(load_template("ifdata_sysfilter"), rationalized), FILTER_REPLY)]
+    return pairs, drafted, evolved, rationalized
+
+
+def test_sysmsg_steps_against_novalign_serve(memorized_model, tmp_path):
+    """The round trip against a real `novalign serve` over HTTP. The served tiny model was trained (our SFT) to
+    answer exactly the prompts these steps render (tests/memorized_model.py):
+
+    * sysmsg_decompose: 2 system messages -> 2 JSON replies, parsed into 3 components each (opening, task,
+      one rule) = 6 records; exact_dedup on text keeps 'Be polite.' once -> the 5 of POOL, in order.
+    * sysmsg_assemble for prompt 'rome' (no_comma) from that pool file: the draft is one opening, one task and
+      the rules '- Be polite.' (the only pool rule, extra_rules 1) and '- Do not use any commas.'; the
+      evolution reply adds 'Stay on topic.' and the rationalization 'Answer in English.', both still state the
+      no_comma constraint, so both are applied; the filter reply's 'Rating: [[8]]' parses to 8 >= 6: kept.
+    * The server answered 2 + 3 = 5 chat requests, as its /health counts them."""
+    pairs, drafted, evolved, rationalized = _sysmsg_script()
+    model_dir = memorized_model(pairs)
+    with served(model_dir, "--set", "engine.max_batch_size=8", name="m",
                 env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}) as url:
         (tmp_path / "sys.jsonl").write_text("".join(json.dumps({"system": s}) + "\n" for s in SYSTEMS))
-        (tmp_path / "pool.jsonl").write_text("".join(json.dumps(c) + "\n" for c in [
-            {"kind": "opening", "text": "Hello."}, {"kind": "task", "text": "Plan trips."}]))
-        constraint = {"type": "punctuation:no_comma", "params": {}, "text": "Do not use any commas."}
-        (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "Plan a day.", "constraints": [constraint]}) + "\n")
-        dec = _pipeline(tmp_path, [{"name": "decompose", "type": "sysmsg_decompose", "config": {"max_tokens": 16}}],
-                        {"sys": {"path": str(tmp_path / "sys.jsonl")}}, url)
-        assert dec.records("decompose") == [] and dec.steps[0]["dropped_by_reason"] == {"unparsable decomposition": 2}
+        (tmp_path / "p.jsonl").write_text(json.dumps({"id": "rome", "prompt": "Plan a day in Rome.",
+                                                      "constraints": [NO_COMMA]}) + "\n")
+        pool = _pipeline(tmp_path, [{"name": "decompose", "type": "sysmsg_decompose", "config": {"max_tokens": 128}},
+                                    {"name": "dedup", "type": "exact_dedup", "config": {"field": "text"}}],
+                         {"sys": {"path": str(tmp_path / "sys.jsonl")}}, url)
+        assert len(pool.records("decompose")) == 6 and pool.steps[0]["dropped_by_reason"] == {}
+        assert [(c["kind"], c["text"]) for c in pool.records("dedup")] == POOL
         out = _pipeline(tmp_path, [{"name": "assemble", "type": "sysmsg_assemble", "config": {
-            "components": str(tmp_path / "pool.jsonl"), "judge": None, "max_tokens": 16}}],
-            {"p": {"path": str(tmp_path / "p.jsonl")}}, url)
+            "components": str(pool.outputs["dedup"]), "temperature": 0.0, "max_tokens": 128}}],
+            {"p": {"path": str(tmp_path / "p.jsonl"), "id_field": "id"}}, url)
         [rec] = out.records("assemble")
-        assert rec["system"] == rec["draft"] == "Hello.\n\n# Task\nPlan trips.\n\n# Rules\n- Do not use any commas."
-        assert health(url)["requests"] == 4
+        assert rec["draft"] == drafted and drafted.endswith("# Rules\n- Be polite.\n- Do not use any commas.")
+        assert any(drafted.startswith(o) for k, o in POOL if k == "opening") and "\n\n# Task\n" in drafted
+        assert rec["system"] == rationalized and rationalized.startswith(evolved)
+        assert rec["messages"] == [{"role": "system", "content": rationalized},
+                                   {"role": "user", "content": "Plan a day in Rome."}]
+        assert out.steps[0]["dropped_by_reason"] == {} and out.steps[0]["requests"] == 3
+        assert health(url)["requests"] == 5
 
 
 def _roles(route, messages):

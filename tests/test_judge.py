@@ -28,7 +28,11 @@ from novalign.eval.judge import (
     write_ratings,
 )
 
-TEMPLATES = ("cfbench", "sysbench", "fbbench", "mtbench", "pairwise", "ux", "reask", "rl_rating")
+TEMPLATES = ("cfbench", "sysbench", "fbbench", "mtbench", "pairwise", "ux", "reask", "rl_rating",
+             # instruction-following data (novalign/flywheel/constraints): the LLM prompts, and the lesson
+             "ifdata_decompose", "ifdata_evolve", "ifdata_inspect", "ifdata_propose", "ifdata_rationalize",
+             "ifdata_reverse", "ifdata_revise", "ifdata_sysfilter", "ifdata_validate", "textbook")
+WITH_JSON_EXAMPLE = ("cfbench", "sysbench", "fbbench", "ux", "ifdata_inspect", "ifdata_propose", "ifdata_validate")
 
 
 # ---------------------------------------------------------------------------------------- checklist
@@ -112,10 +116,25 @@ def test_bundled_templates_exist_in_both_languages_and_render(name, lang):
     """Every template renders with the values its suite passes, leaving its JSON example intact."""
     values = {"prompt": "P", "reference": "R", "response": "A", "criteria": "1. c", "num_criteria": 1, "system": "S", "history": "H",
                   "question": "Q", "query": "Q", "first_response": "F", "feedback": "FB", "second_response": "A2", "conversation": "C",
-                  "answer": "A", "answer_a": "AA", "answer_b": "BB", "dimensions": "d", "error": "E"}
+                  "answer": "A", "answer_a": "AA", "answer_b": "BB", "dimensions": "d", "error": "E",
+                  "constraints": "- c", "attributes": "[a1] x", "text": "T", "library": "L", "max_new": 2,
+                  "missing": "[a1] x", "suggestions": "S", "previous": "P0"}
     text = render(load_template(name, lang), **values)
-    assert "{" not in text or name in ("cfbench", "sysbench", "fbbench", "ux")  # only those show a JSON example
+    assert "{" not in text or name in WITH_JSON_EXAMPLE  # only those show a JSON example
     assert not [p for p in ("{prompt}", "{response}", "{answer}", "{error}") if p in text]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_bundled_translations_ask_for_the_same_values(name):
+    """A template's zh text uses the same placeholders as its en text (a translation that drops {constraints}
+    would silently send the model a prompt without them); the lesson template has as many sections in both."""
+    from novalign.eval.judge import _PLACEHOLDER
+    from novalign.flywheel.constraints.textbook import required_sections
+
+    en, zh = load_template(name, "en"), load_template(name, "zh")
+    assert set(_PLACEHOLDER.findall(en)) == set(_PLACEHOLDER.findall(zh))
+    if name == "textbook":
+        assert len(required_sections(en)) == len(required_sections(zh)) == 5
 
 
 def test_template_dir_overrides_and_missing_values_are_named(tmp_path):

@@ -20,10 +20,31 @@ from novalign.eval.judge import load_template, parse_rating, render
 from novalign.flywheel.constraints.attributes import Ask, parse_json_object
 from novalign.eval.constraints.library import expressed
 
-__all__ = ["KINDS", "assemble", "parse_decomposition", "pools_of", "refine"]
+__all__ = ["KINDS", "PASS_TEMPLATES", "assemble", "decompose_messages", "draft", "filter_messages", "parse_decomposition",
+           "pass_messages", "pools_of", "refine"]
 
 KINDS = ("opening", "task", "workflow", "output_spec", "constraints")
 _HEADINGS = {"task": "# Task", "workflow": "# Workflow", "output_spec": "# Output format", "constraints": "# Rules"}
+PASS_TEMPLATES = {"evolution": "ifdata_evolve", "rationalization": "ifdata_rationalize"}
+
+
+# The chat requests of the LLM calls, one function each, so that what a step sends can be reproduced exactly
+# (tests train a tiny served model on these very prompts).
+def decompose_messages(system: str, template: str) -> list[dict]:
+    """The decomposition request for one system message (``template``: ``ifdata_decompose``)."""
+    return [{"role": "user", "content": render(template, system=system)}]
+
+
+def pass_messages(template: str, system: str, constraints: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """An evolution or rationalization request (``template``: one of :data:`PASS_TEMPLATES`) for ``system``
+    that lists the ``constraints`` it must keep."""
+    listed = "\n".join(f"- {c['text']}" for c in constraints) or "- (none)"
+    return [{"role": "user", "content": render(template, system=system, constraints=listed)}]
+
+
+def filter_messages(template: str, system: str) -> list[dict]:
+    """The final filter's rating request (``template``: ``ifdata_sysfilter``)."""
+    return [{"role": "user", "content": render(template, system=system)}]
 
 
 def _text_list(value: Any, key: str) -> list[str]:
@@ -82,6 +103,13 @@ def assemble(pools: Mapping[str, Sequence[str]], constraints: Sequence[Mapping[s
     return "\n\n".join(parts)
 
 
+def draft(pools: Mapping[str, Sequence[str]], constraints: Sequence[Mapping[str, Any]], seed: int, record_id: str,
+          extra_rules: int = 1) -> str:
+    """:func:`assemble` with the record's own generator (``seed`` and its id), so a draft does not depend on
+    which other records share its batch."""
+    return assemble(pools, constraints, random.Random(f"{seed}/{record_id}"), extra_rules)
+
+
 def refine(messages: list[str], constraints: Sequence[Sequence[Mapping[str, Any]]], llm: Ask, judge: Ask | None, *,
            evolution_rounds: int = 1, rationalize: bool = True, min_score: float = 6.0,
            template_dir: str | None = None) -> tuple[list[str | None], list[str | None], Counter]:
@@ -89,15 +117,13 @@ def refine(messages: list[str], constraints: Sequence[Sequence[Mapping[str, Any]
     final filter (``judge``'s 1-10 rating, kept at >= ``min_score``). A rewrite is taken only when it still
     states every one of the message's ``constraints``; otherwise the message before it is kept and the
     rejection counted. Returns (final messages, drop reason per message or None, counts)."""
-    evolve_t = load_template("ifdata_evolve", "en", template_dir)
-    rational_t = load_template("ifdata_rationalize", "en", template_dir)
+    evolve_t = load_template(PASS_TEMPLATES["evolution"], "en", template_dir)
+    rational_t = load_template(PASS_TEMPLATES["rationalization"], "en", template_dir)
     counts: Counter = Counter()
     current = list(messages)
     passes = [("evolution", evolve_t)] * evolution_rounds + ([("rationalization", rational_t)] if rationalize else [])
     for name, template in passes:
-        asks = [[{"role": "user", "content": render(template, system=m, constraints="\n".join(
-            f"- {c['text']}" for c in cs) or "- (none)")}] for m, cs in zip(current, constraints)]
-        for i, reply in enumerate(llm(asks)):
+        for i, reply in enumerate(llm([pass_messages(template, m, cs) for m, cs in zip(current, constraints)])):
             if reply is None or not reply.strip():
                 counts[f"{name} failed"] += 1
             elif not all(expressed(c, reply) for c in constraints[i]):
@@ -108,7 +134,7 @@ def refine(messages: list[str], constraints: Sequence[Sequence[Mapping[str, Any]
     reasons: list[str | None] = [None] * len(current)
     if judge is not None:
         filter_t = load_template("ifdata_sysfilter", "en", template_dir)
-        for i, reply in enumerate(judge([[{"role": "user", "content": render(filter_t, system=m)}] for m in current])):
+        for i, reply in enumerate(judge([filter_messages(filter_t, m) for m in current])):
             try:
                 score = parse_rating(reply or "")
             except ValueError:

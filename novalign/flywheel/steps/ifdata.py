@@ -7,7 +7,6 @@ its reason; ``constraint_expand`` also records the proposals it rejected, by rea
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -190,12 +189,12 @@ class SysmsgDecompose(_IFStep):
         yield from self.with_usage(self._process(items), before)
 
     def _process(self, items):
-        from novalign.eval.judge import load_template, render
-        from novalign.flywheel.constraints.sysmsg import parse_decomposition
+        from novalign.eval.judge import load_template
+        from novalign.flywheel.constraints.sysmsg import decompose_messages, parse_decomposition
 
         c, records = self.config, [r for _, r in items]
         template = load_template("ifdata_decompose", "en", c.template_dir)
-        replies = self.ask("llm")([[{"role": "user", "content": render(template, system=r[c.field])}] for r in records])
+        replies = self.ask("llm")([decompose_messages(r[c.field], template) for r in records])
         for r, reply in zip(records, replies):
             try:
                 parts = parse_decomposition(reply)
@@ -251,12 +250,12 @@ class SysmsgAssemble(_IFStep):
 
     def _process(self, items):
         from novalign.data.io import iter_records
-        from novalign.flywheel.constraints.sysmsg import assemble, pools_of, refine
+        from novalign.flywheel.constraints.sysmsg import draft, pools_of, refine
 
         c, records = self.config, [r for _, r in items]
         pools = pools_of([rec for _, rec in iter_records(c.components)])
         cons = [list(r.get(c.constraints_field) or []) for r in records]
-        drafts = [assemble(pools, cs, random.Random(f"{c.seed}/{r['_id']}"), c.extra_rules) for r, cs in zip(records, cons)]
+        drafts = [draft(pools, cs, c.seed, r["_id"], c.extra_rules) for r, cs in zip(records, cons)]
         final, reasons, counts = refine(drafts, cons, self.ask("llm"), self.ask("judge", 0.0) if c.judge is not None else None,
                                         evolution_rounds=c.evolution_rounds, rationalize=c.rationalize,
                                         min_score=c.min_score, template_dir=c.template_dir)
