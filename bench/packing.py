@@ -61,7 +61,7 @@ from novalign.models.packing import (
     plan_padded_batches,
     utilization,
 )
-from novalign.train.sft import SFTObjective
+from novalign.train.sft_objective import SFTObjective
 
 from common import log, make_samples  # bench/common.py (the script's folder is on sys.path)
 
