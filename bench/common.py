@@ -48,3 +48,16 @@ def make_samples(
         prompt = int(round(prompt_frac * length))
         samples.append((ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
     return samples
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of the Hugging Face Trainer's ``group_by_length=True``: its own ``get_length_grouped_indices``
+    (random mega-batches of up to 50 batches, sorted by length inside, the longest batch first), cut into
+    ``batch_size`` consecutive indices as its DataLoader does."""
+    if not lengths:
+        return []
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
