@@ -286,6 +286,28 @@ def parse_args(argv):
     return args, p
 
 
+def packed_sdpa_error(args, plan: Plan, varlen: str, device) -> tuple[float, float]:
+    """Max |difference| of the final hidden states of one packed row under transformers' position-id
+    detection (``hf_packed_sdpa``) and under novalign's varlen attention, fp32, same weights: proof that the
+    HF packed baseline isolates samples too (a leak would make it a different computation, not a baseline).
+    Also returns the difference to a control in which the row is one segment (samples attend across
+    boundaries), which must be large: the comparison can fail."""
+    from novalign.models.forward import decoder_hidden_states
+
+    fp32 = argparse.Namespace(**{**vars(args), "precision": "amp", "grad_ckpt": 0, "compile": False})
+    batch = plan.timed[0][0]
+    one_segment = torch.tensor([0, batch.num_row_tokens], dtype=torch.int32, device=device)
+    runs = (("sdpa", dataclasses.replace(batch, cu_seqlens=None, max_seqlen=0)), (varlen, batch),
+            (varlen, dataclasses.replace(batch, cu_seqlens=one_segment, max_seqlen=batch.num_row_tokens)))
+    hidden = []
+    for attn, b in runs:
+        model, _ = build(fp32, attn, device)
+        with torch.no_grad():
+            hidden.append(decoder_hidden_states(model.eval(), b))
+        del model
+    return float((hidden[0] - hidden[1]).abs().max()), float((hidden[0] - hidden[2]).abs().max())
+
+
 def check_problems(runs: dict[str, dict], device: torch.device) -> list[str]:
     """Errors of the check's runs, and on CUDA every packed run must have run a fused varlen kernel only."""
     problems = [f"{m}: {r['error']}" for m, r in runs.items() if "error" in r]
@@ -379,10 +401,17 @@ def main(argv=None) -> int:
             runs["novalign_packed_amp"] = run_mode(amp_args, "novalign_packed (amp)", varlen, plans["novalign_packed"],
                                                    device, shape, peak)
         problems = check_problems(runs, device)
+        if "novalign_packed" in plans:
+            err, leak = packed_sdpa_error(args, plans["novalign_packed"], varlen, device)
+            res["packed_sdpa_vs_varlen"] = {"max_abs_err": err, "leak_control": leak}
+            if not err < 1e-2 or not leak > 10 * err:
+                problems.append(f"hf_packed_sdpa vs novalign_packed hidden states: {err:.3g} (leak control {leak:.3g})")
     out = report(args, res, shape, peak, peak_source, device_name, timed_real, plans, rows, lengths, t_start)
     out["transformers"] = transformers.__version__
     if args.check:
-        out.update(check=True, ok=not problems, problems=problems)
+        errs = res.get("packed_sdpa_vs_varlen", {})
+        out.update(check=True, ok=not problems, problems=problems,
+                   packed_sdpa_vs_varlen_max_abs_err=errs.get("max_abs_err"), leak_control_max_abs_err=errs.get("leak_control"))
     print(json.dumps(out), flush=True)
     return 1 if problems else 0
 

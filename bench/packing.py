@@ -29,8 +29,8 @@ Reported (one JSON line on stdout, everything else goes to stderr):
   second of training (forward + backward + optimizer step), over the SAME subset of samples for every mode,
   after an untimed warm-up; ``speedup`` = packed / padded (random order), ``speedup_vs_grouped`` = packed /
   length-grouped. All modes are measured in the same run on the same machine. The grouping runs within a
-  timing round (``--round-samples``), i.e. over fewer samples than a Trainer's mega-batch of 400 would see
-  in a large set, which if anything favours the grouped baseline.
+  timing round (``--round-samples``, 100) with the Trainer's mega-batch of 50 batches (400 samples), i.e. a
+  round is sorted whole: as tight as a Trainer groups a large set, or tighter.
 * the utilization of each mode on that timed subset (a small subset packs a little less tightly than
   the whole set), the mean loss of each mode over the timed steps, and a correctness check: the final
   hidden states of one packed row against the same samples padded (``hidden_max_abs_err``, ~1e-6),

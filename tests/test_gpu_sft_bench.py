@@ -38,6 +38,8 @@ def test_check_mode_runs_every_mode_without_pydantic():
     # counted at run time: on CPU the packed mode takes the exact loop; the HF modes never enter novalign's code
     assert set(out["novalign_packed_kernel_calls"]) == {"sdpa_loop/bfloat16"}
     assert out["hf_packed_sdpa_kernel_calls"] == {}
+    # the HF packed baseline isolates samples as novalign's kernel does; the one-segment control does not
+    assert out["packed_sdpa_vs_varlen_max_abs_err"] < 1e-4 < 0.1 < out["leak_control_max_abs_err"]
     # tiny shape: vocab 512 x hidden 64 embedding, tied, counted once
     assert out["params"] - out["params_non_embedding"] == 512 * 64
 
