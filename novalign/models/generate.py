@@ -80,10 +80,12 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 
 # From this vocabulary size on, rows without top-k/top-p skip the full sort (:func:`draw_untruncated`): sorting
-# 151,936 logits of 16 rows takes ~25 ms a step on a CPU core. Below it the sorted path stays, so the draws of
-# small models (tests, the demo) stay those of earlier runs bit for bit; the sort-free path draws from the
-# same distribution and the same token for the same uniform except when that uniform falls within float
-# round-off of a CDF step (the two paths sum the probabilities in different orders).
+# 151,936 logits of 16 rows took 0.8 s a step on one loaded CPU core, the topk path 0.03 s (bench/cpu_hotspots.py). Below it the sorted path stays, so the draws of
+# small models (tests, the demo) stay those of earlier runs bit for bit. On a large vocabulary the two paths
+# differ where the sorted one is off: its float32 running sum over 152k tokens drifts by ~2e-5, and with
+# top_p = 1 its "mass before >= top_p" test then drops every token after the drifted sum passes 1.0 (about
+# half of the vocabulary for peaked logits, ~3e-5 of the mass); the sort-free path sums in float64 and draws
+# the token an exact float64 inverse CDF draws (bench/cpu_hotspots.py counts both against it).
 SORT_FREE_MIN_VOCAB = 32768
 
 
@@ -154,14 +156,15 @@ def draw_untruncated(probs: torch.Tensor, u: torch.Tensor, first_k: int = 64) ->
     By hand, probs [[0.1, 0.6, 0.3]], u 0.8: descending 0.6 (token 1), 0.3 (token 2), 0.1 (token 0), CDF
     0.6, 0.9, 1.0; target 0.8 -> token 2.
     """
-    total = probs.sum(dim=-1)
-    target = u.to(probs.dtype) * total
+    # float64 running sums: a float32 one over 152k tokens drifts by ~2e-5, which moves draws in the tail
+    total = probs.sum(dim=-1, dtype=torch.float64)
+    target = u.to(torch.float64) * total
     out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     pending = torch.arange(probs.shape[0], device=probs.device)
     vocab, k = probs.shape[-1], min(first_k, probs.shape[-1])
     while pending.numel():
         vals, idx = probs[pending].topk(k, dim=-1)  # sorted, most likely first
-        cdf = vals.cumsum(dim=-1)
+        cdf = vals.cumsum(dim=-1, dtype=torch.float64)
         done = (cdf[:, -1] >= target[pending]) | (k == vocab)
         pick = torch.searchsorted(cdf[done], target[pending][done].unsqueeze(1).contiguous()).clamp_max(k - 1)
         out[pending[done]] = idx[done].gather(1, pick).squeeze(1)
