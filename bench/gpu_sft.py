@@ -368,7 +368,8 @@ def main(argv=None) -> int:
     for m in args.modes:
         log(f"  estimate {m}: {estimates[m][0]:.1f} GiB peak, {estimates[m][1]:.0f} s, {len(plans[m].timed)} timed steps")
     log(f"estimated total: {sum(s for _, s in estimates.values()) + (time.perf_counter() - t_start):.0f} s "
-        f"(GPU estimate{'; meaningless on CPU' if device.type != 'cuda' else ''})")
+        f"({'as on an 80 GB H100' if args.estimate_only and device.type != 'cuda' else 'GPU estimate'}"
+        f"{'; meaningless on CPU' if device.type != 'cuda' and not args.estimate_only else ''})")
 
     if args.estimate_only:
         fits = {m: free_bytes is None or e[0] * est.GIB <= 0.95 * free_bytes for m, e in estimates.items()}
