@@ -35,7 +35,8 @@ Reported (one JSON line on stdout, everything else goes to stderr):
   the whole set), the mean loss of each mode over the timed steps, and a correctness check: the final
   hidden states of one packed row against the same samples padded (``hidden_max_abs_err``, ~1e-6),
   next to a control where the row is one segment so samples attend across boundaries
-  (``hidden_max_abs_err_leak_control``, large) -- proof that the check can fail.
+  (``hidden_max_abs_err_leak_control``, large) -- proof that the check can fail;
+* ``packed_kernel_calls``: the attention kernels the timed packed steps ran, counted at run time.
 
 Timing is done in rounds: the timed pool (the first ``--max-timed-samples`` samples) is cut into rounds of
 ``--round-samples``; each round's samples are trained as random-order padded batches, then as
@@ -60,7 +61,7 @@ import time
 import numpy as np
 import torch
 
-from novalign.models.attention import resolve_backend, varlen_kernel_name
+from novalign.models.attention import kernel_calls, reset_kernel_calls, resolve_backend, varlen_kernel_name
 from novalign.models.packing import (
     collate_packed,
     collate_padded,
@@ -287,6 +288,7 @@ def main(argv=None) -> None:
         f"padded batches of {args.batch_size} vs packed rows of {args.row_len}")
     timed = 0
     row_tokens = {"padded": 0, "grouped": 0, "packed": 0}
+    reset_kernel_calls()  # the varlen kernels the timed packed steps really run, counted
     for i, idx in enumerate(rounds):
         pads, packs, _, _, groups = round_batches(idx)
         padded.run(pads)
@@ -338,6 +340,7 @@ def main(argv=None) -> None:
         "batch_size": args.batch_size,
         "attn_padded": "sdpa",
         "attn_packed": f"{varlen}/{varlen_kernel_name(device)}",
+        "packed_kernel_calls": {k: v for k, v in kernel_calls(by_dtype=True).items() if not k.startswith("hf_sdpa")},
         "amp_bf16": amp,
         "quick": args.quick,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
