@@ -319,6 +319,44 @@ def check_problems(runs: dict[str, dict], device: torch.device) -> list[str]:
     return problems
 
 
+def run_modes(args, plans, estimates, free_bytes, t_start, *, device, shape, peak, varlen) -> dict[str, dict]:
+    """Every mode in turn, unless its memory estimate exceeds the free memory or its time estimate what is left
+    of ``--budget-s`` (then ``{"skipped": reason}``)."""
+    res: dict[str, dict] = {}
+    for mode in args.modes:
+        mem_gib, secs = estimates[mode]
+        left = args.budget_s - (time.perf_counter() - t_start)
+        if free_bytes is not None and mem_gib * est.GIB > 0.95 * free_bytes:
+            res[mode] = {"skipped": f"estimated {mem_gib:.1f} GiB > 95 % of the {free_bytes / est.GIB:.1f} GiB free"}
+        elif device.type == "cuda" and not args.check and secs > left:
+            res[mode] = {"skipped": f"estimated {secs:.0f} s > {left:.0f} s left of --budget-s {args.budget_s:.0f}"}
+        else:
+            log(f"{mode}:")
+            res[mode] = run_mode(args, mode, varlen if mode == "novalign_packed" else "sdpa", plans[mode], device, shape, peak)
+            if "error" not in res[mode]:
+                res[mode]["est_mem_gib"], res[mode]["est_seconds"] = mem_gib, secs
+            continue
+        log(f"{mode}: skipped: {res[mode]['skipped']}")
+    return res
+
+
+def run_checks(args, plans, res, *, device, shape, peak, varlen) -> list[str]:
+    """``--check``: the packed mode under ``amp`` too (where the fused kernel used to be lost), the kernels
+    counted, and HF packed sdpa against novalign's varlen on the same row; the problems found."""
+    runs = dict(res)
+    if "novalign_packed" not in plans:
+        return check_problems(runs, device)
+    amp_args = argparse.Namespace(**{**vars(args), "precision": "amp"})
+    runs["novalign_packed_amp"] = run_mode(amp_args, "novalign_packed (amp)", varlen, plans["novalign_packed"],
+                                           device, shape, peak)
+    problems = check_problems(runs, device)
+    err, leak = packed_sdpa_error(args, plans["novalign_packed"], varlen, device)
+    res["packed_sdpa_vs_varlen"] = {"max_abs_err": err, "leak_control": leak}
+    if not err < 1e-2 or not leak > 10 * err:
+        problems.append(f"hf_packed_sdpa vs novalign_packed hidden states: {err:.3g} (leak control {leak:.3g})")
+    return problems
+
+
 def main(argv=None) -> int:
     args, p = parse_args(argv)
     import accelerate  # noqa: F401  (the image's packages: fail here, in seconds, not after minutes)
@@ -379,35 +417,9 @@ def main(argv=None) -> int:
                           **{f"{m}_fits": fits[m] for m in estimates},
                           "est_total_seconds": round(sum(e[1] for m, e in estimates.items() if fits[m]), 1)}))
         return 0
-    res: dict[str, dict] = {}
-    for mode in args.modes:
-        mem_gib, secs = estimates[mode]
-        left = args.budget_s - (time.perf_counter() - t_start)
-        if free_bytes is not None and mem_gib * est.GIB > 0.95 * free_bytes:
-            res[mode] = {"skipped": f"estimated {mem_gib:.1f} GiB > 95 % of the {free_bytes / est.GIB:.1f} GiB free"}
-        elif device.type == "cuda" and not args.check and secs > left:
-            res[mode] = {"skipped": f"estimated {secs:.0f} s > {left:.0f} s left of --budget-s {args.budget_s:.0f}"}
-        else:
-            log(f"{mode}:")
-            res[mode] = run_mode(args, mode, varlen if mode == "novalign_packed" else "sdpa", plans[mode], device, shape, peak)
-            if "error" not in res[mode]:
-                res[mode]["est_mem_gib"], res[mode]["est_seconds"] = mem_gib, secs
-            continue
-        log(f"{mode}: skipped: {res[mode]['skipped']}")
-
-    problems = []
-    if args.check:  # the amp path too, where the fused kernel used to be lost
-        runs = dict(res)
-        if "novalign_packed" in plans:
-            amp_args = argparse.Namespace(**{**vars(args), "precision": "amp"})
-            runs["novalign_packed_amp"] = run_mode(amp_args, "novalign_packed (amp)", varlen, plans["novalign_packed"],
-                                                   device, shape, peak)
-        problems = check_problems(runs, device)
-        if "novalign_packed" in plans:
-            err, leak = packed_sdpa_error(args, plans["novalign_packed"], varlen, device)
-            res["packed_sdpa_vs_varlen"] = {"max_abs_err": err, "leak_control": leak}
-            if not err < 1e-2 or not leak > 10 * err:
-                problems.append(f"hf_packed_sdpa vs novalign_packed hidden states: {err:.3g} (leak control {leak:.3g})")
+    ctx = dict(device=device, shape=shape, peak=peak, varlen=varlen)
+    res = run_modes(args, plans, estimates, free_bytes, t_start, **ctx)
+    problems = run_checks(args, plans, res, **ctx) if args.check else []
     out = report(args, res, shape, peak, peak_source, device_name, timed_real, plans, rows, lengths, t_start)
     out["transformers"] = transformers.__version__
     if args.check:
