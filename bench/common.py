@@ -48,3 +48,19 @@ def make_samples(
         prompt = int(round(prompt_frac * length))
         samples.append((ids, [IGNORE_INDEX] * prompt + ids[prompt:]))
     return samples
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, mega_batch_mult: int | None = 50) -> list[list[int]]:
+    """Batches of the Hugging Face Trainer's ``group_by_length=True``: its own ``get_length_grouped_indices``
+    (random mega-batches of ``mega_batch_mult`` batches, sorted by length inside, the longest batch first), cut
+    into ``batch_size`` consecutive indices as its DataLoader does. 50 is what the Trainer uses on any set of
+    more than 1,600 samples (None: its rule for the given set, fewer for a small one) -- a bench timing a
+    subset of a large set passes 50, so the subset is grouped as tightly as the Trainer would group it."""
+    if not lengths:
+        return []
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    order = get_length_grouped_indices(lengths, batch_size, mega_batch_mult=mega_batch_mult,
+                                       generator=torch.Generator().manual_seed(seed))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

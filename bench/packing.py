@@ -10,6 +10,9 @@ AdamW and the same loss (``SFTObjective().loss_sum``, token mean per step) in tw
 * **baseline -- dynamic padding** (what the Hugging Face Trainer does by default): batches of 8 samples in
   random order (``plan_padded_batches``), right-padded to the longest sample of the batch
   (``collate_padded``), transformers' ``"sdpa"`` attention with the padding mask;
+* **baseline -- length-grouped padding** (the Trainer's ``group_by_length=True``): the same, but batched by
+  transformers' own ``get_length_grouped_indices`` (random mega-batches sorted by length), so a batch holds
+  samples of similar length and pads little -- the strongest padding baseline a user has;
 * **novalign packing**: best-fit-decreasing rows of 4096 tokens (``plan_packed_rows``), one row per
   micro-batch, varlen attention (``resolve_backend("auto")``), positions restarting per sample.
 
@@ -19,23 +22,28 @@ exact per-sample SDPA loop.
 
 Reported (one JSON line on stdout, everything else goes to stderr):
 
-* ``padded_utilization`` / ``packed_utilization``: real tokens / tokens the model processes, over the whole
-  generated set (computed from the plans, no training). Report section 2.2 claims ~98 % for packing.
-* ``padded_tokens_per_s`` / ``packed_tokens_per_s``: real (non-padding) tokens per second of training
-  (forward + backward + optimizer step), over the SAME subset of samples for both modes, after an untimed
-  warm-up; ``speedup`` = packed / padded. Both modes are measured in the same run on the same machine.
+* ``padded_utilization`` / ``grouped_utilization`` / ``packed_utilization``: real tokens / tokens the model
+  processes, over the whole generated set (computed from the plans, no training). Report section 2.2 claims
+  ~98 % for packing.
+* ``padded_tokens_per_s`` / ``grouped_tokens_per_s`` / ``packed_tokens_per_s``: real (non-padding) tokens per
+  second of training (forward + backward + optimizer step), over the SAME subset of samples for every mode,
+  after an untimed warm-up; ``speedup`` = packed / padded (random order), ``speedup_vs_grouped`` = packed /
+  length-grouped. All modes are measured in the same run on the same machine. The grouping runs within a
+  timing round (``--round-samples``, 100) with the Trainer's mega-batch of 50 batches (400 samples), i.e. a
+  round is sorted whole: as tight as a Trainer groups a large set, or tighter.
 * the utilization of each mode on that timed subset (a small subset packs a little less tightly than
   the whole set), the mean loss of each mode over the timed steps, and a correctness check: the final
   hidden states of one packed row against the same samples padded (``hidden_max_abs_err``, ~1e-6),
   next to a control where the row is one segment so samples attend across boundaries
-  (``hidden_max_abs_err_leak_control``, large) -- proof that the check can fail.
+  (``hidden_max_abs_err_leak_control``, large) -- proof that the check can fail;
+* ``packed_kernel_calls``: the attention kernels the timed packed steps ran, counted at run time.
 
 Timing is done in rounds: the timed pool (the first ``--max-timed-samples`` samples) is cut into rounds of
-``--round-samples``; each round's samples are trained as padded batches, then the same samples as packed
-rows (BFD within the round). After the round in which the timed seconds of both modes together pass
-``--time-budget`` timing stops, so the run takes a bounded time whatever the machine, both modes are
-always timed on exactly the same samples (``timed_samples``), and a change of load on a shared machine
-hits both modes about equally. Warm-up steps (untimed) use samples from outside the pool.
+``--round-samples``; each round's samples are trained as random-order padded batches, then as
+length-grouped padded batches, then as packed rows (BFD within the round). After the round in which the
+timed seconds of all modes together pass ``--time-budget`` timing stops, so the run takes a bounded time
+whatever the machine, every mode is always timed on exactly the same samples (``timed_samples``), and a
+change of load on a shared machine hits every mode about equally. Warm-up steps (untimed) use samples from outside the pool.
 
 Usage::
 
@@ -53,7 +61,7 @@ import time
 import numpy as np
 import torch
 
-from novalign.models.attention import resolve_backend, varlen_kernel_name
+from novalign.models.attention import kernel_calls, reset_kernel_calls, resolve_backend, varlen_kernel_name
 from novalign.models.packing import (
     collate_packed,
     collate_padded,
@@ -61,9 +69,9 @@ from novalign.models.packing import (
     plan_padded_batches,
     utilization,
 )
-from novalign.train.sft import SFTObjective
+from novalign.train.sft_objective import SFTObjective
 
-from common import log, make_samples  # bench/common.py (the script's folder is on sys.path)
+from common import length_grouped_batches, log, make_samples  # bench/common.py (the script's folder is on sys.path)
 
 
 def build_model(args, attn_implementation: str, device: torch.device, seed: int):
@@ -84,16 +92,19 @@ def build_model(args, attn_implementation: str, device: torch.device, seed: int)
     return model.to(device)
 
 
-def plan_stats(samples, batches_of_samples_padded, rows, row_len) -> dict[str, float]:
-    """Utilization of both plans without collating (cheap)."""
+def plan_stats(samples, batches_of_samples_padded, rows, row_len, grouped=None) -> dict[str, float]:
+    """Utilization of the plans without collating (cheap)."""
     lengths = [len(s[0]) for s in samples]
-    real_pad = sum(lengths[i] for b in batches_of_samples_padded for i in b)
-    tok_pad = sum(len(b) * max(lengths[i] for i in b) for b in batches_of_samples_padded)
+
+    def padded(batches):
+        real = sum(lengths[i] for b in batches for i in b)
+        return utilization(real, sum(len(b) * max(lengths[i] for i in b) for b in batches))
+
     real_pack = sum(lengths[i] for r in rows for i in r)
-    return {
-        "padded": utilization(real_pad, tok_pad),
-        "packed": utilization(real_pack, len(rows) * row_len),
-    }
+    out = {"padded": padded(batches_of_samples_padded), "packed": utilization(real_pack, len(rows) * row_len)}
+    if grouped is not None:
+        out["grouped"] = padded(grouped)
+    return out
 
 
 class Trainer:
@@ -177,7 +188,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--num-samples", type=int, default=2000, help="size of the generated set (utilization is computed on all of it)")
     p.add_argument("--max-timed-samples", type=int, default=1000, help="most samples trained on (and timed) in each mode")
-    p.add_argument("--round-samples", type=int, default=100, help="samples per timing round (both modes train each round)")
+    p.add_argument("--round-samples", type=int, default=100, help="samples per timing round (every mode trains each round)")
     p.add_argument("--time-budget", type=float, default=120.0,
                    help="stop timing after the round in which padded + packed training time exceeds this (seconds)")
     p.add_argument("--median-len", type=float, default=400.0, help="median sample length (lognormal mu = ln of this)")
@@ -225,9 +236,10 @@ def main(argv=None) -> None:
         plan_padded_batches(len(samples), args.batch_size, seed=args.seed, epoch=0),
         plan_packed_rows(lengths, args.row_len, seed=args.seed, epoch=0),
         args.row_len,
+        length_grouped_batches(lengths, args.batch_size, args.seed),
     )
     log(f"{len(samples)} samples, median {np.median(lengths):.0f}, mean {np.mean(lengths):.0f}; "
-        f"utilization padded {full['padded']:.3f}, packed {full['packed']:.3f}")
+        f"utilization padded {full['padded']:.3f}, length-grouped {full['grouped']:.3f}, packed {full['packed']:.3f}")
 
     # Timed pool: the first samples of the set (lengths are i.i.d., so a random subset), cut into rounds of
     # `round_samples`. Each round's samples are trained once as padded batches and once as packed rows (BFD
@@ -247,61 +259,78 @@ def main(argv=None) -> None:
         pad_plan = plan_padded_batches(len(sub), args.batch_size, seed=args.seed, epoch=0)
         pack_plan = plan_packed_rows([len(s[0]) for s in sub], args.row_len, seed=args.seed, epoch=0)
         pads = [collate_padded([sub[i] for i in b], pad_id) for b in pad_plan]
+        groups = [collate_padded([sub[i] for i in b], pad_id)
+                  for b in length_grouped_batches([len(s[0]) for s in sub], args.batch_size, args.seed)]
         packs = [collate_packed(sub, [r], args.row_len, pad_id) for r in pack_plan]
         assert sum(b.num_real_tokens for b in pads) == sum(b.num_real_tokens for b in packs)
-        return pads, packs, sub, pack_plan
+        assert sum(b.num_real_tokens for b in groups) == sum(b.num_real_tokens for b in packs)
+        return pads, packs, sub, pack_plan, groups
 
     varlen = resolve_backend("auto")
     padded_model = build_model(args, "sdpa", device, args.seed)
+    grouped_model = build_model(args, "sdpa", device, args.seed)
     packed_model = build_model(args, varlen, device, args.seed)
     assert all(torch.equal(a, b) for a, b in zip(padded_model.state_dict().values(), packed_model.state_dict().values()))
     amp = args.amp == "on" or (args.amp == "auto" and device.type == "cuda")
-    _, _, sub0, plan0 = round_batches(rounds[0])
+    _, _, sub0, plan0, _ = round_batches(rounds[0])
     err, leak = hidden_state_check(packed_model, padded_model, sub0, max(plan0, key=len), args.row_len, pad_id, device, amp)
     log(f"packed vs padded final hidden states on one row: max |diff| {err:.2e} (cross-sample leak control: {leak:.2e})")
     log(f"varlen kernel on {device}: {varlen_kernel_name(device)}")
 
     padded = Trainer(padded_model, device, lr=args.lr, label="padded", amp=amp)
+    grouped = Trainer(grouped_model, device, lr=args.lr, label="grouped", amp=amp)
     packed = Trainer(packed_model, device, lr=args.lr, label="packed", amp=amp)
-    warm_pads, warm_packs, _, _ = round_batches(list(range(len(samples) - args.round_samples, len(samples))))
+    warm_pads, warm_packs, _, _, warm_groups = round_batches(list(range(len(samples) - args.round_samples, len(samples))))
     padded.warmup(warm_pads[: args.warmup])
+    grouped.warmup(warm_groups[: args.warmup])
     packed.warmup(warm_packs[: args.warmup])
     log(f"timing up to {len(rounds)} rounds of {args.round_samples} samples (budget {args.time_budget:.0f} s), "
         f"padded batches of {args.batch_size} vs packed rows of {args.row_len}")
     timed = 0
-    row_tokens = {"padded": 0, "packed": 0}
+    row_tokens = {"padded": 0, "grouped": 0, "packed": 0}
+    reset_kernel_calls()  # the varlen kernels the timed packed steps really run, counted
     for i, idx in enumerate(rounds):
-        pads, packs, _, _ = round_batches(idx)
+        pads, packs, _, _, groups = round_batches(idx)
         padded.run(pads)
+        grouped.run(groups)
         packed.run(packs)
         timed += len(idx)
         row_tokens["padded"] += sum(b.num_row_tokens for b in pads)
+        row_tokens["grouped"] += sum(b.num_row_tokens for b in groups)
         row_tokens["packed"] += sum(b.num_row_tokens for b in packs)
-        log(f"  round {i + 1}: {timed} samples, padded {padded.tokens_per_s:.0f} real tok/s, "
-            f"packed {packed.tokens_per_s:.0f} real tok/s ({padded.seconds + packed.seconds:.0f} s timed)")
-        if padded.seconds + packed.seconds >= args.time_budget:
+        spent = padded.seconds + grouped.seconds + packed.seconds
+        log(f"  round {i + 1}: {timed} samples, padded {padded.tokens_per_s:.0f} real tok/s, grouped "
+            f"{grouped.tokens_per_s:.0f}, packed {packed.tokens_per_s:.0f} real tok/s ({spent:.0f} s timed)")
+        if spent >= args.time_budget:
             break
-    assert padded.real == packed.real
+    assert padded.real == packed.real == grouped.real
     sub_util = {k: utilization(packed.real, v) for k, v in row_tokens.items()}
 
     out = {
         "bench": "packing",
         "padded_utilization": round(full["padded"], 4),
+        "grouped_utilization": round(full["grouped"], 4),
         "packed_utilization": round(full["packed"], 4),
         "padded_tokens_per_s": round(padded.tokens_per_s, 1),
+        "grouped_tokens_per_s": round(grouped.tokens_per_s, 1),
         "packed_tokens_per_s": round(packed.tokens_per_s, 1),
         "speedup": round(packed.tokens_per_s / padded.tokens_per_s, 3),
+        "speedup_vs_grouped": round(packed.tokens_per_s / grouped.tokens_per_s, 3),
         "num_samples": len(samples),
         "timed_samples": timed,
         "timed_real_tokens": packed.real,
         "time_budget_s": args.time_budget,
         "padded_steps": padded.steps,
+        "grouped_steps": grouped.steps,
         "packed_steps": packed.steps,
         "padded_seconds": round(padded.seconds, 2),
+        "grouped_seconds": round(grouped.seconds, 2),
         "packed_seconds": round(packed.seconds, 2),
         "padded_utilization_timed": round(sub_util["padded"], 4),
+        "grouped_utilization_timed": round(sub_util["grouped"], 4),
         "packed_utilization_timed": round(sub_util["packed"], 4),
         "padded_loss": round(padded.loss, 4),
+        "grouped_loss": round(grouped.loss, 4),
         "packed_loss": round(packed.loss, 4),
         "hidden_max_abs_err": float(f"{err:.3e}"),
         "hidden_max_abs_err_leak_control": float(f"{leak:.3e}"),
@@ -311,6 +340,7 @@ def main(argv=None) -> None:
         "batch_size": args.batch_size,
         "attn_padded": "sdpa",
         "attn_packed": f"{varlen}/{varlen_kernel_name(device)}",
+        "packed_kernel_calls": {k: v for k, v in kernel_calls(by_dtype=True).items() if not k.startswith("hf_sdpa")},
         "amp_bf16": amp,
         "quick": args.quick,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),

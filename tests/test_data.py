@@ -481,3 +481,28 @@ def test_a_template_that_ignores_tools_is_an_error_not_a_silent_drop(chatml, tmp
         load_chat_dataset([path], chatml, max_length=512)
     samples, report = load_chat_dataset([path], chatml, max_length=512, skip_invalid=True)
     assert len(samples) == 1 and report.counts == {"chat template ignores tools": 1}
+
+
+def test_renders_per_conversation_are_two_per_assistant_turn(chatml) -> None:
+    """CONVERSATION has 2 assistant turns (messages 2 and 4, the last message). Each turn needs the render up
+    to its generation prompt and the render through its end; the latter for the last turn is the full render
+    itself, which is reused: 1 full + 2 prefixes + 1 through (turn 2) = 4 renders (it used to be 5).
+    A single-turn conversation: full + its prefix = 2 (was 3). The tokenization is the same either way."""
+    calls = []
+    real = chatml.apply_chat_template
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("add_generation_prompt"))
+        return real(*args, **kwargs)
+
+    chatml.apply_chat_template = counting
+    try:
+        sample = tokenize_conversation(chatml, CONVERSATION, max_length=4096)
+        assert len(calls) == 4
+        calls.clear()
+        single = tokenize_conversation(chatml, CONVERSATION[:3], max_length=4096)
+        assert len(calls) == 2
+    finally:
+        del chatml.apply_chat_template
+    assert sample == tokenize_conversation(chatml, CONVERSATION, max_length=4096)
+    assert single.input_ids == sample.input_ids[: len(single.input_ids)]

@@ -178,3 +178,35 @@ def test_varlen_backend_generates_like_sdpa():
     want = model.generate(prompt, max_new_tokens=6, do_sample=False)
     model.set_attn_implementation(register())
     assert model.generate(prompt, max_new_tokens=6, do_sample=False).tolist() == want.tolist()
+
+
+def test_best_fit_decreasing_ties_take_the_bin_that_reached_that_space_last():
+    """lengths [6, 6, 4, 3, 3], capacity 10. 6 (item 0) opens A (free 4); 6 (item 1) fits nowhere -> B (free 4).
+    4 (item 2): A and B both have free 4; the bin that reached free 4 last, B, takes it -> B full.
+    3 (item 3) -> A (free 1); 3 (item 4) fits nowhere -> C. Result: A = [0, 3], B = [1, 2], C = [4]."""
+    assert best_fit_decreasing([6, 6, 4, 3, 3], 10) == [[0, 3], [1, 2], [4]]
+
+
+def _best_fit_reference(lengths, capacity):
+    """Plain O(n^2) best fit decreasing: scan every open bin; among the tightest, the one updated last."""
+    bins, free, stamp = [], [], []
+    for t, i in enumerate(sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))):
+        fits = [b for b in range(len(bins)) if free[b] >= lengths[i]]
+        if fits:
+            b = min(fits, key=lambda b: (free[b], -stamp[b]))
+        else:
+            bins.append([])
+            free.append(capacity)
+            stamp.append(t)
+            b = len(bins) - 1
+        bins[b].append(i)
+        free[b] -= lengths[i]
+        stamp[b] = t
+    return bins
+
+
+def test_best_fit_decreasing_equals_the_plain_scan():
+    rng = random.Random(1)
+    for capacity in (16, 64, 100):
+        lengths = [rng.randint(1, capacity) for _ in range(300)] + [rng.randint(1, 5) for _ in range(200)]
+        assert best_fit_decreasing(lengths, capacity) == _best_fit_reference(lengths, capacity)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+from collections import Counter
 from typing import Any
 
 import torch
@@ -38,6 +39,24 @@ ATTN_IMPLEMENTATION = "novalign_varlen"
 BACKENDS = ("auto", "varlen", "sdpa", "eager")
 
 _registered = False
+
+# Calls per (kernel, input dtype) actually run -- kernels "flash_attn", "torch_varlen", "sdpa_loop", and
+# "hf_sdpa" for batches handed to transformers' SDPA -- counted at run time: which kernel a run used is read
+# here, not predicted (an fp32 input silently takes the per-sample loop on a GPU too).
+_KERNEL_CALLS: Counter[tuple[str, str]] = Counter()
+
+
+def kernel_calls(by_dtype: bool = False) -> dict[str, int]:
+    """Attention calls per kernel (``"sdpa_loop"``), or per kernel and query dtype (``"sdpa_loop/bfloat16"``),
+    since the last :func:`reset_kernel_calls`; one call per decoder layer per forward."""
+    out: Counter[str] = Counter()
+    for (kernel, dtype), n in _KERNEL_CALLS.items():
+        out[f"{kernel}/{dtype}" if by_dtype else kernel] += n
+    return dict(out)
+
+
+def reset_kernel_calls() -> None:
+    _KERNEL_CALLS.clear()
 
 
 def _torch_varlen():
@@ -98,6 +117,7 @@ def varlen_attention(
         ``[total, num_heads, head_dim]``.
     """
     kernel = varlen_kernel_name(q.device, q.dtype)
+    _KERNEL_CALLS[kernel, str(q.dtype).removeprefix("torch.")] += 1
     n_rep = q.shape[1] // k.shape[1]
     if kernel == "flash_attn":
         return _flash_varlen()(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, softmax_scale=scale, causal=True)
@@ -115,20 +135,23 @@ def varlen_attention(
             else:
                 k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
         return fn(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, **kwargs)
-    # Exact fallback: one SDPA call per segment. [total, H, D] -> [1, H, len, D] slices.
-    out = torch.empty_like(q)
+    # Exact fallback: one SDPA call per segment. [total, H, D] -> [1, H, len, D] pieces. ``split`` + ``cat``, not
+    # slicing into a preallocated output: the backward of a slice zero-fills a gradient of the whole row for
+    # every sample (O(samples x row) memory traffic), split's backward concatenates once.
     bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        if end <= start:
+    if bounds[0] != 0 or bounds[-1] != q.shape[0]:
+        raise ValueError(f"cu_seqlens must run from 0 to the {q.shape[0]} tokens, got {bounds[0]} .. {bounds[-1]}")
+    sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    outs = []
+    for qs, ks, vs in zip(q.split(sizes), k.split(sizes), v.split(sizes)):
+        if qs.shape[0] == 0:
             continue
-        qs = q[start:end].transpose(0, 1).unsqueeze(0)
-        ks = k[start:end].transpose(0, 1).unsqueeze(0)
-        vs = v[start:end].transpose(0, 1).unsqueeze(0)
+        qs, ks, vs = (t.transpose(0, 1).unsqueeze(0) for t in (qs, ks, vs))
         if n_rep > 1:
             ks, vs = ks.repeat_interleave(n_rep, dim=1), vs.repeat_interleave(n_rep, dim=1)
         o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)
-        out[start:end] = o.squeeze(0).transpose(0, 1)
-    return out
+        outs.append(o.squeeze(0).transpose(0, 1))
+    return torch.cat(outs) if outs else torch.empty_like(q)
 
 
 def _novalign_attention_forward(
@@ -155,7 +178,12 @@ def _novalign_attention_forward(
             # chunked prefill without padding: bottom-right aligned causal mask
             q_len, k_len = query.shape[2], key.shape[2]
             attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        _KERNEL_CALLS["hf_sdpa", str(query.dtype).removeprefix("torch.")] += 1
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    # One compute dtype for q, k and v: under autocast over fp32 weights the projections give bf16, but RoPE
+    # multiplies q and k by fp32 cos/sin and promotes them back to fp32 -- and an fp32 q would send the kernel
+    # picker to the per-sample loop. v never passes RoPE, so its dtype is the one the projections computed in.
+    query, key = query.to(value.dtype), key.to(value.dtype)
     b, h, seq, d = query.shape
     scale = scaling if scaling is not None else d**-0.5
     group, size = ulysses.active()

@@ -79,6 +79,16 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+# From this vocabulary size on, rows without top-k/top-p skip the full sort (:func:`draw_untruncated`): sorting
+# 151,936 logits of 16 rows took 0.8 s a step on one loaded CPU core, the topk path 0.03 s (bench/cpu_hotspots.py). Below it the sorted path stays, so the draws of
+# small models (tests, the demo) stay those of earlier runs bit for bit. On a large vocabulary the two paths
+# differ where the sorted one is off: its float32 running sum over 152k tokens drifts by ~2e-5, and with
+# top_p = 1 its "mass before >= top_p" test then drops every token after the drifted sum passes 1.0 (about
+# half of the vocabulary for peaked logits, ~3e-5 of the mass); the sort-free path sums in float64 and draws
+# the token an exact float64 inverse CDF draws (bench/cpu_hotspots.py counts both against it).
+SORT_FREE_MIN_VOCAB = 32768
+
+
 class RowSampler(LogitsProcessor):
     """Choose every row's next token with that row's own parameters and generator (see module docstring)."""
 
@@ -104,20 +114,62 @@ class RowSampler(LogitsProcessor):
         return out
 
     def _sample(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Draw one token per row of ``logits`` (R, V) by inverse-CDF sampling with per-row uniforms."""
+        """Draw one token per row of ``logits`` (R, V) by inverse-CDF sampling with per-row uniforms, the CDF
+        running over tokens from the most to the least likely."""
         device = logits.device
         logits = logits / self.temperature[rows].unsqueeze(1).to(device)
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (R, V)
-        rank = torch.arange(logits.shape[-1], device=device).unsqueeze(0)
-        k = self.top_k[rows].to(device).unsqueeze(1)
-        sorted_logits = sorted_logits.masked_fill((k > 0) & (rank >= k), float("-inf"))
-        probs = sorted_logits.softmax(dim=-1)
-        mass_before = probs.cumsum(dim=-1) - probs  # probability of the strictly better tokens
-        probs = probs.masked_fill(mass_before >= self.top_p[rows].to(device).unsqueeze(1), 0.0)  # keeps rank 0
-        cdf = probs.cumsum(dim=-1)
         u = torch.stack([torch.rand((), generator=self.generators[i]) for i in rows.tolist()]).to(device)
-        pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1).contiguous()).clamp_max(logits.shape[-1] - 1)
-        return order.gather(1, pick).squeeze(1)
+        top_k, top_p = self.top_k[rows].to(device), self.top_p[rows].to(device)
+        truncated = (top_k > 0) | (top_p < 1)
+        if logits.shape[-1] < SORT_FREE_MIN_VOCAB:  # the sort is cheap here: keep earlier runs' draws bit for bit
+            truncated = torch.ones_like(truncated)
+        elif not truncated.any():  # the common case (RL rollouts): no filter, no full sort
+            return draw_untruncated(logits.softmax(dim=-1), u)
+        out = torch.empty(logits.shape[0], dtype=torch.long, device=device)
+        if (~truncated).any():
+            out[~truncated] = draw_untruncated(logits[~truncated].softmax(dim=-1), u[~truncated])
+        t = truncated
+        out[t] = _draw_filtered(logits[t], top_k[t], top_p[t], u[t])
+        return out
+
+
+def _draw_filtered(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Top-k then top-p (Holtzman et al. 2020) filtered inverse-CDF draw: needs the whole sorted vocabulary."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (R, V)
+    rank = torch.arange(logits.shape[-1], device=logits.device).unsqueeze(0)
+    k = top_k.unsqueeze(1)
+    sorted_logits = sorted_logits.masked_fill((k > 0) & (rank >= k), float("-inf"))
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the strictly better tokens
+    probs = probs.masked_fill(mass_before >= top_p.unsqueeze(1), 0.0)  # keeps rank 0
+    cdf = probs.cumsum(dim=-1)
+    pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1).contiguous()).clamp_max(logits.shape[-1] - 1)
+    return order.gather(1, pick).squeeze(1)
+
+
+def draw_untruncated(probs: torch.Tensor, u: torch.Tensor, first_k: int = 64) -> torch.Tensor:
+    """The token where the descending-order CDF of ``probs`` (R, V) first reaches ``u * total``, without
+    sorting the vocabulary: the ``k`` most likely tokens (``topk``, k = 64, 1024, ... then V) are enough
+    as soon as their mass reaches the target, which for a trained model's peaked distribution is almost
+    always at the first ``k``; a flat row ends in a full sort, as before.
+
+    By hand, probs [[0.1, 0.6, 0.3]], u 0.8: descending 0.6 (token 1), 0.3 (token 2), 0.1 (token 0), CDF
+    0.6, 0.9, 1.0; target 0.8 -> token 2.
+    """
+    # float64 running sums: a float32 one over 152k tokens drifts by ~2e-5, which moves draws in the tail
+    total = probs.sum(dim=-1, dtype=torch.float64)
+    target = u.to(torch.float64) * total
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    pending = torch.arange(probs.shape[0], device=probs.device)
+    vocab, k = probs.shape[-1], min(first_k, probs.shape[-1])
+    while pending.numel():
+        vals, idx = probs[pending].topk(k, dim=-1)  # sorted, most likely first
+        cdf = vals.cumsum(dim=-1, dtype=torch.float64)
+        done = (cdf[:, -1] >= target[pending]) | (k == vocab)
+        pick = torch.searchsorted(cdf[done], target[pending][done].unsqueeze(1).contiguous()).clamp_max(k - 1)
+        out[pending[done]] = idx[done].gather(1, pick).squeeze(1)
+        pending, k = pending[~done], (min(k * 16, vocab) if k * 16 < vocab // 4 else vocab)  # then the full sort
+    return out
 
 
 class RowStopper(StoppingCriteria):

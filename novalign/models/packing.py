@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from novalign.data.chat import IGNORE_INDEX
@@ -37,12 +38,17 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     Raises:
         ValueError: if an item is longer than ``capacity`` (it could never be placed).
 
-    Runs in O(n log n): open bins are kept in a list sorted by free space, and the best fit for an item
-    is the first bin whose free space is >= the item (a bisect).
+    Runs in O(n log n + n log C): open bins are grouped by free space, one stack per free-space value, and
+    the distinct values with an open bin are kept sorted; the best fit for an item is the smallest value
+    >= the item (a bisect). There are at most ``capacity`` distinct values however many bins are open, so
+    keeping them sorted stays cheap; a sorted list with an entry per open bin (the previous layout) paid a
+    memmove of all open bins per insert, quadratic past a million samples. Among bins with the same free
+    space the one that reached it last is used first (a stack), the order the per-bin list had.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    free: list[int] = []  # sorted free space of open bins
-    bin_of_free: list[int] = []  # parallel: which bin each entry refers to
+    # longest first, ties by index: a stable argsort, ~10x faster than sorted() with a key at 1M samples
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist() if len(lengths) else []
+    free_values: list[int] = []  # sorted distinct free space of the open bins
+    stacks: dict[int, list[int]] = {}  # free space -> open bins with it, the latest last
     bins: list[list[int]] = []
     for i in order:
         size = lengths[i]
@@ -50,18 +56,26 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
             raise ValueError(f"item {i} has length {size} > capacity {capacity}")
         if size <= 0:
             raise ValueError(f"item {i} has non-positive length {size}")
-        pos = bisect.bisect_left(free, size)
-        if pos == len(free):
+        pos = bisect.bisect_left(free_values, size)
+        if pos == len(free_values):
             bins.append([i])
             b, remaining = len(bins) - 1, capacity - size
         else:
-            b = bin_of_free.pop(pos)
-            remaining = free.pop(pos) - size
+            fit = free_values[pos]
+            stack = stacks[fit]
+            b = stack.pop()
+            if not stack:
+                del stacks[fit]
+                free_values.pop(pos)
+            remaining = fit - size
             bins[b].append(i)
         if remaining > 0:
-            pos = bisect.bisect_left(free, remaining)
-            free.insert(pos, remaining)
-            bin_of_free.insert(pos, b)
+            stack = stacks.get(remaining)
+            if stack is None:
+                stacks[remaining] = [b]
+                bisect.insort(free_values, remaining)
+            else:
+                stack.append(b)
     return bins
 
 

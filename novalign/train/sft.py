@@ -10,7 +10,6 @@ logging, data parallelism -- is the shared loop in ``loop.py``; this file only a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -18,9 +17,7 @@ from torch import nn
 
 from novalign.config import SFTConfig
 from novalign.models import attention
-from novalign.models.forward import decoder_hidden_states, lm_logits, output_weight
 from novalign.train.loop import DataPlan, LoopResult, train
-from novalign.train.losses import causal_lm_loss_sum, chunked_causal_lm_loss_sum
 from novalign.models.packing import (
     Batch,
     collate_packed,
@@ -30,26 +27,7 @@ from novalign.models.packing import (
     utilization,
 )
 from novalign.train.session import adapt_model, finish, start
-
-
-@dataclass
-class SFTObjective:
-    """Cross-entropy summed over the batch's loss tokens."""
-
-    chunk_size: int = 4096
-    supports_sequence_parallel = True  # reads Batch.labels_shifted (novalign.train.sequence_parallel)
-
-    def num_loss_tokens(self, batch: Batch) -> int:
-        return batch.num_loss_tokens
-
-    def loss_sum(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        if self.chunk_size > 0:
-            hidden = decoder_hidden_states(model, batch)
-            loss, _ = chunked_causal_lm_loss_sum(hidden, output_weight(model), batch.labels, self.chunk_size,
-                                                 shifted=batch.labels_shifted)
-        else:
-            loss, _ = causal_lm_loss_sum(lm_logits(model, batch), batch.labels, shifted=batch.labels_shifted)
-        return loss, {}
+from novalign.train.sft_objective import SFTObjective  # noqa: F401  (re-exported: the objective lives apart so it imports no config)
 
 
 def make_plan(
