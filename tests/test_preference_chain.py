@@ -1,0 +1,212 @@
+"""The preference-data chain (issue 18, report sections 3.2 and 3.3): the pure rules by hand, each AutoRator's
+parsing and failure handling against a scripted judge (a stand-in for an external judge model), the annotation
+export/import round trip with per-annotator normalization, critique-and-revise over real HTTP against
+`novalign serve`, and back-translation, style and refusal steps end to end on tiny data."""
+
+import json
+import re
+
+import pytest
+
+from cli_server import health, served
+from novalign.config.llm import LLMConfig
+from novalign.data.annotation import AnnotationResult, read_tasks, write_results, write_tasks
+from novalign.data.io import DataError
+from novalign.eval.judge import JudgeParseError
+from novalign.flywheel.autorators import AutoRateConfig, clusters, parse_same, rater_for
+from novalign.flywheel.handoff import group_to_task, import_annotations, read_results_located
+from novalign.flywheel.pipeline import Pipeline
+from novalign.flywheel.refusal import govern, parse_refusal, refusal_quota, rule_refusal
+from novalign.flywheel.responses import drop_reason, graded_indices, trl_pairs
+from scripted_llm import ScriptedLLM
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def _llm(url, tmp_path, **kw):
+    return LLMConfig(base_url=url, model="judge", api_key="k", cache_path=str(tmp_path / "cache.sqlite"),
+                     max_attempts=2, backoff_base_s=0.01, progress=False, **kw)
+
+
+def _group(i, contents, **fields):
+    return {"id": f"g{i}", "prompt": f"question {i}?", "responses": [{"content": c, "model": "m"} for c in contents],
+            **fields}
+
+
+def test_graded_subset_drop_rules_and_pairs_by_hand():
+    """graded_indices, scores [0.2, 0.9, 0.5, 0.1, 0.7], keep 3: order best first is 1, 4, 2, 0, 3; positions
+    round(i * 4 / 2) = 0, 2, 4 -> responses 1 (best), 2 (middle), 3 (worst). keep 2 -> 1 and 3; a group of 2 is
+    kept whole. drop_reason with high 0.8, margin 0.1: [0.9, 0.85] all high; [0.4, 0.45] within margin (0.05);
+    [0.3, 0.45] differs by 0.15: kept; one response: too few. trl_pairs of scores a 0.2, b 0.9, c 0.2: b beats
+    a and c (gap 0.7 each), a and c tie: 2 pairs, with both scores."""
+    assert graded_indices([0.2, 0.9, 0.5, 0.1, 0.7], 3) == [1, 2, 3]
+    assert graded_indices([0.2, 0.9, 0.5, 0.1, 0.7], 2) == [1, 3]
+    assert graded_indices([0.3, 0.6], 3) == [1, 0]
+    assert drop_reason([0.9, 0.85], high=0.8, margin=0.1) == "all responses score high"
+    assert drop_reason([0.4, 0.45], high=0.8, margin=0.1) == "scores within margin"
+    assert drop_reason([0.3, 0.45], high=0.8, margin=0.1) is None
+    assert drop_reason([0.3], high=0.8, margin=0.1) == "fewer than 2 responses"
+    assert drop_reason([0.9, 0.85], high=None, margin=None) is None
+    g = {"prompt": [{"role": "user", "content": "q"}], "responses": [
+        {"content": "a", "score": 0.2, "model": "x"}, {"content": "b", "score": 0.9, "model": "y"},
+        {"content": "c", "score": 0.2, "model": "x"}]}
+    pairs = trl_pairs(g)
+    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("b", "a"), ("b", "c")]
+    assert pairs[0]["score_chosen"] == 0.9 and pairs[0]["score_rejected"] == 0.2 and pairs[0]["model_chosen"] == "y"
+
+
+def test_chain_steps_drop_rules_with_counts_and_reasons(tmp_path):
+    """Four scored groups through response_rouge (0.9) -> prefilter (keep 3) -> drop_rules (high 0.8, margin 0.1,
+    low 0.5): g0 two identical responses -> one left -> 'models answer alike'; g1 scores 0.9, 0.95 -> 'all
+    responses score high'; g2 0.4, 0.42 -> within margin, but all below 0.5: kept, flagged all_low (it goes to
+    revision, not away); g3 0.1, 0.5, 0.9, 0.3 -> sorted best first 0.9, 0.5, 0.3, 0.1; positions round(i * 3 / 2)
+    = 0, 2, 3 -> 0.9, 0.3, 0.1 kept (in input order 0.1, 0.9, 0.3), and the 0.5 response sits in
+    `removed` with its reason."""
+    def scored(i, pairs):
+        g = _group(i, [c for c, _ in pairs])
+        for r, (_, s) in zip(g["responses"], pairs):
+            r["score"] = s
+        return g
+
+    src = _write(tmp_path / "g.jsonl", [
+        scored(0, [("the same text here", 0.1), ("the same text here", 0.9)]),
+        scored(1, [("alpha one", 0.9), ("beta two", 0.95)]),
+        scored(2, [("gamma three", 0.4), ("delta four", 0.42)]),
+        scored(3, [("one a", 0.1), ("two b", 0.5), ("three c", 0.9), ("four d", 0.3)])])
+    p = Pipeline(tmp_path / "run", progress=False).source("g", src, id_field="id")
+    p.step("rouge", "response_rouge", {"threshold": 0.9}).step("pre", "prefilter", {"keep": 3})
+    result = p.step("rules", "drop_rules", {"high": 0.8, "margin": 0.1, "low": 0.5}).run()
+    rouge, pre, rules = result.steps
+    assert rouge["dropped_by_reason"] == {"models answer alike": 1}
+    assert rules["dropped_by_reason"] == {"all responses score high": 1}
+    out = {r["_id"]: r for r in result.records("rules")}
+    assert sorted(out) == ["g2", "g3"] and out["g2"]["all_low"] is True and out["g3"]["all_low"] is False
+    assert [r["score"] for r in out["g3"]["responses"]] == [0.1, 0.9, 0.3]
+    assert out["g3"]["removed"] == [{"content": "two b", "model": "m", "score": 0.5, "reason": "not in the graded subset"}]
+
+
+def test_pairwise_and_rating_parsers_by_hand():
+    """parse_same: exactly one [[SAME]] / [[DIFFERENT]] (or 相同 / 不同), case-insensitive. clusters of 4 with
+    SAME edges (0,2), (2,3) and DIFFERENT elsewhere: 0, 2, 3 join (transitively), 1 alone -> [0, 1, 0, 0].
+    Routing: a reference -> golden; Math without one -> pairwise; Creation -> absolute; routes override."""
+    assert parse_same("Both add 3 and 4. [[SAME]]") is True and parse_same("[[different]]") is False
+    assert parse_same("结果一致 [[相同]]") is True
+    for bad in ("same", "[[SAME]] or [[DIFFERENT]]", "[[MAYBE]]"):
+        with pytest.raises(JudgeParseError):
+            parse_same(bad)
+    same = {(0, 1): False, (0, 2): True, (0, 3): False, (1, 2): False, (1, 3): False, (2, 3): True}
+    assert clusters(4, same) == [0, 1, 0, 0]
+    cfg = AutoRateConfig()
+    assert rater_for({"labels": {"ability": "Math"}, "answer": "7"}, cfg) == "golden"
+    assert rater_for({"labels": {"ability": "Math"}}, cfg) == "pairwise"
+    assert rater_for({"labels": {"ability": "Creation"}}, cfg) == "absolute"
+    assert rater_for({"meta": {"kind": "Reason"}}, AutoRateConfig(ability_field="meta.kind")) == "pairwise"
+    assert rater_for({"labels": {"ability": "Math"}, "answer": "7"}, AutoRateConfig(routes={"Math": "absolute"})) == "absolute"
+
+
+def _judge_reply(route, messages):
+    """The scripted judge: pairwise -> SAME when the two responses end in the same number; absolute ->
+    'Rating: [[N]]' with N the response's length in words (capped at 10), but the first ask about a response
+    containing 'fuzzy' gets no rating (re-asked once, then answered); one containing 'never' never gets one."""
+    text = messages[0]["content"]
+    if "[[SAME]]" in text:
+        a = re.search(r"\[Response A\]\n(.*?)\n\n\[Response B\]", text, re.S).group(1)
+        b = re.search(r"\[Response B\]\n(.*)$", text, re.S).group(1)
+        last = lambda s: re.findall(r"\d+", s)[-1]  # noqa: E731
+        return "[[SAME]]" if last(a) == last(b) else "[[DIFFERENT]]"
+    response = text.rsplit("[The assistant's response]\n", 1)[1].strip()
+    if "never" in response or ("fuzzy" in response and len(messages) == 1):
+        return "It is fine I think."
+    return f"Rating: [[{min(10, len(response.split()))}]]"
+
+
+def test_autorate_three_raters_parsing_and_failures(tmp_path):
+    """Four groups. g0 (Math, no reference): pairwise, responses ending in 12, 12, 13 -> clusters [0, 0, 1],
+    scores 2/3, 2/3, 1/3 (3 judge calls). g1 (Math, answer 12): golden through math-verify, no judge call:
+    '12' right (1.0), '13' wrong (0.0). g2 (Creation): absolute, 'one two three' -> [[3]] -> (3 - 1) / 9, and
+    'fuzzy four five six seven' is re-asked once and then rated [[5]] -> 4/9. g3 (Creation): a response the judge
+    never rates -> after 3 attempts the group is dropped 'absolute rating failed', every raw reply in drops.jsonl.
+    Judge calls: 3 + 0 + (2 + 1) + (1 + 3) = 10."""
+    server = ScriptedLLM(_judge_reply)
+    try:
+        src = _write(tmp_path / "g.jsonl", [
+            _group(0, ["3 x 4 = 12", "4 x 3 gives 12", "3 + 10 = 13"], labels={"ability": "Math"}),
+            _group(1, ["so 12", "so 13"], labels={"ability": "Math"}, answer="12"),
+            _group(2, ["one two three", "fuzzy four five six seven"], labels={"ability": "Creation"}),
+            _group(3, ["never rated", "a b"], labels={"ability": "Creation"})])
+        p = Pipeline(tmp_path / "run", llm=_llm(server.base_url("judge"), tmp_path), progress=False)
+        result = p.source("g", src, id_field="id").step("rate", "autorate", {"attempts": 3}).run()
+        out = {r["_id"]: r for r in result.records("rate")}
+        assert [r["cluster"] for r in out["g0"]["responses"]] == [0, 0, 1]
+        assert [r["score"] for r in out["g0"]["responses"]] == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+        assert [(r["score"], r["rater"]) for r in out["g1"]["responses"]] == [(1.0, "rule"), (0.0, "rule")]
+        assert [r["score"] for r in out["g2"]["responses"]] == pytest.approx([2 / 9, 4 / 9])
+        assert result.steps[0]["dropped_by_reason"] == {"absolute rating failed": 1}
+        drops = [json.loads(x) for x in (result.outputs["rate"].parent / "drops.jsonl").read_text().splitlines()]
+        failure = drops[0]["detail"]["failures"]["0"]
+        assert len(failure["raw"]) == 3 and "no rating" in failure["error"]
+        assert len(server.bodies["judge"]) == 10
+    finally:
+        server.close()
+
+
+def test_annotation_export_import_round_trip_with_normalization(tmp_path):
+    """One group of 3 responses exported as a task (r0, r1, r2), two annotators. Ann A scores helpfulness /
+    fluency / safety: r0 (5,5,5), r1 (3,3,3), r2 (1,1,1) -> minmax per annotator per dimension: 1, 0.5, 0.
+    Ann B is harsher: r0 (3,3,3), r1 (2,2,2), r2 (2,2,2).
+    B also edits r2 into 'A pear.' and scores the edit (4,4,4), so B's values span 2..4: r0 0.5, r1 0, r2 0,
+    edit 1 -- normalization puts a harsh and a lenient annotator on the same [0, 1]. Means: r0 (1 + 0.5) / 2 = 0.75, r1 (0.5 + 0) / 2 = 0.25, r2 0, edit 1.0 (B only). The edit ranks just above
+    r2 (B's rank 2 - 0.5 = 1.5): mean ranks r0 1, r1 2, r2 2.5, edit 1.5 -> dense 1, 3, 4, 2. TRL pairs: every
+    two ordered by rank: 6."""
+    group = {"_id": "g7", "prompt": "Name a fruit.", "labels": {"ability": "KQA", "language": "en"},
+             "responses": [{"content": "An apple.", "model": "big", "score": 0.9},
+                           {"content": "A rock.", "model": "small", "score": 0.2},
+                           {"content": "Hmm.", "model": "small", "score": 0.1}]}
+    write_tasks(tmp_path / "tasks.jsonl", [group_to_task(group)])
+    tasks, _ = read_tasks([tmp_path / "tasks.jsonl"])
+    assert [r.response_id for r in tasks[0].responses] == ["r0", "r1", "r2"] and tasks[0].responses[0].score == 0.9
+    dims = lambda v: {"helpfulness": v, "fluency": v, "safety": v}  # noqa: E731
+    results = [AnnotationResult(task_id="g7", annotator="A", ranking=[["r0"], ["r1"], ["r2"]],
+                                scores={"r0": dims(5), "r1": dims(3), "r2": dims(1)},
+                                spans=[{"response_id": "r1", "start": 2, "end": 6, "kind": "factual", "note": "no"}]),
+               AnnotationResult(task_id="g7", annotator="B", ranking=[["r0"], ["r1", "r2"]],
+                                scores={"r0": dims(3), "r1": dims(2), "r2": dims(2), "r2-edit": dims(4)},
+                                edits=[{"response_id": "r2", "new_response_id": "r2-edit", "content": "A pear."}])]
+    write_results(tmp_path / "results.jsonl", results)
+    located = [(str(tmp_path / "results.jsonl"), line, r) for line, r in read_results_located(tmp_path / "results.jsonl")]
+    groups, pairs, stats = import_annotations(tasks, located)
+    got = {r["response_id"]: r for r in groups[0]["responses"]}
+    assert {k: round(v["score"], 6) for k, v in got.items()} == {"r0": 0.75, "r1": 0.25, "r2": 0.0, "r2-edit": 1.0}
+    assert {k: v["rank"] for k, v in got.items()} == {"r0": 1, "r1": 3, "r2": 4, "r2-edit": 2}
+    assert got["r2-edit"]["model"] == "human-edit" and got["r1"]["spans"][0]["note"] == "no"
+    assert groups[0]["labels"] == {"ability": "KQA", "language": "en"} and len(pairs) == 6 == stats.pairs
+    assert stats.annotators == 2 and stats.edits == 1
+    # a result naming a response the task lacks is an error naming file and line
+    bad = tmp_path / "bad.jsonl"
+    _write(bad, [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()][:1]
+           + [{"task_id": "g7", "annotator": "C", "ranking": [["r0"], ["r9"]]}])
+    with pytest.raises(DataError, match=r"bad.jsonl:2.*r9"):
+        import_annotations(tasks, [(str(bad), line, r) for line, r in read_results_located(bad)])
+
+
+def test_critique_and_revise_over_http(tiny_model_dir, tmp_path):
+    """A group whose responses all score below 0.5 goes through `revise` against a real `novalign serve` (the
+    tiny random model writes the critique and the revision: any non-empty reply parses); a group with a high
+    score passes unchanged. In annotate mode the revision joins the group with the critique attached, and the
+    server answered 2 requests (critique, revision)."""
+    src = _write(tmp_path / "g.jsonl", [
+        {"id": "low", "prompt": "Add 2 and 3.", "responses": [{"content": "7", "score": 0.1}, {"content": "9", "score": 0.2}]},
+        {"id": "fine", "prompt": "Add 1 and 1.", "responses": [{"content": "2", "score": 0.9}, {"content": "3", "score": 0.1}]}])
+    with served(tiny_model_dir, env={"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}) as url:
+        llm = LLMConfig(base_url=url, model="tiny", api_key="k", cache_path=str(tmp_path / "c.sqlite"), progress=False)
+        p = Pipeline(tmp_path / "run", llm=llm, progress=False).source("g", src, id_field="id")
+        result = p.step("revise", "revise", {"max_tokens": 12, "attempts": 1}).run()
+        assert health(url)["requests"] == 2
+    out = {r["_id"]: r for r in result.records("revise")}
+    assert out["fine"]["responses"] == [{"content": "2", "score": 0.9}, {"content": "3", "score": 0.1}]
+    new = out["low"]["responses"][-1]
+    assert new["model"] == "revision" and new["content"].strip() and new["critique"].strip()
+    assert new["source_response"] == 1 and out["low"]["revised"] is True
