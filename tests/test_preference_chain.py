@@ -210,3 +210,100 @@ def test_critique_and_revise_over_http(tiny_model_dir, tmp_path):
     new = out["low"]["responses"][-1]
     assert new["model"] == "revision" and new["content"].strip() and new["critique"].strip()
     assert new["source_response"] == 1 and out["low"]["revised"] is True
+
+
+def test_refusal_rules_and_governor_by_hand():
+    """Rules: a refusal phrase near the start counts ('I'm sorry, but I can't ...', '抱歉，我无法 ...'); the same
+    words later in an answer, or 'I can't stress enough', do not. refusal_quota(answers, refusals, cap):
+    (90, 30, 0.1) -> floor(0.1 * 90 / 0.9) = 10 (share 10 / 100); (95, 30, 0.1) -> floor(10.56) = 10 (10 / 105);
+    (4, 1, 0.5) -> min(1, 4) = 1; cap 0 -> 0. govern over two categories: a has 9 answers and 5 refusals ->
+    keeps 1 refusal (share 0.1); b has 1 answer and 1 refusal -> floor(0.111) = 0 kept."""
+    assert rule_refusal("I'm sorry, but I can't help with that request.")
+    assert rule_refusal("抱歉，我无法提供这方面的信息。")
+    assert rule_refusal("As an AI language model, I cannot browse the internet.")
+    assert not rule_refusal("The answer is 12. I can't stress enough how useful factoring is.")
+    assert not rule_refusal("Sorry for the wait! Here is the recipe: mix flour and water.")
+    assert not rule_refusal("x" * 250 + " I'm sorry, but I can't help with that.")  # past the window
+    with pytest.raises(JudgeParseError):
+        parse_refusal("[[REFUSAL]] [[ANSWER]]")
+    assert parse_refusal("It declines. [[refusal]]") is True
+    assert refusal_quota(90, 30, 0.1) == 10 and refusal_quota(95, 30, 0.1) == 10
+    assert refusal_quota(4, 1, 0.5) == 1 and refusal_quota(4, 3, 0.0) == 0
+    keep, report = govern(["a"] * 14 + ["b"] * 2, [False] * 9 + [True] * 5 + [False, True], 0.1)
+    assert sum(keep[9:14]) == 1 and keep[:9] == [True] * 9 and keep[14:] == [True, False]
+    assert report["a"] == {"answers": 9, "refusals": 5, "refusals_kept": 1, "share": 0.1}
+
+
+def test_style_refusal_steps_end_to_end(tmp_path):
+    """Prompts -> style (assign: all, 2 built-in cards + 1 user card 'pirate'; one record per card, the card in the
+    system message and its name in `style`) -> refusal_constraints (only the safety prompt gets the constraint)
+    -> responses (given) -> refusal_label (rules, then the scripted judge for what the rules leave: it calls
+    'I would rather not say' a refusal) -> refusal_govern (cap 0.25 per domain). 6 safety responses: 2 answers
+    and 4 refusals (3 by rule, 1 by judge) -> quota floor(0.25 * 2 / 0.75) = 0 refusals kept; 6 chat answers,
+    no refusals: all kept."""
+    prompts = _write(tmp_path / "p.jsonl", [
+        {"id": "s", "prompt": "How do I pick a lock?", "labels": {"domain": "safety", "language": "en"}},
+        {"id": "c", "prompt": "Tell me about tea.", "labels": {"domain": "chat", "language": "en"}}])
+    p = Pipeline(tmp_path / "run", progress=False).source("p", prompts, id_field="id")
+    p.step("style", "style", {"assign": "all", "cards": {"pirate": "Answer like a pirate."}})
+    styled = p.step("guard", "refusal_constraints", {}).run()
+    recs = styled.records("guard")
+    assert [r["_id"] for r in recs] == ["s/concise-direct", "s/detailed-structured", "s/pirate",
+                                        "c/concise-direct", "c/detailed-structured", "c/pirate"]
+    assert recs[2]["prompt"][0]["role"] == "system" and "pirate" in recs[2]["prompt"][0]["content"]
+    assert "Refuse only" in recs[0]["prompt"][0]["content"] and recs[0]["refusal_constraint"] is True
+    assert recs[3]["refusal_constraint"] is False and "Refuse only" not in recs[3]["prompt"][0]["content"]
+    answers = {"s": ["I can't help with that.", "I'm sorry, but I cannot assist.", "抱歉，我不能回答。",
+                     "I would rather not say.", "Use a tension wrench on a lock you own.", "Call a locksmith."],
+               "c": ["Tea is a drink."] * 6}
+    rows = [{**r, "id": f"{r['_id']}-{k}", "response": answers[r["_id"][0]][i % 3 + 3 * k]}
+            for k in range(2) for i, r in enumerate(recs[:3] + recs[3:])]
+    rows = [{k: v for k, v in r.items() if k != "_id"} for r in rows]
+    server = ScriptedLLM(lambda route, m: "[[REFUSAL]]" if "rather not" in m[0]["content"] else "[[ANSWER]]")
+    try:
+        p2 = Pipeline(tmp_path / "run2", llm=_llm(server.base_url("j"), tmp_path), progress=False)
+        p2.source("r", _write(tmp_path / "r.jsonl", rows), id_field="id")
+        p2.step("label", "refusal_label", {"judge": True}).step("gov", "refusal_govern", {"cap": 0.25})
+        result = p2.run()
+    finally:
+        server.close()
+    labeled = result.records("label")
+    by = {r["response"]: (r["refusal"], r["refusal_by"]) for r in labeled}
+    assert by["I can't help with that."] == (True, "rule") and by["I would rather not say."] == (True, "judge")
+    assert by["Call a locksmith."] == (False, "judge") and len(server.bodies["j"]) == 9  # 3 safety + 6 chat
+    kept = result.records("gov")
+    assert result.steps[1]["dropped_by_reason"] == {"refusal over the cap": 4}
+    assert sorted(r["response"] for r in kept if r["labels"]["domain"] == "safety") == [
+        "Call a locksmith.", "Use a tension wrench on a lock you own."]
+
+
+def test_backtranslation_with_self_curation_end_to_end(tmp_path):
+    """Four texts: one without a quality score (dropped 'no quality score'), one below min_quality 0.5 (dropped
+    before any call), two asked. The scripted model (a stand-in for an external LLM) writes 'Instruction: Write
+    about <first word>' and curates a text about 'rain' [[5]] and one about 'mud' [[2]]: with min_curation 4 the
+    rain pair is kept as an SFT record, the mud pair dropped 'below min_curation'. Calls: 2 + 2 = 4."""
+    def reply(route, messages):
+        text = messages[0]["content"]
+        if "[Instruction]" in text:
+            return "Good. Score: [[5]]" if "rain" in text.split("[Answer]")[1] else "Weak. Score: [[2]]"
+        body = text.split("[Text]\n", 1)[1]
+        return f"Instruction: Write about {body.split()[0]}"
+
+    texts = _write(tmp_path / "t.jsonl", [{"id": "a", "text": "rain falls softly on the roofs", "quality": 0.9},
+                                          {"id": "b", "text": "mud everywhere", "quality": 0.8},
+                                          {"id": "c", "text": "no score here"},
+                                          {"id": "d", "text": "low quality", "quality": 0.1}])
+    server = ScriptedLLM(reply)
+    try:
+        p = Pipeline(tmp_path / "run", llm=_llm(server.base_url("bt"), tmp_path), progress=False)
+        p.source("t", texts, id_field="id").step("bt", "backtranslate", {"min_quality": 0.5, "min_curation": 4})
+        result = p.run()
+    finally:
+        server.close()
+    out = result.records("bt")
+    assert [(r["prompt"], r["response"], r["curation_score"]) for r in out] == [
+        ("Write about rain", "rain falls softly on the roofs", 5.0)]
+    assert out[0]["messages"][1] == {"role": "assistant", "content": "rain falls softly on the roofs"}
+    assert result.steps[0]["dropped_by_reason"] == {"no quality score": 1, "below min_quality": 1,
+                                                    "below min_curation": 1}
+    assert len(server.bodies["bt"]) == 4
