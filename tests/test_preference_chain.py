@@ -307,3 +307,38 @@ def test_backtranslation_with_self_curation_end_to_end(tmp_path):
     assert result.steps[0]["dropped_by_reason"] == {"no quality score": 1, "below min_quality": 1,
                                                     "below min_curation": 1}
     assert len(server.bodies["bt"]) == 4
+
+
+def test_cli_chain_commands_and_annotation_hand_off(tmp_path):
+    """`novalign data drop-rules` on two scored groups (one all-high -> dropped, counted), then `annotate-export`
+    of the kept one and `annotate-import` of one annotator's result -> an RM group and 1 TRL pair; a typo in a
+    step key exits 2 with did-you-mean."""
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+
+    groups = _write(tmp_path / "g.jsonl", [
+        {"id": "a", "prompt": "q1", "responses": [{"content": "x", "score": 0.9}, {"content": "y", "score": 0.95}]},
+        {"id": "b", "prompt": "q2", "responses": [{"content": "good", "score": 0.9}, {"content": "bad", "score": 0.1}]}])
+    runner = CliRunner()
+    out = tmp_path / "kept.jsonl"
+    ran = runner.invoke(app, ["data", "drop-rules", "--input", str(groups), "--id-field", "id", "--run-dir",
+                              str(tmp_path / "run"), "--output", str(out), "--set", "high=0.8"])
+    assert ran.exit_code == 0, ran.output
+    assert "2 in, 1 out" in ran.output and "all responses score high" in ran.output
+    typo = runner.invoke(app, ["data", "drop-rules", "--input", str(groups), "--set", "hihg=0.8"])
+    assert typo.exit_code == 2 and "did you mean 'high'?" in typo.output
+    tasks = tmp_path / "tasks.jsonl"
+    assert runner.invoke(app, ["data", "annotate-export", "--input", str(out), "--output", str(tasks)]).exit_code == 0
+    assert json.loads(tasks.read_text())["task_id"] == "b"
+    results = _write(tmp_path / "res.jsonl", [{"task_id": "b", "annotator": "ann1", "ranking": [["r0"], ["r1"]],
+                                               "scores": {"r0": {"helpfulness": 5, "fluency": 4, "safety": 5},
+                                                          "r1": {"helpfulness": 1, "fluency": 2, "safety": 5}}}])
+    rm, pairs = tmp_path / "rm.jsonl", tmp_path / "pairs.jsonl"
+    done = runner.invoke(app, ["data", "annotate-import", "--tasks", str(tasks), "--results", str(results),
+                               "--output", str(rm), "--pairs", str(pairs)])
+    assert done.exit_code == 0, done.output
+    group = json.loads(rm.read_text())
+    # ann1's values per dimension: helpfulness 5/1 -> 1/0, fluency 4/2 -> 1/0, safety 5/5 -> one value: 0.5 both
+    assert [round(r["score"], 6) for r in group["responses"]] == [round(2.5 / 3, 6), round(0.5 / 3, 6)]
+    assert len(pairs.read_text().splitlines()) == 1
