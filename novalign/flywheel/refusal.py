@@ -21,19 +21,23 @@ from typing import Any
 __all__ = ["REFUSAL_PATTERNS", "CONSTRAINTS", "rule_refusal", "parse_refusal", "refusal_quota", "govern",
            "add_system_constraint"]
 
-_EN_CANT = r"(?:can(?:no|')?t|could(?:n't| not)|won't|will not|am unable to|'m unable to|am not able to|'m not able to)"
+_EN_CANT = (r"I(?: can(?:no|')?t| could(?:n't| not)| won't| will not| am unable to|'m unable to| am not able to|"
+            r"'m not able to)")
 _EN_VERBS = (r"(?:help|assist|provide|comply|do (?:that|this)|answer|fulfil+|share|support|create|write|give|"
              r"generate|engage|participate|discuss|offer|produce|complete|continue)")
 REFUSAL_PATTERNS: tuple[str, ...] = (
-    rf"\bI(?:'m| am) (?:sorry|afraid),? (?:but )?I {_EN_CANT}",
-    rf"\b(?:sorry|unfortunately|apologies),? (?:but )?I {_EN_CANT}",
-    rf"^\s*I {_EN_CANT} {_EN_VERBS}",
-    rf"\bI {_EN_CANT} {_EN_VERBS} (?:with |you with )?(?:that|this|such|your request|requests)",
+    rf"\bI(?:'m| am) (?:sorry|afraid),? (?:but )?{_EN_CANT}",
+    rf"\b(?:sorry|unfortunately|apologies),? (?:but )?{_EN_CANT}",
+    rf"^\s*{_EN_CANT} {_EN_VERBS}",
+    rf"\b{_EN_CANT} {_EN_VERBS} (?:with |you with )?(?:that|this|such|your request|requests)",
     r"\bAs an AI(?: language model| assistant)?,? I (?:can(?:no|')?t|don't|do not|am not able|won't)",
     r"\bI (?:must|have to|need to) (?:respectfully )?(?:decline|refuse)",
-    r"\bI(?:'m| am) not (?:able|allowed|permitted) to (?:help|assist|provide|answer|share|do)",
+    r"\bI(?:'m| am) not (?:able|allowed|permitted) to (?:help|assist|provide|answer|share|do|give|offer|discuss|continue)",
+    r"\b(?:that's|that is) not something I(?: can|'m able to| am able to) (?:help|assist|do)",
+    r"^\s*I'd rather not (?:answer|say|discuss|help|talk|share)",
     r"(?:抱歉|对不起|很遗憾)[，,！!。]?\s*(?:但)?我(?:无法|不能|没法|不可以|不便)",
     r"^\s*我(?:无法|不能|没法|不便)(?:回答|提供|协助|帮助|帮你|满足|完成|参与|讨论|处理|生成)",
+    r"(?:这个问题|此问题|这个请求|这类问题)我(?:不便|无法|不能)(?:回答|提供|处理)",
     r"作为(?:一个|一名)?(?:AI|人工智能)(?:语言模型|助手|模型)?[，,]?\s*我(?:无法|不能|没有办法)",
     r"我(?:必须|只能)?(?:拒绝|婉拒)(?:回答|这个|您|你的)",
     r"恕(?:我)?(?:不能|无法)",
