@@ -342,3 +342,28 @@ def test_cli_chain_commands_and_annotation_hand_off(tmp_path):
     # ann1's values per dimension: helpfulness 5/1 -> 1/0, fluency 4/2 -> 1/0, safety 5/5 -> one value: 0.5 both
     assert [round(r["score"], 6) for r in group["responses"]] == [round(2.5 / 3, 6), round(0.5 / 3, 6)]
     assert len(pairs.read_text().splitlines()) == 1
+
+
+def test_reward_model_prefilter(tiny_model_dir, tmp_path):
+    """rm_score then prefilter (keep 2, by rm_score): a group of 3 responses is scored by a (random-head) reward
+    model made from the tiny model, and prefilter keeps the best and the worst by those rewards -- the two
+    whose rewards are the max and the min of score_conversations' rewards for the same conversations; the middle
+    one moves to `removed`."""
+    from novalign.models.load import load_tokenizer
+    from novalign.models.reward import load_reward_model, score_conversations
+
+    rm_dir = tmp_path / "rm"
+    load_reward_model(tiny_model_dir).save_pretrained(rm_dir)
+    load_tokenizer(tiny_model_dir).save_pretrained(rm_dir)
+    texts = ["A short answer.", "A somewhat longer answer here.", "x"]
+    src = _write(tmp_path / "g.jsonl", [_group(0, texts)])
+    p = Pipeline(tmp_path / "run", progress=False).source("g", src, id_field="id")
+    p.step("rm", "rm_score", {"model_dir": str(rm_dir)}).step("pre", "prefilter", {"score_field": "rm_score", "keep": 2})
+    out = p.run().records("pre")[0]
+    tok, model = load_tokenizer(rm_dir), load_reward_model(rm_dir)
+    want = score_conversations(model, tok, [([{"role": "user", "content": "question 0?"}],
+                                             {"role": "assistant", "content": t}) for t in texts])
+    best, worst = want.index(max(want)), want.index(min(want))
+    assert [r["content"] for r in out["responses"]] == [texts[i] for i in sorted([best, worst])]
+    assert [r["content"] for r in out["removed"]] == [texts[3 - best - worst]]
+    assert [r["rm_score"] for r in out["responses"]] == pytest.approx([want[i] for i in sorted([best, worst])], abs=1e-5)

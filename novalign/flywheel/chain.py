@@ -24,6 +24,7 @@ CHAIN_COMMANDS: dict[str, tuple[str, str]] = {
                 "temperature 1, top_p 0.99, top_k 50) -> one group per prompt, model and parameters per response."),
     "autorate": ("autorate", "The three AutoRators (absolute, pairwise same-chain-same-result, golden answer with "
                  "rule checkers), chosen by the prompt's labels."),
+    "rm-score": ("rm_score", "Score every response with a trained reward model (as `novalign rm score`)."),
     "prefilter": ("prefilter", "A graded best / middle / worst subset per group by a reward-model or judge score."),
     "rouge": ("response_rouge", "ROUGE-L filter: near-identical responses out, prompts the models answer alike out."),
     "drop-rules": ("drop_rules", "Drop all-high and within-margin groups (counted by reason); flag all-low ones."),

@@ -5,6 +5,7 @@
   each response with its model and sampling parameters (defaults: the report's 5 samples, T 1, top_p 0.99,
   top_k 50);
 * ``autorate`` (llm): the three AutoRators (:mod:`novalign.flywheel.autorators`), chosen by the prompt's labels;
+* ``rm_score``: every response scored by a trained reward model (``novalign rm``; as ``novalign rm score``);
 * ``prefilter``: a graded best / middle / worst subset by a reward-model or judge score (section 3.2);
 * ``response_rouge``: near-identical responses out; a prompt the models answer alike (one response left) out;
 * ``drop_rules``: all-high and within-margin groups out (section 3.3), all-low groups flagged for revision;
@@ -25,7 +26,7 @@ from novalign.flywheel.responses import REPORT_SAMPLING, all_low, drop_reason, g
 from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register
 from novalign.flywheel.steps.llm import LLMGenerate, _LLMStep, _streamed, llm_identity, merged_llm
 
-__all__ = ["conversation_text", "Respond", "AutoRate", "Prefilter", "ResponseRouge", "DropRules", "RMGroups"]
+__all__ = ["conversation_text", "Respond", "AutoRate", "RMScore", "Prefilter", "ResponseRouge", "DropRules", "RMGroups"]
 
 
 def conversation_text(prompt: Any) -> str:
@@ -163,6 +164,40 @@ def _move(record: dict, keep_idx: Sequence[int], reasons: dict[int, str]) -> dic
     return {**record, "responses": kept, "removed": removed}
 
 
+class RMScoreConfig(Strict):
+    """Score every response of each group with a reward model (``novalign rm score``), for the pre-filter."""
+
+    model_dir: str = Field(..., description="A reward model directory (<output_dir>/model of `novalign rm`).")
+    output_field: str = Field("rm_score", description="Response field the reward is written to.")
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(4096, ge=8)
+    device: str = Field("cpu")
+
+
+@register
+class RMScore(Step):
+    type = "rm_score"
+    Config = RMScoreConfig
+    mode = "global"  # the model loads once, on the driver
+
+    def input_fields(self):
+        return {"prompt": TEXT, "responses": (list,)}
+
+    def run_all(self, records: list[dict], pmap) -> list[Outcome]:
+        from novalign.flywheel.responses import messages_of
+        from novalign.models.load import load_tokenizer
+        from novalign.models.reward import load_reward_model, score_conversations
+
+        c = self.config
+        conversations = [(messages_of(r["prompt"]), {"role": "assistant", "content": resp["content"]})
+                         for r in records for resp in r["responses"]]
+        tokenizer = load_tokenizer(c.model_dir)
+        model = load_reward_model(c.model_dir, device=c.device)
+        rewards = iter(score_conversations(model, tokenizer, conversations, max_length=c.max_length,
+                                           batch_size=c.batch_size))
+        return [keep(r, responses=[{**resp, c.output_field: next(rewards)} for resp in r["responses"]]) for r in records]
+
+
 class PrefilterConfig(_GroupConfig):
     """Section 3.2: "use a Reward Model or LLM-as-Judge to pre-filter responses, forming a response set with
     graded quality distinctions"."""
@@ -253,7 +288,10 @@ class RMGroups(Step):
         return {"prompt": TEXT, "responses": (list,)}
 
     def process_one(self, record: dict) -> Outcome:
-        if _scores(record, self.config.score_field) is None:
+        scores = _scores(record, self.config.score_field)
+        if scores is None:
             return drop(record, "unscored response", field=self.config.score_field)
+        if len(set(scores)) < 2:  # no pair to learn from (an all-low group waits for revision)
+            return drop(record, "no score difference", all_low=record.get("all_low"))
         group = rm_group(record, score_key=self.config.score_field, extra=self.config.extra)
         return {"_id": record["_id"], "out": [{"_id": record["_id"], **group}], "drop": None, "detail": None}
