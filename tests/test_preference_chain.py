@@ -367,3 +367,31 @@ def test_reward_model_prefilter(tiny_model_dir, tmp_path):
     assert [r["content"] for r in out["responses"]] == [texts[i] for i in sorted([best, worst])]
     assert [r["content"] for r in out["removed"]] == [texts[3 - best - worst]]
     assert [r["rm_score"] for r in out["responses"]] == pytest.approx([want[i] for i in sorted([best, worst])], abs=1e-5)
+
+
+def test_golden_judge_and_pairwise_failure_and_chinese_templates(tmp_path):
+    """g0 (Reason, reference '7', rules off, language zh-Hans): the golden judge is asked with the Chinese
+    template; its first reply '[[11]]' is out of 1..10 and is re-asked, the second '[[8]]' -> (8 - 1) / 9.
+    g1 (Math, no reference): the pairwise judge always answers both verdicts -> every pair fails after 2
+    attempts; with drop_failed false the group is kept with `rating_error` and no scores. Calls: 2 + 2 = 4
+    (g1 has 2 responses: one pair)."""
+    def reply(route, messages):
+        text = messages[0]["content"]
+        if "[[SAME]]" in text:
+            return "[[SAME]] [[DIFFERENT]]"
+        return "[[11]]" if len(messages) == 1 else "Rating: [[8]]"
+
+    server = ScriptedLLM(reply)
+    try:
+        src = _write(tmp_path / "g.jsonl", [
+            _group(0, ["答案是 7"], labels={"ability": "Reason", "language": "zh-Hans"}, answer="7"),
+            _group(1, ["12", "13"], labels={"ability": "Math"})])
+        p = Pipeline(tmp_path / "run", llm=_llm(server.base_url("j"), tmp_path), progress=False)
+        p.source("g", src, id_field="id").step("rate", "autorate", {"rules": False, "attempts": 2, "drop_failed": False})
+        out = {r["_id"]: r for r in p.run().records("rate")}
+    finally:
+        server.close()
+    assert out["g0"]["responses"][0]["score"] == pytest.approx(7 / 9) and out["g0"]["rater"] == "golden"
+    assert "参考答案" in server.bodies["j"][0]["messages"][0]["content"]
+    assert "score" not in out["g1"]["responses"][0] and "both verdicts" in out["g1"]["rating_error"]["(0, 1)"]["error"]
+    assert len(server.bodies["j"]) == 4
