@@ -395,3 +395,59 @@ def test_golden_judge_and_pairwise_failure_and_chinese_templates(tmp_path):
     assert "参考答案" in server.bodies["j"][0]["messages"][0]["content"]
     assert "score" not in out["g1"]["responses"][0] and "both verdicts" in out["g1"]["rating_error"]["(0, 1)"]["error"]
     assert len(server.bodies["j"]) == 4
+
+
+def test_respond_report_defaults_quotas_and_params(tmp_path):
+    """`respond` with two models on 3 prompts: 'big' answers all of them with the report's defaults (5 samples,
+    temperature 1, top_p 0.99, top_k 50 -- sent to the server as such), 'small' has n 2 and a quota of 1 prompt.
+    -> 3 groups; the first holds 5 + 2 responses, the others 5; every response keeps its model and parameters."""
+    from counting_llm import CountingLLM, default_reply
+
+    bodies = []
+    server = CountingLLM(lambda body, i: bodies.append(body) or default_reply(body, i))
+    try:
+        src = _write(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"question {i}?"} for i in range(3)])
+        llm = LLMConfig(base_url=server.url, model="m", api_key="k", cache_path=str(tmp_path / "c.sqlite"), progress=False)
+        p = Pipeline(tmp_path / "run", llm=llm, progress=False).source("p", src, id_field="id")
+        models = [{"name": "big"}, {"name": "small", "n": 2, "max_prompts": 1, "llm": {"model": "m-small"}}]
+        out = p.step("respond", "respond", {"models": models, "max_tokens": 32}).run().records("respond")
+    finally:
+        server.close()
+    assert [len(g["responses"]) for g in out] == [7, 5, 5] and out[0]["prompt"] == "question 0?"
+    first = out[0]["responses"]
+    assert [r["model"] for r in first] == ["big"] * 5 + ["small"] * 2 and [r["sample"] for r in first[5:]] == [0, 1]
+    assert first[0]["params"] == {"temperature": 1.0, "top_p": 0.99, "top_k": 50, "max_tokens": 32, "seed": None,
+                                  "n": 5, "llm_model": "m"}
+    assert first[5]["params"]["n"] == 2 and first[5]["params"]["llm_model"] == "m-small"
+    assert len(bodies) == 5 * 3 + 2 and all(b["top_p"] == 0.99 and b["top_k"] == 50 and b["temperature"] == 1.0
+                                            for b in bodies)
+
+
+def test_revise_sft_mode_judge_check(tmp_path):
+    """mode sft, min_score 0.7: two all-low groups are critiqued and revised by the scripted model (a stand-in
+    for an external LLM); the absolute AutoRator rates the revision 'fixed: 5' [[10]] -> 1.0 (kept: an SFT
+    record with the prompt, the revision and its critique) and 'fixed: 9' [[3]] -> 2/9 (dropped 'revision below
+    min_score'). A critique reply that is empty fails -> a third group is dropped 'critique failed'."""
+    def reply(route, messages):
+        text = messages[0]["content"]
+        if text.startswith("You are an AutoRator"):
+            return "Rating: [[10]]" if "fixed: 5" in text else "Rating: [[3]]"
+        if "[Critique]" in text:
+            return "Revision: fixed: " + re.search(r"Add (\d)", text).group(1)
+        return "   " if "Add 7" in text else "Critique: the sum is wrong."
+
+    src = _write(tmp_path / "g.jsonl", [
+        {"id": f"g{k}", "prompt": f"Add {k} and 0.", "responses": [{"content": "1", "score": 0.0}, {"content": "2", "score": 0.1}]}
+        for k in (5, 9, 7)])
+    server = ScriptedLLM(reply)
+    try:
+        p = Pipeline(tmp_path / "run", llm=_llm(server.base_url("r"), tmp_path), progress=False)
+        p.source("g", src, id_field="id").step("rev", "revise", {"mode": "sft", "min_score": 0.7, "attempts": 1})
+        result = p.run()
+    finally:
+        server.close()
+    out = result.records("rev")
+    assert [r["_id"] for r in out] == ["g5/revision"]
+    assert out[0]["messages"] == [{"role": "user", "content": "Add 5 and 0."}, {"role": "assistant", "content": "fixed: 5"}]
+    assert out[0]["critique"] == "the sum is wrong." and out[0]["judge_score"] == 1.0
+    assert result.steps[0]["dropped_by_reason"] == {"revision below min_score": 1, "critique failed": 1}
