@@ -392,7 +392,8 @@ def test_golden_judge_and_pairwise_failure_and_chinese_templates(tmp_path):
     finally:
         server.close()
     assert out["g0"]["responses"][0]["score"] == pytest.approx(7 / 9) and out["g0"]["rater"] == "golden"
-    assert "参考答案" in server.bodies["j"][0]["messages"][0]["content"]
+    zh = [b["messages"] for b in server.bodies["j"] if "参考答案" in b["messages"][0]["content"]]
+    assert len(zh) == 2 and "你的回答无法使用" in zh[1][-1]["content"]  # the re-ask in Chinese too
     assert "score" not in out["g1"]["responses"][0] and "both verdicts" in out["g1"]["rating_error"]["(0, 1)"]["error"]
     assert len(server.bodies["j"]) == 4
 

@@ -19,7 +19,7 @@ from novalign.flywheel.refusal import CONSTRAINTS, add_system_constraint, govern
 from novalign.flywheel.responses import get_path
 from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register
 from novalign.flywheel.steps.llm import _LLMStep, llm_identity, merged_llm
-from novalign.flywheel.steps.prefdata import conversation_text
+from novalign.flywheel.steps.prefdata import ask_by_lang, conversation_text
 from novalign.flywheel.style import STYLE_CARDS, apply_style, card_text, pick_card
 
 __all__ = ["Style", "RefusalLabel", "RefusalGovern", "RefusalConstraints"]
@@ -119,7 +119,7 @@ class RefusalLabel(_LLMStep):
         return {self.config.response_field: (str, list)}
 
     def process(self, items: Sequence[tuple[int, dict]]) -> Iterator[Outcome]:
-        from novalign.eval.judge import ask_judge, load_template, render
+        from novalign.eval.judge import load_template, render
 
         c = self.config
         slots = []  # (record index, response index or None, text)
@@ -140,11 +140,12 @@ class RefusalLabel(_LLMStep):
             else:
                 verdicts[(k, i)] = (False, "rule", None)
         if ask:
-            prompts = [render(load_template("refusal", _lang(records[k], c.lang, c.language_field), c.template_dir),
+            langs = [_lang(records[k], c.lang, c.language_field) for k, _, _ in ask]
+            prompts = [render(load_template("refusal", lang, c.template_dir),
                               prompt=conversation_text(records[k].get(c.prompt_field, "")), response=text)
-                       for k, i, text in ask]
-            judgments = ask_judge(self._client("judge", self.judge_llm), prompts, [parse_refusal] * len(prompts),
-                                  attempts=c.attempts, template_dir=c.template_dir, max_tokens=c.max_tokens)
+                       for (k, i, text), lang in zip(ask, langs)]
+            judgments = ask_by_lang(self._client("judge", self.judge_llm), prompts, [parse_refusal] * len(prompts),
+                                    langs, attempts=c.attempts, template_dir=c.template_dir, max_tokens=c.max_tokens)
             for (k, i, _), j in zip(ask, judgments):
                 verdicts[(k, i)] = (None, "judge", j.error) if j.failed else (j.parsed, "judge", None)
         for k, r in enumerate(records):

@@ -24,7 +24,7 @@ from novalign.flywheel.backtranslate import parse_after, parse_curation, parse_i
 from novalign.flywheel.responses import all_low, get_path, messages_of
 from novalign.flywheel.step import TEXT, Outcome, drop, keep, register
 from novalign.flywheel.steps.llm import _LLMStep, llm_identity, merged_llm
-from novalign.flywheel.steps.prefdata import conversation_text
+from novalign.flywheel.steps.prefdata import ask_by_lang, conversation_text
 
 __all__ = ["Revise", "Backtranslate"]
 
@@ -59,16 +59,15 @@ class _AskStep(_LLMStep):
         language = get_path(record, self.config.language_field)
         return "zh" if isinstance(language, str) and language.lower().startswith("zh") else "en"
 
-    def ask(self, prompts: list[str], parser) -> list:
-        """One judgment per prompt (parsed, or failed with its raw replies), in order."""
-        from novalign.eval.judge import ask_judge
-
+    def ask(self, prompts: list[str], parser, records: list[dict]) -> list:
+        """One judgment per prompt (parsed, or failed with its raw replies), in order; re-asks in each record's
+        language."""
         if not prompts:
             return []
         c = self.config
-        return ask_judge(self._client(self.type, self.ask_llm), prompts, [parser] * len(prompts), attempts=c.attempts,
-                         template_dir=c.template_dir, max_tokens=c.max_tokens,
-                         request_params={"temperature": c.temperature})
+        return ask_by_lang(self._client(self.type, self.ask_llm), prompts, [parser] * len(prompts),
+                           [self.lang(r) for r in records], attempts=c.attempts, template_dir=c.template_dir,
+                           max_tokens=c.max_tokens, request_params={"temperature": c.temperature})
 
     def render(self, name: str, record: dict, **values: Any) -> str:
         from novalign.eval.judge import load_template, render
@@ -118,16 +117,17 @@ class Revise(_AskStep):
         texts = [conversation_text(r["prompt"]) for r in todo]
         answers = [r["responses"][b]["content"] for r, b in zip(todo, best)]
         critiques = self.ask([self.render("critique", r, prompt=t, response=a)
-                              for r, t, a in zip(todo, texts, answers)], partial(parse_after, marker="Critique:"))
+                              for r, t, a in zip(todo, texts, answers)], partial(parse_after, marker="Critique:"), todo)
         ok = [i for i, j in enumerate(critiques) if not j.failed]
         revisions = dict(zip(ok, self.ask([self.render("revise", todo[i], prompt=texts[i], response=answers[i],
                                                        critique=critiques[i].parsed) for i in ok],
-                                          partial(parse_after, marker="Revision:"))))
+                                          partial(parse_after, marker="Revision:"), [todo[i] for i in ok])))
         good = [i for i in ok if not revisions[i].failed]
         checks = {}
         if c.mode == "sft":
             checks = dict(zip(good, self.ask([self.render("autorator_absolute", todo[i], prompt=texts[i],
-                                                          response=revisions[i].parsed) for i in good], rating_to_unit)))
+                                                          response=revisions[i].parsed) for i in good], rating_to_unit,
+                                             [todo[i] for i in good])))
         for i, record in enumerate(todo):
             yield self._outcome(record, best[i], critiques[i], revisions.get(i), checks.get(i))
 
@@ -182,10 +182,11 @@ class Backtranslate(_AskStep):
                 todo.append(record)
         texts = [r[c.text_field] for r in todo]
         instructions = self.ask([self.render("backtranslate", r, text=t) for r, t in zip(todo, texts)],
-                                parse_instruction)
+                                parse_instruction, todo)
         ok = [i for i, j in enumerate(instructions) if not j.failed]
         curated = dict(zip(ok, self.ask([self.render("curate", todo[i], instruction=instructions[i].parsed,
-                                                     response=texts[i]) for i in ok], parse_curation)))
+                                                     response=texts[i]) for i in ok], parse_curation,
+                                          [todo[i] for i in ok])))
         for i, record in enumerate(todo):
             ins, cur = instructions[i], curated.get(i)
             if ins.failed:

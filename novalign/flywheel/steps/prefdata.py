@@ -21,12 +21,25 @@ from pydantic import Field
 
 from novalign.config.base import Strict
 from novalign.config.pipeline import LLMGenerateConfig
-from novalign.flywheel.autorators import AutoRateConfig, assemble_group, plan_group
+from novalign.flywheel.autorators import AutoRateConfig, assemble_group, lang_of, plan_group
 from novalign.flywheel.responses import REPORT_SAMPLING, all_low, drop_reason, graded_indices, rm_group, rouge_keep
 from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register
 from novalign.flywheel.steps.llm import LLMGenerate, _LLMStep, _streamed, llm_identity, merged_llm
 
-__all__ = ["conversation_text", "Respond", "AutoRate", "RMScore", "Prefilter", "ResponseRouge", "DropRules", "RMGroups"]
+__all__ = ["ask_by_lang", "conversation_text", "Respond", "AutoRate", "RMScore", "Prefilter", "ResponseRouge", "DropRules", "RMGroups"]
+
+
+def ask_by_lang(client, prompts: Sequence[str], parsers: Sequence, langs: Sequence[str], **kwargs: Any) -> list:
+    """:func:`novalign.eval.judge.ask_judge` in one batch per language (so a re-ask is in the prompt's own
+    language); the judgments come back in input order."""
+    from novalign.eval.judge import ask_judge
+
+    out: list = [None] * len(prompts)
+    for lang in sorted(set(langs)):
+        idx = [i for i, x in enumerate(langs) if x == lang]
+        for i, j in zip(idx, ask_judge(client, [prompts[i] for i in idx], [parsers[i] for i in idx], lang=lang, **kwargs)):
+            out[i] = j
+    return out
 
 
 def conversation_text(prompt: Any) -> str:
@@ -103,7 +116,7 @@ class AutoRate(_LLMStep):
         from novalign.eval.judge import ask_judge
 
         c = self.config
-        plans, flat = {}, []  # record id -> (record, rater, keys, ruled); flat: (record id, key, prompt, parser)
+        plans, flat = {}, []  # record id -> (record, rater, keys, ruled); flat: (id, key, prompt, parser, lang)
         for _, record in items:
             try:
                 rater, asks, ruled = plan_group(record, c, conversation_text(record["prompt"]))
@@ -111,7 +124,8 @@ class AutoRate(_LLMStep):
                 yield drop(record, "cannot rate", error=str(exc))
                 continue
             plans[record["_id"]] = (record, rater, [a[0] for a in asks], ruled)
-            flat.extend((record["_id"], key, prompt, parse) for key, prompt, parse in asks)
+            lang = lang_of(record, c)
+            flat.extend((record["_id"], key, prompt, parse, lang) for key, prompt, parse in asks)
         pending = {rid: len(p[2]) for rid, p in plans.items()}
         got: dict[str, dict] = {rid: {} for rid in plans}
         failed: dict[str, dict] = {}
@@ -122,9 +136,12 @@ class AutoRate(_LLMStep):
             return
         client = self._client("judge", self.judge_llm)
 
-        def run(deliver):
-            ask_judge(client, [f[2] for f in flat], [f[3] for f in flat], attempts=c.attempts,
-                      template_dir=c.template_dir, max_tokens=c.max_tokens, on_done=lambda i, j: deliver((i, j)))
+        def run(deliver):  # one batch per language, so a re-ask is in the prompt's language
+            for lang in sorted({f[4] for f in flat}):
+                idx = [i for i, f in enumerate(flat) if f[4] == lang]
+                ask_judge(client, [flat[i][2] for i in idx], [flat[i][3] for i in idx], attempts=c.attempts,
+                          lang=lang, template_dir=c.template_dir, max_tokens=c.max_tokens,
+                          on_done=lambda k, j, idx=idx: deliver((idx[k], j)))
 
         for i, judgment in _streamed(run):
             rid, key = flat[i][0], flat[i][1]
