@@ -190,6 +190,9 @@ def test_annotation_export_import_round_trip_with_normalization(tmp_path):
            + [{"task_id": "g7", "annotator": "C", "ranking": [["r0"], ["r9"]]}])
     with pytest.raises(DataError, match=r"bad.jsonl:2.*r9"):
         import_annotations(tasks, [(str(bad), line, r) for line, r in read_results_located(bad)])
+    twice = located + [(str(tmp_path / "more.jsonl"), 1, results[0])]  # annotator A again
+    with pytest.raises(DataError, match=r"more.jsonl:1.*'A' already annotated task 'g7'"):
+        import_annotations(tasks, twice)
 
 
 def test_critique_and_revise_over_http(tiny_model_dir, tmp_path):

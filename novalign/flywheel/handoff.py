@@ -116,7 +116,12 @@ def import_annotations(tasks: Sequence[AnnotationTask], results: Iterable[tuple[
     located = list(results)
     stats = ImportStats(tasks=len(tasks), results=len(located))
     per_task: dict[str, list[AnnotationResult]] = defaultdict(list)
+    seen: dict[tuple[str, str], str] = {}
     for path, line, res in located:
+        where = seen.setdefault((res.task_id, res.annotator), f"{path}:{line}")
+        if where != f"{path}:{line}":  # twice the same annotator would count twice in every mean
+            raise DataError(path, line, "annotator", f"{res.annotator!r} already annotated task {res.task_id!r} "
+                            f"(at {where})", reason="duplicate result")
         task = by_id.get(res.task_id)
         if task is None:
             raise DataError(path, line, "task_id", f"no task {res.task_id!r} among the exported tasks", reason="unknown task")
