@@ -28,8 +28,8 @@ What runs
 
 Usage::
 
-    python bench/preference_data.py --demo-run runs/demo             # ~10 minutes on 2 CPU cores
-    python bench/preference_data.py --demo-run runs/demo --quick     # smoke run
+    python bench/preference_data.py --demo-run runs/demo             # 40 minutes on 2 shared CPU cores (RMs: 11-25 each)
+    python bench/preference_data.py --demo-run runs/demo --quick     # smoke run (7 minutes there)
 """
 
 from __future__ import annotations
