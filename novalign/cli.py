@@ -671,6 +671,88 @@ def annotate_export(project: str, output: Path, format_: str = typer.Option("rm"
     except ValueError as exc:
         _fail(str(exc))
     typer.echo(f"{output}: {summary}")
+def _chain_command(name: str, step_type: str, help_text: str) -> None:
+    """``novalign data <name>``: one step of the preference-data chain (issue 18) on a file."""
+
+    def command(input_file: Path = typer.Option(..., "--input", help="Records (JSONL/Parquet): prompts, groups or texts."),
+                run_dir: Path = typer.Option(Path("runs/prefdata"), "--run-dir", help="The step's folder goes here."),
+                output: Optional[Path] = typer.Option(None, "--output", help="Copy the step's records.jsonl here."),
+                id_field: Optional[str] = typer.Option(None, "--id-field", help="Record field with a unique id."),
+                base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible URL of the LLM (.../v1)."),
+                model: Optional[str] = typer.Option(None, "--model", help="Model name (or folder with --backend local)."),
+                backend: str = typer.Option("openai", "--backend", help="openai, local (a model folder) or vllm."),
+                api_key: Optional[str] = typer.Option(None, "--api-key", help="API key of the LLM endpoint."),
+                config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
+                help_config: bool = _HELP_CONFIG_OPT) -> None:
+        from novalign.flywheel.steps import STEP_TYPES
+
+        cfg = _stage_config(STEP_TYPES[step_type].Config, config, set_, help_config)
+        if cfg is None:
+            return
+        from novalign.config.llm import LLMConfig
+        from novalign.data.io import DataError
+        from novalign.flywheel.chain import run_single
+
+        llm = None
+        if base_url or model:
+            llm = LLMConfig(backend=backend, model=model or "", base_url=base_url, api_key=api_key)
+        try:
+            stats = run_single(step_type, cfg, input_file, run_dir, llm=llm, output=output, id_field=id_field,
+                               console_print=typer.echo)
+        except (DataError, ValueError, FileNotFoundError) as exc:
+            _fail(str(exc))
+        typer.echo(f"{name}: {stats['records_in']} in, {stats['records_out']} out, dropped {stats['dropped_by_reason']}")
+
+    command.__doc__ = f"{help_text} (step `{step_type}`; --help-config lists its keys)"
+    data_app.command(name)(command)
+
+
+def _register_chain_commands() -> None:
+    from novalign.flywheel.chain import CHAIN_COMMANDS
+
+    for name, (step_type, help_text) in CHAIN_COMMANDS.items():
+        _chain_command(name, step_type, help_text)
+
+
+_register_chain_commands()
+
+
+@data_app.command("annotate-export")
+def data_annotate_export_command(
+    input_file: Path = typer.Option(..., "--input", help="Group records {prompt, responses: [{content, ...}]}."),
+    output: Path = typer.Option(..., "--output", help="Annotation tasks JSONL (novalign.data.annotation)."),
+    score_field: str = typer.Option("score", help="Response field shown to annotators as the machine score."),
+) -> None:
+    """Export preference groups as annotation tasks (ranking, 1-5 helpfulness/fluency/safety, error spans)."""
+    from novalign.data.io import DataError
+    from novalign.flywheel.chain import export_tasks
+
+    try:
+        n = export_tasks(input_file, output, score_field=score_field)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"exported {n} tasks -> {output}")
+
+
+@data_app.command("annotate-import")
+def data_annotate_import_command(
+    tasks: Path = typer.Option(..., "--tasks", help="The exported tasks JSONL."),
+    results: list[Path] = typer.Option(..., "--results", help="Finished annotations JSONL (repeatable)."),
+    output: Path = typer.Option(..., "--output", help="RM-ready groups {prompt, responses: [{content, score, model, rank}]}."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Also write TRL pairs (prompt, chosen, rejected, scores)."),
+    normalize: str = typer.Option("minmax", help="Per-annotator normalization: minmax, zscore, range or none."),
+    max_pairs: Optional[int] = typer.Option(None, help="Most pairs per group (widest score gap first)."),
+) -> None:
+    """Import finished annotations: per-annotator score normalization (equation 1's r-hat), RM groups, TRL pairs."""
+    from novalign.data.io import DataError
+    from novalign.flywheel.chain import import_results
+
+    try:
+        stats = import_results(tasks, list(results), output, pairs, normalize=normalize, max_pairs=max_pairs)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"imported {stats['results']} results from {stats['annotators']} annotators: {stats['groups']} groups, "
+               f"{stats['pairs']} pairs -> {output}")
 
 
 def main() -> None:  # pragma: no cover - console entry
