@@ -79,6 +79,7 @@ class Dimension:
     under: str | None = None
     labels: list[Label] = field(default_factory=list)
     line: int = 0
+    under_line: int = 0
 
     def all_labels(self):
         for top in self.labels:
@@ -211,7 +212,7 @@ def _dimension(node: yaml.Node, path: str) -> Dimension:
     if "description" in m:
         d.description = _scalar(m["description"], path, f"{name}: description")
     if "under" in m:
-        d.under = _scalar(m["under"], path, f"{name}: under")
+        d.under, d.under_line = _scalar(m["under"], path, f"{name}: under"), _line(m["under"])
     if "labels" not in m:
         raise TaxonomyError(path, _line(node), f"dimension {name} is an empty level (no labels)")
     d.labels = [_label(x, path, name) for x in _sequence(m["labels"], path, f"{name}: labels")]
@@ -233,7 +234,7 @@ def _check_links(dims: dict[str, Dimension], path: str) -> None:
                                         f"{d.name} has no `under`")
             continue
         if d.under not in dims or d.under == d.name:
-            raise TaxonomyError(path, d.line, f"{d.name}: under {d.under!r} is no other dimension "
+            raise TaxonomyError(path, d.under_line, f"{d.name}: under {d.under!r} is no other dimension "
                                 f"(known: {', '.join(dims)})")
         parents = dims[d.under].leaves
         used = set()
