@@ -151,9 +151,9 @@ def test_corrections_win_over_votes_and_bad_corrections_name_the_line():
     voted = [{**r, **a} for r, a in zip(records, aggregate_records(records, t, method="majority",
                                                                   dimensions=["ability", "language"]))]
     fixed, n = apply_corrections(voted, [AnnotationResult(task_id="d", annotator="ann1", kind="labels",
-                                                          labels={"ability": "Math"})], t)
-    assert n == 1 and fixed[3]["labels"]["ability"] == "Math" and fixed[3]["label_confidence"]["ability"] == 1.0
-    assert fixed[3]["label_source"] == {"ability": "human:ann1"} and voted[3]["labels"]["ability"] == "Code"
+                                                          labels={"ability": "Code"})], t)
+    assert n == 1 and fixed[3]["labels"]["ability"] == "Code" and fixed[3]["label_confidence"]["ability"] == 1.0
+    assert fixed[3]["label_source"] == {"ability": "human:ann1"} and voted[3]["labels"]["ability"] == "Math"  # the tie's pick
     bad = [AnnotationResult(task_id="a", annotator="x", kind="labels", labels={"ability": "Math"}),
            AnnotationResult(task_id="b", annotator="x", kind="labels", labels={"language": "klingon"})]
     with pytest.raises(DataError) as err:
