@@ -158,4 +158,4 @@ def test_corrections_win_over_votes_and_bad_corrections_name_the_line():
            AnnotationResult(task_id="b", annotator="x", kind="labels", labels={"language": "klingon"})]
     with pytest.raises(DataError) as err:
         apply_corrections(voted, bad, t, path="res.jsonl")
-    assert str(err.value).startswith("res.jsonl:2: labels.language") and "klingon" in str(err.value)
+    assert str(err.value).startswith("res.jsonl:2: field 'labels.language'") and "klingon" in str(err.value)
