@@ -115,9 +115,11 @@ class LLMLabel(_LLMStep):
         c = self.config
         records = [r for _, r in items]
         plans: dict[str, list] = {}
-        for r in records:
+        for pos, r in items:
             messages = label_messages(text_of(r[c.prompt_field]), self.taxonomy, self.dims, c.examples_per_leaf)
             for m in c.models:
+                if m.max_prompts is not None and pos >= m.max_prompts:  # this labeler's quota: the first prompts
+                    continue
                 for k in range(m.n or c.n):
                     plans.setdefault(m.name, []).append(ChatRequest(
                         messages=messages, temperature=c.temperature, max_tokens=c.max_tokens, json_mode=True,
