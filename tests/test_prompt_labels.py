@@ -8,7 +8,7 @@ import pytest
 from novalign.data.annotation import AnnotationResult, read_tasks, write_tasks
 from novalign.data.io import DataError
 from novalign.flywheel.labels import (aggregate_records, apply_corrections, dawid_skene, majority_vote,
-                                      review_tasks, vote_matrix)
+                                      review_queue, review_tasks, vote_matrix)
 from novalign.flywheel.taxonomy import TaxonomyError, load_taxonomy, parse_taxonomy
 
 GOOD = """\
@@ -130,15 +130,18 @@ def _voted_records():
 
 
 def test_confidence_orders_unanimous_before_split_and_the_queue_takes_the_least_confident(tmp_path):
-    """Majority confidence = the least confident dimension's vote share: a 1, b min(2/3, 2/3) = 2/3,
-    c 1 (two valid votes, both agree; the failed one is counted), d 1/2 (a tie). Review share 0.5 of 4
-    records = 2 tasks: d, then b."""
+    """Majority confidences (ability, language): a (1, 1), b (2/3, 2/3), c (1, 1) -- two valid votes that
+    agree, the failed one counted --, d (1/2, 1/2) -- ties. By record (expected wrong labels = sum of
+    1 - confidence): d 1, b 2/3, a and c 0; share 0.5 of 4 records -> d, b. By label: 8 labels, share 0.25
+    -> the 2 lowest: d.ability and d.language (1/2); share 0.5 -> 4: those, then b's two (2/3)."""
     t, records = _voted_records()
     agg = aggregate_records(records, t, method="majority", dimensions=["ability", "language"])
     assert [a["labels"] for a in agg][2] == {"ability": "Code", "language": "zh-Hans"}
     assert [a["label_votes_failed"] for a in agg] == [0, 0, 1, 1]
     voted = [{**r, **a} for r, a in zip(records, agg)]
-    tasks = review_tasks(voted, 0.5)
+    assert review_queue(voted, 0.25) == {3: ["ability", "language"]}
+    assert review_queue(voted, 0.5) == {3: ["ability", "language"], 1: ["ability", "language"]}
+    tasks = review_tasks(voted, 0.5, unit="record")
     assert [x.task_id for x in tasks] == ["d", "b"]
     assert tasks[0].kind == "labels" and tasks[0].confidence == {"ability": 0.5, "language": 0.5}
     write_tasks(tmp_path / "queue.jsonl", tasks)

@@ -35,7 +35,7 @@ from novalign.data.io import DataError
 from novalign.flywheel.taxonomy import Taxonomy
 
 __all__ = ["vote_matrix", "majority_vote", "dawid_skene", "DawidSkeneResult", "aggregate_records",
-           "review_tasks", "apply_corrections", "get_path", "record_confidence"]
+           "review_queue", "review_tasks", "apply_corrections", "get_path", "record_confidence"]
 
 
 def get_path(record: dict, path: str) -> Any:
@@ -192,26 +192,50 @@ def aggregate_records(records: Sequence[dict], taxonomy: Taxonomy, *, votes_fiel
 
 
 def record_confidence(record: dict, field: str = "label_confidence") -> float:
-    """A record's confidence: its least confident dimension's (0 when it has inconsistent labels)."""
-    if record.get("label_problems"):
-        return 0.0
+    """A record's confidence, the review queue's sort key: ``1 - sum_d (1 - confidence_d)``, one minus the
+    expected number of wrong labels on the record if the confidences are calibrated (so ranking by it puts
+    the records expected to hold the most errors first). A record with inconsistent labels
+    (``label_problems``) or without any confidence gets the lowest possible value: ``-len(dims)``."""
     values = list((record.get(field) or {}).values())
-    return min(values) if values else 0.0
+    if record.get("label_problems") or not values:
+        return -float(max(1, len(values)))
+    return 1.0 - sum(1.0 - v for v in values)
 
 
-def review_tasks(records: Sequence[dict], share: float, *, prompt_field: str = "prompt",
-                 labels_field: str = "labels", confidence_field: str = "label_confidence") -> list[AnnotationTask]:
-    """The ``share`` least confident records (at least one if any, ties by input order) as ``labels``
-    annotation tasks (:mod:`novalign.data.annotation`), least confident first."""
+def review_queue(records: Sequence[dict], share: float, unit: str = "label",
+                 confidence_field: str = "label_confidence") -> dict[int, list[str]]:
+    """Which records (by position) go to review, with the dimensions to check, least confident first.
+
+    ``unit="label"``: the ``share`` of all (record, dimension) labels with the lowest confidence (a dimension
+    without a label counts as confidence 0); ``unit="record"``: the ``share`` of records lowest by
+    :func:`record_confidence`, every dimension to check. At least one item when ``share > 0``; ties go by
+    input order. Records with inconsistent labels come first either way."""
     if not 0 <= share <= 1:
         raise ValueError(f"review share {share} must be in [0, 1]")
-    n = min(len(records), max(1 if share > 0 else 0, round(share * len(records))))
-    order = sorted(range(len(records)), key=lambda i: (record_confidence(records[i], confidence_field), i))
+    if unit not in ("label", "record"):
+        raise ValueError(f"review unit {unit!r}: label or record")
+    if unit == "record":
+        n = min(len(records), max(1 if share > 0 else 0, round(share * len(records))))
+        order = sorted(range(len(records)), key=lambda i: (record_confidence(records[i], confidence_field), i))
+        return {i: sorted((records[i].get(confidence_field) or {})) for i in order[:n]}
+    items = [(-1.0 if r.get("label_problems") and d in r["label_problems"] else c, i, d)
+             for i, r in enumerate(records) for d, c in (r.get(confidence_field) or {}).items()]
+    n = min(len(items), max(1 if share > 0 else 0, round(share * len(items))))
+    queue: dict[int, list[str]] = {}
+    for _, i, d in sorted(items)[:n]:
+        queue.setdefault(i, []).append(d)
+    return queue
+
+
+def review_tasks(records: Sequence[dict], share: float, *, unit: str = "label", prompt_field: str = "prompt",
+                 labels_field: str = "labels", confidence_field: str = "label_confidence") -> list[AnnotationTask]:
+    """The review queue (:func:`review_queue`) as ``labels`` annotation tasks (:mod:`novalign.data.annotation`),
+    one per record, least confident first; ``meta.review`` names the dimensions to check."""
     tasks = []
-    for i in order[:n]:
+    for i, dims in review_queue(records, share, unit, confidence_field).items():
         r = records[i]
         labels = {d: v for d, v in (r.get(labels_field) or {}).items() if v is not None}
-        meta = {"votes_failed": r.get("label_votes_failed", 0)}
+        meta: dict[str, Any] = {"review": dims, "votes_failed": r.get("label_votes_failed", 0)}
         if r.get("label_problems"):
             meta["problems"] = r["label_problems"]
         tasks.append(AnnotationTask(task_id=str(r["_id"]), kind="labels", prompt=r[prompt_field], labels=labels,

@@ -34,7 +34,7 @@ def _records(path: str | Path) -> list[dict]:
 
 def label_file(input_path: str | Path, output: str | Path, labelers: Sequence[str], *, run_dir: str | Path,
                n: int = 1, method: str = "dawid_skene", taxonomy: str | None = None, review_share: float = 0.1,
-               review_out: str | Path | None = None, llm: LLMConfig | None = None, id_field: str | None = None,
+               review_out: str | Path | None = None, review_unit: str = "label", llm: LLMConfig | None = None, id_field: str | None = None,
                prompt_field: str = "prompt", temperature: float = 0.7, max_tokens: int = 256,
                console_print=print) -> dict:
     """Vote labels for every record of ``input_path`` (llm_label, then label_vote) into ``output``; the
@@ -53,7 +53,8 @@ def label_file(input_path: str | Path, output: str | Path, labelers: Sequence[st
     summary = {"records": len(records), "votes_failed": sum(r["label_votes_failed"] for r in records),
                "votes": sum(len(r["label_votes"]) for r in records), "output": str(output)}
     if review_out is not None:
-        summary["review_tasks"] = write_tasks(review_out, review_tasks(records, review_share, prompt_field=prompt_field))
+        summary["review_tasks"] = write_tasks(review_out, review_tasks(records, review_share, unit=review_unit,
+                                                                        prompt_field=prompt_field))
         summary["review_out"] = str(review_out)
     return summary
 
