@@ -562,6 +562,7 @@ def data_label_command(
         taxonomy: Optional[Path] = typer.Option(None, help="Taxonomy YAML (default: the bundled one)."),
         review_share: float = typer.Option(0.1, help="Share of least confident records sent to review."),
         review_out: Optional[Path] = typer.Option(None, help="Review queue (labels annotation tasks)."),
+        review_unit: str = typer.Option("label", help="label: the least confident labels; record: prompts."),
         run_dir: Path = typer.Option(Path("runs/label"), help="Pipeline folder (steps, request cache)."),
         temperature: float = typer.Option(0.7), max_tokens: int = typer.Option(256)) -> None:
     """Vote labels on every dimension of the taxonomy with k LLM labelers (majority or Dawid-Skene), a
@@ -574,7 +575,7 @@ def data_label_command(
     try:
         summary = label_file(input, output, labeler, run_dir=run_dir, n=n, method=method,
                              taxonomy=str(taxonomy) if taxonomy else None, review_share=review_share,
-                             review_out=review_out, llm=LLMConfig(base_url=base_url, progress=False),
+                             review_out=review_out, review_unit=review_unit, llm=LLMConfig(base_url=base_url, progress=False),
                              temperature=temperature, max_tokens=max_tokens, console_print=typer.echo)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
