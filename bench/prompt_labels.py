@@ -24,7 +24,7 @@ others -- so each labeler's average accuracy stays the one listed, and the label
    them, ``review_queue_label_tasks``). ``review_queue_by_record_error_capture``: the same errors caught by
    the 10 % least confident *prompts* (``unit="record"``, all six labels of each checked) -- an upper bound
    on it here is (errors on those prompts) / (all errors), low when errors are spread over many prompts.
-3. The classifier (:mod:`novalign.flywheel.classify`, frozen all-MiniLM-L6-v2 + hashed char n-grams, one
+3. The classifier (:mod:`novalign.flywheel.classify`, frozen all-MiniLM-L6-v2 + char 1-3-gram TF-IDF, one
    logistic-regression head per dimension) is trained on the Dawid-Skene labels of ``1 - --test-share`` of
    the pool and scored on the rest against the true labels: ``classifier_macro_f1`` per dimension. In the
    same run, on the same split and the same voted labels: ``tfidf_macro_f1`` (word TF-IDF + LR) and

@@ -162,3 +162,19 @@ def test_corrections_win_over_votes_and_bad_corrections_name_the_line():
     with pytest.raises(DataError) as err:
         apply_corrections(voted, bad, t, path="res.jsonl")
     assert str(err.value).startswith("res.jsonl:2: field 'labels.language'") and "klingon" in str(err.value)
+
+
+def test_parse_vote_never_guesses_and_scores_by_hand():
+    """A vote's value that is no leaf ('Maths', a group 'Chinese') or missing is recorded as None with the
+    problem named. Scores of predictions (a, a, b) against gold (a, b, b): accuracy 2/3; class a: precision
+    1/2, recall 1 -> F1 2/3; class b: precision 1, recall 1/2 -> F1 2/3; macro-F1 2/3."""
+    from novalign.flywheel.classify import scores
+    from novalign.flywheel.steps.prompt_labels import parse_vote
+
+    t = parse_taxonomy(GOOD, "t.yaml")
+    labels, problems = parse_vote({"ability": "Maths", "language": "Chinese"}, t, ["ability", "attributes", "language"])
+    assert labels == {"ability": None, "attributes": None, "language": None}
+    assert problems == ["ability: 'Maths' is no leaf", "attributes: missing", "language: 'Chinese' is no leaf"]
+    assert parse_vote(["Math"], t, ["ability"]) == ({"ability": None}, ["expected a JSON object, got list"])
+    s = scores(["a", "a", "b"], ["a", "b", "b"])
+    assert s["accuracy"] == round(2 / 3, 4) and s["macro_f1"] == round(2 / 3, 4)

