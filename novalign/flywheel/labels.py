@@ -85,17 +85,16 @@ class DawidSkeneResult:
     priors: np.ndarray  # classes
     confusion: np.ndarray  # labelers x true class x said class
     iterations: int
+    voted: np.ndarray  # items: has at least one valid vote
 
     @property
     def labels(self) -> np.ndarray:
         """The most probable class per item; -1 for an item without a valid vote."""
-        return np.where(self._voted, self.posteriors.argmax(1), -1)
+        return np.where(self.voted, self.posteriors.argmax(1), -1)
 
     @property
     def confidence(self) -> np.ndarray:
-        return np.where(self._voted, self.posteriors.max(1), 0.0)
-
-    _voted: np.ndarray = None  # type: ignore[assignment]
+        return np.where(self.voted, self.posteriors.max(1), 0.0)
 
 
 def _m_step(V: np.ndarray, T: np.ndarray, smoothing: float) -> tuple[np.ndarray, np.ndarray]:
@@ -142,9 +141,7 @@ def dawid_skene(V: np.ndarray, k: int, *, n_iter: int = 100, tol: float = 1e-6, 
             break
     post = np.tile(priors, (V.shape[0], 1))
     post[voted] = T
-    result = DawidSkeneResult(post, priors, conf, it)
-    result._voted = voted
-    return result
+    return DawidSkeneResult(post, priors, conf, it, voted)
 
 
 # ------------------------------------------------------------------------------------------ on records
