@@ -90,6 +90,11 @@ def test_dawid_skene_one_em_round_by_hand():
     assert np.allclose(r.confusion[2], [[1, 0], [1, 0]])
     assert np.allclose(r.posteriors, [[1, 0], [5 / 7, 2 / 7], [1 / 5, 4 / 5]], atol=1e-8)
     assert r.labels.tolist() == [0, 0, 1]
+    # an item whose every vote failed takes no part and gets no label (never guessed)
+    r2 = dawid_skene(vote_matrix([["A", "A", "A"], [None, None, None], ["A", "B", "A"], ["B", "B", "A"]], ["A", "B"]),
+                     2, n_iter=1, smoothing=0.0)
+    assert r2.labels.tolist() == [0, -1, 0, 1] and r2.confidence[1] == 0.0
+    assert np.allclose(r2.posteriors[[0, 2, 3]], r.posteriors)
 
 
 @pytest.mark.filterwarnings("ignore")  # crowd-kit's pandas deprecation warnings
