@@ -136,3 +136,61 @@ def test_label_train_classify_end_to_end_over_http(tiny_model_dir, tmp_path):
     out = q.run().records("cls")
     agree = sum(o["labels"]["ability"] == r["labels"]["ability"] for o, r in zip(out, voted))
     assert agree >= 0.9 * len(voted) and out[0]["label_source"] == {"ability": "classifier", "language": "classifier"}
+
+
+def test_cli_label_review_import_and_coverage(tmp_path):
+    """`novalign data label` with three scripted labelers (stand-ins for external LLMs; one fails every
+    reply), the review queue it writes, human corrections that win through `data label-import`, `data
+    coverage`; a broken taxonomy stops with its file and line."""
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+    from novalign.data.annotation import AnnotationResult, read_tasks, write_results
+    from novalign.world.prompt_pool import generate_pool
+    from scripted_llm import ScriptedLLM
+
+    pool = generate_pool(12, seed=5)
+    truth = {r["prompt"]: r["true_labels"] for r in pool}
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": r["prompt"]} for r in pool])
+
+    def reply(route, messages):
+        if route == "broken":
+            return "I think it is about maths."
+        labels = dict(truth[re.search(r"<<<\n(.*)\n>>>", messages[-1]["content"], re.S).group(1)])
+        if route == "lazy":
+            labels["constraints"] = "unconstrained"
+        return json.dumps(labels)
+
+    ext = ScriptedLLM(reply)
+    runner = CliRunner()
+    try:
+        base = ["data", "label", str(tmp_path / "p.jsonl"), str(tmp_path / "l.jsonl"), "--run-dir", str(tmp_path / "run"),
+                "--labeler", f"a=m@{ext.base_url('good')}", "--labeler", f"b=m@{ext.base_url('lazy')}",
+                "--labeler", f"c=m@{ext.base_url('broken')}", "--method", "majority", "--review-share", "0.05",
+                "--review-out", str(tmp_path / "queue.jsonl")]
+        ok = runner.invoke(app, base)
+        bad_tax = tmp_path / "bad.yaml"
+        bad_tax.write_text("name: x\nversion: '1'\ndimensions:\n  - name: ability\n    labels: []\n")
+        bad = runner.invoke(app, base + ["--taxonomy", str(bad_tax)])
+    finally:
+        ext.close()
+    assert ok.exit_code == 0, ok.output
+    summary = json.loads(ok.output.strip().splitlines()[-1])
+    assert summary["records"] == 12 and summary["votes"] == 36 and summary["votes_failed"] == 12
+    assert bad.exit_code != 0 and f"{bad_tax}:5: ability: labels is an empty level" in bad.output
+    tasks, _ = read_tasks([tmp_path / "queue.jsonl"])
+    assert len(tasks) == summary["review_tasks"] >= 1 and all(t.kind == "labels" for t in tasks)
+    first = tasks[0]  # a constraints tie (a and b disagree wherever the truth is not 'unconstrained')
+    assert first.meta["review"] and first.confidence[first.meta["review"][0]] == 0.5
+    write_results(tmp_path / "res.jsonl", [AnnotationResult(task_id=first.task_id, annotator="ann", kind="labels",
+                                                            labels={"constraints": "strong"})])
+    imp = runner.invoke(app, ["data", "label-import", str(tmp_path / "l.jsonl"), str(tmp_path / "res.jsonl"),
+                              "--out", str(tmp_path / "fixed.jsonl")])
+    assert imp.exit_code == 0, imp.output
+    fixed = {r["id"]: r for r in map(json.loads, (tmp_path / "fixed.jsonl").read_text().splitlines())}
+    assert fixed[first.task_id]["labels"]["constraints"] == "strong"
+    assert fixed[first.task_id]["label_source"] == {"constraints": "human:ann"}
+    cov = runner.invoke(app, ["data", "coverage", str(tmp_path / "fixed.jsonl"), "--out", str(tmp_path / "cov")])
+    assert cov.exit_code == 0, cov.output
+    rep = json.loads((tmp_path / "cov" / "coverage.json").read_text())
+    assert sum(rep["dimensions"]["ability"]["counts"].values()) == 12
