@@ -221,7 +221,7 @@ TASKS = {
     "debugging": {
         "en": ["This function for {topic} gives the wrong result. Find the bug and fix it:\n{code}",
                "Why does this code crash or misbehave?\n{code}",
-               "Review the code below, used in a {topic} project, and correct its error:\n{code}"],
+               "Review the code below, used in a project on {topic}, and correct its error:\n{code}"],
         "zh": ["这个处理{topic}的函数结果不对，找出错误并修正：\n{code}",
                "这段代码为什么会出错？\n{code}",
                "检查下面这段用于{topic}项目的代码，并改正其中的错误：\n{code}"]},
