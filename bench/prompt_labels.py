@@ -224,7 +224,7 @@ def classifier_metrics(voted: list[dict], test_share: float, seed: int, C: float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=3000, help="Prompts in the pool.")
+    ap.add_argument("--n", type=int, default=2000, help="Prompts in the pool.")
     ap.add_argument("--test-share", type=float, default=0.3)
     ap.add_argument("--queue-share", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
