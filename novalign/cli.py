@@ -753,6 +753,116 @@ def data_annotate_import_command(
         _fail(str(exc))
     typer.echo(f"imported {stats['results']} results from {stats['annotators']} annotators: {stats['groups']} groups, "
                f"{stats['pairs']} pairs -> {output}")
+# ---- the prompt system (report 3.1.1): voted labels, the distilled classifier, coverage (issue 16)
+
+
+@data_app.command("label")
+def data_label_command(
+        input: Path = typer.Argument(..., help="Prompt records (JSONL / Parquet) with a `prompt` field."),
+        output: Path = typer.Argument(..., help="Labeled records: labels, label_confidence, label_votes."),
+        labeler: list[str] = typer.Option(..., "--labeler", help="A labeler: model, model@URL or name=model@URL "
+                                          "(repeat for several); URL defaults to --base-url."),
+        base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server of the labelers."),
+        n: int = typer.Option(1, help="Votes per labeler (samples at --temperature)."),
+        method: str = typer.Option("dawid_skene", help="dawid_skene or majority."),
+        taxonomy: Optional[Path] = typer.Option(None, help="Taxonomy YAML (default: the bundled one)."),
+        review_share: float = typer.Option(0.1, help="Share of least confident records sent to review."),
+        review_out: Optional[Path] = typer.Option(None, help="Review queue (labels annotation tasks)."),
+        review_unit: str = typer.Option("label", help="label: the least confident labels; record: prompts."),
+        run_dir: Path = typer.Option(Path("runs/label"), help="Pipeline folder (steps, request cache)."),
+        temperature: float = typer.Option(0.7), max_tokens: int = typer.Option(256)) -> None:
+    """Vote labels on every dimension of the taxonomy with k LLM labelers (majority or Dawid-Skene), a
+    confidence per label, failed votes counted; the least confident share to a review queue."""
+    from novalign.config.llm import LLMConfig
+    import json
+
+    from novalign.flywheel.prompt_system import label_file
+
+    try:
+        summary = label_file(input, output, labeler, run_dir=run_dir, n=n, method=method,
+                             taxonomy=str(taxonomy) if taxonomy else None, review_share=review_share,
+                             review_out=review_out, review_unit=review_unit, llm=LLMConfig(base_url=base_url, progress=False),
+                             temperature=temperature, max_tokens=max_tokens, console_print=typer.echo)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary))
+
+
+@data_app.command("label-import")
+def data_label_import_command(
+        labeled: Path = typer.Argument(..., help="Labeled records (novalign data label's output)."),
+        results: list[Path] = typer.Argument(..., help="Annotation result files (kind: labels)."),
+        output: Path = typer.Option(..., "--out", help="Records with the human labels over the votes."),
+        taxonomy: Optional[Path] = typer.Option(None)) -> None:
+    """Human label corrections from the review queue win over the voted labels."""
+    from novalign.data.io import DataError
+    import json
+
+    from novalign.flywheel.prompt_system import import_corrections
+
+    try:
+        typer.echo(json.dumps(import_corrections(labeled, results, output, str(taxonomy) if taxonomy else None)))
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@data_app.command("train-classifier")
+def data_train_classifier_command(
+        input: Path = typer.Argument(..., help="Labeled records."),
+        out: Path = typer.Option(..., "--out", help="Classifier folder."),
+        field: str = typer.Option("labels", help="The labels to learn (dotted path)."),
+        true_field: Optional[str] = typer.Option(None, help="Also score against these labels (e.g. true_labels)."),
+        test_share: float = typer.Option(0.2, help="Held-out share for the scores (0: none)."),
+        taxonomy: Optional[Path] = typer.Option(None),
+        char_ngrams: bool = typer.Option(True, help="Add hashed character n-grams to the MiniLM embedding.")) -> None:
+    """Train the prompt classifier (frozen all-MiniLM-L6-v2 embeddings, one logistic-regression head per
+    dimension) on voted labels; prints held-out accuracy / macro-F1 beside a TF-IDF + LR baseline."""
+    import json
+
+    from novalign.flywheel.prompt_system import train_from_file
+
+    try:
+        metrics = train_from_file(input, out, field=field, true_field=true_field, test_share=test_share,
+                                  taxonomy=str(taxonomy) if taxonomy else None, char_ngrams=char_ngrams)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(metrics))
+
+
+@data_app.command("classify")
+def data_classify_command(input: Path = typer.Argument(...), output: Path = typer.Argument(...),
+                          model: Path = typer.Option(..., "--model", help="Classifier folder."),
+                          overwrite: bool = typer.Option(False, help="Replace labels already present.")) -> None:
+    """Label prompts with the trained classifier, without an LLM."""
+    import json
+
+    from novalign.flywheel.prompt_system import classify_file
+
+    try:
+        typer.echo(json.dumps(classify_file(input, output, model, overwrite=overwrite)))
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        _fail(str(exc))
+
+
+@data_app.command("coverage")
+def data_coverage_command(input: Path = typer.Argument(..., help="Labeled records."),
+                          out: Path = typer.Option(Path("runs/coverage"), "--out"),
+                          field: str = typer.Option("labels"), taxonomy: Optional[Path] = typer.Option(None),
+                          min_count: int = typer.Option(10, help="Leaves with fewer records are thin."),
+                          crosstab: list[str] = typer.Option(["ability,language", "ability,difficulty"],
+                                                             help="Two dimensions, comma-separated (repeat).")) -> None:
+    """Coverage of labeled prompts: counts per leaf, empty and thin leaves, cross-tabs; coverage.md, .json, PNGs."""
+    import json
+
+    from novalign.flywheel.prompt_system import coverage_file
+
+    try:
+        pairs = [tuple(c.split(",", 1)) for c in crosstab]
+        rep = coverage_file(input, out, field=field, taxonomy=str(taxonomy) if taxonomy else None,
+                            min_count=min_count, crosstabs=pairs)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps({"records": rep["records"], "files": rep["files"]}))
 
 
 def main() -> None:  # pragma: no cover - console entry

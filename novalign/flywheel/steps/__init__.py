@@ -11,6 +11,7 @@ from novalign.flywheel.step import STEP_TYPES, Step
 from novalign.flywheel.steps import dedup, filters, llm, preference, sampling  # noqa: F401 - registers them
 from novalign.flywheel.steps import ifdata  # noqa: F401 - the instruction-following data steps (issue 20)
 from novalign.flywheel.steps import control, craft, prefdata  # noqa: F401 - the preference-data chain (issue 18)
+from novalign.flywheel.steps import prompt_labels  # noqa: F401 - registers them (issue 16)
 
 __all__ = ["make_step"]
 
