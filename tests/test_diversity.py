@@ -1,0 +1,110 @@
+"""Task-aware diversity selection (novalign.flywheel.diversity): LCS pair mining by hand, layered clustering
+on points with known distances, budget selection, and the triplet fine-tune moving pairs the right way."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from novalign.flywheel import diversity as dv
+
+
+def test_lcs_by_hand_and_rapidfuzz_agree():
+    """``a b c d`` / ``a c b d``: LCS 3 (a b d). ``x y`` / ``z``: 0. ``translate the text`` / ``translate this
+    text``: 2 (translate, text). The ratio divides by the longer length: 3/4, 0/2, 2/3."""
+    cases = [("a b c d", "a c b d", 3), ("x y", "z", 0), ("translate the text", "translate this text", 2)]
+    for a, b, want in cases:
+        ta, tb = a.split(), b.split()
+        assert dv.lcs_length(ta, tb) == want
+        assert dv.lcs_ratio(ta, tb) == pytest.approx(want / max(len(ta), len(tb)))
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # rapidfuzz's bit-parallel LCS equals the plain dynamic programme
+        a, b = list(rng.integers(0, 4, rng.integers(0, 12))), list(rng.integers(0, 4, rng.integers(0, 12)))
+        assert dv.lcs_ratio(a, b) * max(len(a), len(b), 1) == pytest.approx(dv.lcs_length(a, b))
+
+
+def test_pair_mining_rules_by_hand():
+    """Four prompts (instruction, blank line, context):
+
+    p0 "Summarize the text in one line." + context X (about ovens)
+    p1 "Summarize the text in one line." + context Y (about comets): same instruction (ratio 7/7 = 1 >= 0.8),
+       inputs share little (below 0.6) -> hard positive.
+    p2 "Write a poem about it." + context X: instruction vs p0 shares "the"? no: tokens summarize the text in
+       one line . / write a poem about it . share only "." -> 1/7 <= 0.4 -> hard negative (same context!).
+    p3 = p0 with the same context: instruction 1 and input 1 -> a near-duplicate: neither.
+    The split takes the shortest paragraph as the instruction, wherever it stands (p4 puts it last).
+    """
+    x = "The oven was hot and the bread rose slowly while the baker waited by the door."
+    y = "A comet crossed the winter sky and astronomers counted its tail for hours."
+    p0 = f"Summarize the text in one line.\n\n{x}"
+    p1 = f"Summarize the text in one line.\n\n{y}"
+    p2 = f"Write a poem about it.\n\n{x}"
+    p4 = f"{y}\n\nSummarize the text in one line."
+    s = [dv.split_prompt(p) for p in (p0, p1, p2, p0, p4)]
+    assert s[0][0] == ["summarize", "the", "text", "in", "one", "line", "."]
+    assert s[4][0] == s[0][0] and s[4][1] == s[1][1]
+    kind, ins, inp = dv.pair_kind(s[0], s[1])
+    assert kind == "positive" and ins == 1.0 and inp < 0.6
+    kind, ins, _ = dv.pair_kind(s[0], s[2])
+    assert kind == "negative" and ins == pytest.approx(1 / 7)
+    assert dv.pair_kind(s[0], s[3])[0] is None
+    assert dv.pair_kind(s[0], s[4])[0] == "positive"
+
+    # mine_pairs compares only near neighbours of other fine clusters: p0 and p3 share fine cluster 0 and are
+    # never compared; with one neighbour each, p0's nearest other-cluster record is p2 (identical direction)
+    emb = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
+    coarse = np.zeros(5, dtype=int)
+    fine = np.array([0, 1, 2, 0, 3])
+    texts = [p0, p1, p2, p0, p4]
+    pairs = dv.mine_pairs(texts, emb, coarse, fine, neighbors=1)
+    assert (0, 2, "negative") in [p[:3] for p in pairs]
+    assert all({i, j} != {0, 3} for i, j, *_ in pairs)
+    assert (1, 4, "positive") in [p[:3] for p in pairs]
+    trip = dv.triplets([(0, 1, "positive", 1, 0), (0, 2, "negative", 0.1, 1), (1, 4, "positive", 1, 0)])
+    assert trip == [(0, 1, 2)]  # only record 0 has both a positive and a negative
+
+
+def test_layered_clusters_by_hand():
+    """Unit vectors at angles 0, 10, 30 and 90 degrees: cosine distances 1 - cos: d(0,10) = 0.0152,
+    d(10,30) = 0.0603, d(0,30) = 0.1340, d(30,90) = 0.5, d(0,90) = 1, d(10,90) = 0.8264.
+    Average linkage: {0,10} at 0.0152; {0,10,30} at mean(0.1340, 0.0603) = 0.0972; all at
+    mean(1, 0.8264, 0.5) = 0.7755. Cuts at 0.05, 0.2, 0.9 -> {0,10},{30},{90}; {0,10,30},{90}; one cluster."""
+    angles = np.radians([0, 10, 30, 90])
+    emb = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    labels = dv.layered_clusters(emb, [0.05, 0.2, 0.9])
+    groups = [sorted({tuple(np.flatnonzero(labels[:, k] == v)) for v in labels[:, k]}) for k in range(3)]
+    assert groups[0] == [(0, 1), (2,), (3,)]
+    assert groups[1] == [(0, 1, 2), (3,)]
+    assert groups[2] == [(0, 1, 2, 3)]
+    with pytest.raises(ValueError, match="increasing"):
+        dv.layered_clusters(emb, [0.2, 0.1])
+    paths = dv.cluster_paths(emb, np.zeros(4, dtype=int), [0.05, 0.2])
+    assert paths[0][0] == "0" and paths[0][1] == paths[2][1] != paths[3][1]  # cut 0.2 (loosest) first
+    assert paths[0][2] != paths[2][2] and paths[0][2] == paths[1][2]
+    # budget 2 covers the loosest cut's two clusters: the central member of {0,10,30} (10 deg) and 90 deg;
+    # budget 3 adds the uncovered tight cluster {30}
+    assert dv.select_budget(paths, emb, 2) == [1, 3]
+    assert dv.select_budget(paths, emb, 3) == [1, 3, 2]
+    assert sorted(dv.select_budget(paths, emb, 4)) == [0, 1, 2, 3]
+    assert dv.budget_count(0.5, 4) == 2 and dv.budget_count(3.0, 4) == 3
+    with pytest.raises(ValueError):
+        dv.budget_count(1.5, 4)
+
+
+def test_triplet_finetune_moves_positive_closer_and_negative_farther(tmp_path):
+    """A hard positive (same template, other context) and a hard negative (same context, other task): a few
+    triplet steps on all-MiniLM-L6-v2 raise cos(anchor, positive) and lower cos(anchor, negative); the saved
+    folder loads back as a sentence-transformers model giving the same embeddings."""
+    ctx_a = "The old harbour is full of fishing boats, gulls and tourists in the summer."
+    ctx_b = "The university library keeps rare maps, letters and manuscripts in its basement."
+    anchor = f"Translate the passage below into French.\n\n{ctx_a}"
+    positive = f"Translate the passage below into French.\n\n{ctx_b}"
+    negative = f"Count the verbs in the passage below.\n\n{ctx_a}"
+    model = dv.load_embedder(seed=0)
+    before = dv.embed(model, [anchor, positive, negative])
+    dv.finetune(model, [(anchor, positive, negative)] * 8, tmp_path / "emb", epochs=2, batch_size=4, lr=1e-4)
+    after = dv.embed(model, [anchor, positive, negative])
+    assert after[0] @ after[1] > before[0] @ before[1] + 0.02
+    assert after[0] @ after[2] < before[0] @ before[2] - 0.02
+    again = dv.embed(dv.load_embedder(str(tmp_path / "emb")), [anchor])
+    assert np.allclose(again[0], after[0], atol=1e-5)
