@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from novalign.flywheel.step import STEP_TYPES, Step
 from novalign.flywheel.steps import dedup, filters, llm, preference, sampling  # noqa: F401 - registers them
+from novalign.flywheel.steps import selection  # noqa: F401 - select_diverse, score_quality (issue 17)
 
 __all__ = ["make_step"]
 
