@@ -32,7 +32,8 @@ def test_pair_mining_rules_by_hand():
     p2 "Write a poem about it." + context X: instruction vs p0 shares "the"? no: tokens summarize the text in
        one line . / write a poem about it . share only "." -> 1/7 <= 0.4 -> hard negative (same context!).
     p3 = p0 with the same context: instruction 1 and input 1 -> a near-duplicate: neither.
-    The split takes the shortest paragraph as the instruction, wherever it stands (p4 puts it last).
+    p4 = p1 with the instruction last: the split takes the shortest paragraph as the instruction wherever it
+    stands, so p0 / p4 is a hard positive and p1 / p4 a duplicate (neither).
     """
     x = "The oven was hot and the bread rose slowly while the baker waited by the door."
     y = "A comet crossed the winter sky and astronomers counted its tail for hours."
@@ -50,16 +51,16 @@ def test_pair_mining_rules_by_hand():
     assert dv.pair_kind(s[0], s[3])[0] is None
     assert dv.pair_kind(s[0], s[4])[0] == "positive"
 
+    assert dv.pair_kind(s[1], s[4])[0] is None  # p4 = p1 reordered: same instruction and input, a duplicate
+
     # mine_pairs compares only near neighbours of other fine clusters: p0 and p3 share fine cluster 0 and are
-    # never compared; with one neighbour each, p0's nearest other-cluster record is p2 (identical direction)
-    emb = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [0, 1]], dtype=np.float32)
-    coarse = np.zeros(5, dtype=int)
+    # never compared; with two neighbours, p0's nearest other-cluster records are p2 (cos 1) and p4 (cos .99)
+    emb = np.array([[1, 0], [0, 1], [1, 0], [1, 0], [0.99, 0.141]], dtype=np.float32)
     fine = np.array([0, 1, 2, 0, 3])
-    texts = [p0, p1, p2, p0, p4]
-    pairs = dv.mine_pairs(texts, emb, coarse, fine, neighbors=1)
-    assert (0, 2, "negative") in [p[:3] for p in pairs]
-    assert all({i, j} != {0, 3} for i, j, *_ in pairs)
-    assert (1, 4, "positive") in [p[:3] for p in pairs]
+    pairs = dv.mine_pairs([p0, p1, p2, p0, p4], emb, np.zeros(5, dtype=int), fine, neighbors=2)
+    found = [p[:3] for p in pairs]
+    assert (0, 2, "negative") in found and (0, 4, "positive") in found
+    assert all({i, j} != {0, 3} for i, j, *_ in pairs) and (1, 4, None) not in found
     trip = dv.triplets([(0, 1, "positive", 1, 0), (0, 2, "negative", 0.1, 1), (1, 4, "positive", 1, 0)])
     assert trip == [(0, 1, 2)]  # only record 0 has both a positive and a negative
 
@@ -81,10 +82,12 @@ def test_layered_clusters_by_hand():
     paths = dv.cluster_paths(emb, np.zeros(4, dtype=int), [0.05, 0.2])
     assert paths[0][0] == "0" and paths[0][1] == paths[2][1] != paths[3][1]  # cut 0.2 (loosest) first
     assert paths[0][2] != paths[2][2] and paths[0][2] == paths[1][2]
-    # budget 2 covers the loosest cut's two clusters: the central member of {0,10,30} (10 deg) and 90 deg;
-    # budget 3 adds the uncovered tight cluster {30}
-    assert dv.select_budget(paths, emb, 2) == [1, 3]
-    assert dv.select_budget(paths, emb, 3) == [1, 3, 2]
+    # level by level: the one coarse cluster's most central member (centroid at about 30.4 deg -> the 30 deg
+    # point, index 2); then the loosest cut's uncovered {90}; then the tight cut's uncovered {0, 10} (centroid at
+    # 5 deg, both members equally central)
+    assert dv.select_budget(paths, emb, 2) == [2, 3]
+    third = dv.select_budget(paths, emb, 3)
+    assert third[:2] == [2, 3] and third[2] in (0, 1)
     assert sorted(dv.select_budget(paths, emb, 4)) == [0, 1, 2, 3]
     assert dv.budget_count(0.5, 4) == 2 and dv.budget_count(3.0, 4) == 3
     with pytest.raises(ValueError):
