@@ -98,3 +98,44 @@ def test_score_quality_with_simulated_judges_tracks_planted_quality():
     assert sorted(len(v) for v in out["anchors"].values()) == [3, 3]
     rho = spearmanr(out["overall"], [r["planted_overall"] for r in pool]).statistic
     assert rho > 0.5
+
+
+def test_score_quality_command_over_http_judges(tmp_path):
+    """``novalign data score-quality`` end to end: two judges behind an OpenAI-compatible HTTP stand-in for
+    external models (tests/scripted_llm.py answering as SimulatedJudgeBackend), 8 prompts in one bucket with
+    2 anchors: 6 x 2 + 1 anchor pair = 13 pairs x 2 orders x 2 judges = 52 calls; a record without the
+    bucket field is an error naming file:line:field."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+    from novalign.world.prompt_pool import SimulatedJudgeBackend, quality_pool
+    from tests.scripted_llm import ScriptedLLM
+
+    pool = quality_pool(8, seed=5)
+    for r in pool:
+        r["labels"]["ability"] = "Creation"
+    truth = {r["prompt"]: r["planted"] for r in pool}
+    judges = {name: SimulatedJudgeBackend(name, truth) for name in ("a", "b")}
+    server = ScriptedLLM(lambda route, messages: judges[route].answer(messages[-1]["content"]))
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in pool))
+    judge_list = json.dumps([{"backend": "openai", "base_url": server.base_url(n), "model": n, "api_key": "k",
+                              "cache_path": str(tmp_path / "cache.sqlite")} for n in judges])
+    try:
+        res = CliRunner().invoke(app, ["data", "score-quality", "--input", str(data), "--output-dir",
+                                       str(tmp_path / "out"), "--set", f"judges={judge_list}", "--set", "anchors=2"])
+        assert res.exit_code == 0, res.output
+        stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+        assert stats["judge_calls"] == 52 and stats["anchors"] == 2 and stats["failed_pairs"] == 0
+        assert sum(len(v) for v in server.bodies.values()) == 52
+        scored = [json.loads(x) for x in (tmp_path / "out" / "scored.jsonl").read_text().splitlines()]
+        assert len(scored) == 8 and all(set(r["quality"]["scores"]) == set(q.DIMENSIONS) for r in scored)
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(json.dumps(pool[0]) + "\n" + json.dumps({"prompt": "x", "labels": {}}) + "\n")
+        res = CliRunner().invoke(app, ["data", "score-quality", "--input", str(bad), "--output-dir",
+                                       str(tmp_path / "out2"), "--set", f"judges={judge_list}"])
+        assert res.exit_code != 0 and "bad.jsonl:2" in res.output and "labels.ability" in res.output
+    finally:
+        server.close()
