@@ -139,3 +139,36 @@ def test_score_quality_command_over_http_judges(tmp_path):
         assert res.exit_code != 0 and "bad.jsonl:2" in res.output and "labels.ability" in res.output
     finally:
         server.close()
+
+
+def test_score_quality_step_in_a_pipeline(tmp_path):
+    """The ``score_quality`` step: judges are LLM configs over the pipeline's llm (two routes of one HTTP
+    stand-in); 6 prompts, one bucket, 2 anchors: 4 x 2 + 1 = 9 pairs x 2 orders x 2 judges = 36 requests,
+    reported as the step's requests; records under the threshold are dropped with their scores."""
+    import json
+
+    from novalign.config.llm import LLMConfig
+    from novalign.flywheel.pipeline import Pipeline
+    from novalign.world.prompt_pool import SimulatedJudgeBackend, quality_pool
+    from tests.scripted_llm import ScriptedLLM
+
+    pool = quality_pool(6, seed=2)
+    truth = {r["prompt"]: r["planted"] for r in pool}
+    judges = {name: SimulatedJudgeBackend(name, truth) for name in ("a", "b")}
+    server = ScriptedLLM(lambda route, messages: judges[route].answer(messages[-1]["content"]))
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({**r, "labels": {"ability": "IF"}}) + "\n" for r in pool))
+    try:
+        llm = LLMConfig(model="x", api_key="k", cache_path=str(tmp_path / "c.sqlite"))
+        p = Pipeline(tmp_path / "run", llm=llm, progress=False).source("p", src)
+        result = p.step("quality", "score_quality", {"judges": [{"base_url": server.base_url(n), "model": n}
+                                                                for n in judges], "anchors": 2,
+                                                     "threshold": 0.0}).run()
+        kept = result.records("quality")
+        assert sum(len(v) for v in server.bodies.values()) == 36
+        assert all(r["quality"]["overall"] >= 0.0 for r in kept)
+        drops = [json.loads(x) for x in next((tmp_path / "run" / "steps").glob("quality-*")).joinpath(
+            "drops.jsonl").read_text().splitlines()]
+        assert len(kept) + len(drops) == 6 and all(d["detail"]["quality"]["overall"] < 0 for d in drops)
+    finally:
+        server.close()
