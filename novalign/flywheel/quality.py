@@ -239,12 +239,13 @@ def score_quality(texts: Sequence[str], buckets: Sequence[str], clients: Mapping
 # ------------------------------------------------------------------------------------------- distilled
 
 
-def fit_scorer(emb: np.ndarray, targets: np.ndarray, alpha: float = 1.0):
-    """The distilled scorer's head: ridge regression (scikit-learn) from sentence embeddings to the judged
-    scores (one column per target); ``.predict(emb)`` scores new prompts without a judge call."""
-    from sklearn.linear_model import Ridge
+def fit_scorer(emb: np.ndarray, targets: np.ndarray, alphas: Sequence[float] = tuple(np.logspace(-3, 2, 11))):
+    """The distilled scorer's head: ridge regression (scikit-learn ``RidgeCV``, the penalty chosen among
+    ``alphas`` by efficient leave-one-out error) from sentence embeddings to the judged scores;
+    ``.predict(emb)`` scores new prompts without a judge call."""
+    from sklearn.linear_model import RidgeCV
 
-    return Ridge(alpha=alpha).fit(emb, targets)
+    return RidgeCV(alphas=list(alphas)).fit(emb, targets)
 
 
 def pairwise_accuracy(pred: Sequence[float], target: Sequence[float], pairs: Sequence[tuple[int, int]]) -> float:
