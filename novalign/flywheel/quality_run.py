@@ -14,7 +14,7 @@ import numpy as np
 
 from novalign.flywheel import quality as q
 
-__all__ = ["heldout_pairs", "distill_scorer", "run_score_quality"]
+__all__ = ["heldout_pairs", "distill_scorer", "save_scorer", "apply_scorer", "run_score_quality"]
 
 
 def heldout_pairs(n_items: int, n_pairs: int, target: Sequence[float], seed: int) -> list[tuple[int, int]]:
@@ -45,6 +45,26 @@ def distill_scorer(emb: np.ndarray, overall: Sequence[float], *, heldout: float 
         t = np.asarray(truth, dtype=float)[test]
         out["pairwise_accuracy_vs_truth"] = q.pairwise_accuracy(pred, t, heldout_pairs(len(test), n_pairs, t, seed))
     return out
+
+
+def save_scorer(path: str | Path, head, embedder: str | None, **info: Any) -> Path:
+    """The distilled scorer as JSON: the embedder folder, the ridge head's weights, and ``info``."""
+    from novalign.data.io import write_json_atomic
+
+    return write_json_atomic(path, {"embedder": embedder, "coef": [float(x) for x in np.ravel(head.coef_)],
+                                    "intercept": float(np.ravel(head.intercept_)[0]),
+                                    "alpha": float(getattr(head, "alpha_", getattr(head, "alpha", 0.0))), **info})
+
+
+def apply_scorer(path: str | Path, texts: Sequence[str]) -> np.ndarray:
+    """Overall quality predicted by a saved scorer (no judge call): embedding . coef + intercept."""
+    import json
+
+    from novalign.flywheel.diversity import embed, load_embedder
+
+    spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    emb = embed(load_embedder(spec["embedder"]), texts)
+    return emb @ np.asarray(spec["coef"]) + spec["intercept"]
 
 
 def run_score_quality(cfg, console_print: Callable[[str], None] = print) -> dict[str, Any]:
@@ -98,6 +118,15 @@ def run_score_quality(cfg, console_print: Callable[[str], None] = print) -> dict
              "judges": len(clients), "judge_calls": out["calls"], "failed_pairs": len(out["failures"]),
              "judge_calls_per_prompt": round(out["calls"] / non_anchor, 2), "method": cfg.method,
              "labels": dict(Counter(out["labels"]))}
+    if cfg.distill:
+        from novalign.flywheel.diversity import embed, load_embedder
+
+        found = distill_scorer(embed(load_embedder(cfg.embedder, cfg.seed), texts), out["overall"],
+                               heldout=cfg.distill_heldout, n_pairs=cfg.distill_pairs, seed=cfg.seed)
+        save_scorer(dest / "scorer.json", found["head"], cfg.embedder, heldout_pairwise_accuracy=
+                    found["pairwise_accuracy"], heldout_pairs=found["pairs"], trained_on=found["train"])
+        stats["distilled"] = {"pairwise_accuracy": round(found["pairwise_accuracy"], 4), "pairs": found["pairs"],
+                              "train": found["train"], "heldout": found["heldout"]}
     write_json_atomic(dest / "stats.json", stats)
     lines = ["# Anchored pairwise prompt quality", "", f"{stats['records']} records in {stats['buckets']} buckets, "
              f"{stats['anchors']} anchors, {stats['judges']} judges, {stats['judge_calls']} judge calls "
