@@ -112,3 +112,18 @@ def test_triplet_finetune_moves_positive_closer_and_negative_farther(tmp_path):
     assert after[0] @ after[2] < before[0] @ before[2] - 0.02
     again = dv.embed(dv.load_embedder(str(tmp_path / "emb")), [anchor])
     assert np.allclose(again[0], after[0], atol=1e-5)
+
+
+def test_select_diverse_command_names_a_bad_record(tmp_path):
+    """A record without the prompt field stops the command before any model is loaded, naming file:line:field."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from novalign.cli import app
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "Summarize this."}) + "\n" + json.dumps({"text": "no prompt"}) + "\n")
+    res = CliRunner().invoke(app, ["data", "select-diverse", "--input", str(data), "--output-dir",
+                                   str(tmp_path / "out"), "--budget", "0.5"])
+    assert res.exit_code != 0 and "p.jsonl:2" in res.output and "prompt" in res.output
