@@ -65,7 +65,7 @@ def test_pair_mining_rules_by_hand():
     assert trip == [(0, 1, 2)]  # only record 0 has both a positive and a negative
 
 
-def test_layered_clusters_by_hand():
+def test_layered_clusters_by_hand(tmp_path):
     """Unit vectors at angles 0, 10, 30 and 90 degrees: cosine distances 1 - cos: d(0,10) = 0.0152,
     d(10,30) = 0.0603, d(0,30) = 0.1340, d(30,90) = 0.5, d(0,90) = 1, d(10,90) = 0.8264.
     Average linkage: {0,10} at 0.0152; {0,10,30} at mean(0.1340, 0.0603) = 0.0972; all at
@@ -89,6 +89,10 @@ def test_layered_clusters_by_hand():
     third = dv.select_budget(paths, emb, 3)
     assert third[:2] == [2, 3] and third[2] in (0, 1)
     assert sorted(dv.select_budget(paths, emb, 4)) == [0, 1, 2, 3]
+    from novalign.flywheel.diversity_run import cluster_size_chart
+
+    chart = cluster_size_chart(paths, [2, 3], [0.05, 0.2], tmp_path / "sizes.png")
+    assert chart.stat().st_size > 1000
     assert dv.budget_count(0.5, 4) == 2 and dv.budget_count(3.0, 4) == 3
     with pytest.raises(ValueError):
         dv.budget_count(1.5, 4)

@@ -99,8 +99,9 @@ def select_diverse(texts: Sequence[str], cfg, model_dir: str | Path, *, log: Cal
 
 def cluster_size_chart(paths: Sequence[Sequence[str]], selected: Sequence[int], thresholds: Sequence[float],
                        out: str | Path) -> Path:
-    """One panel per level (coarse, then each cut loosest first): cluster sizes in decreasing order, all records
-    and the selected ones, log scale."""
+    """One panel per level (coarse, then each cut loosest first): cluster sizes in decreasing order (line) and
+    the selected records of each cluster that has any (dots), log scale; the title counts the clusters and the
+    covered ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,9 +116,10 @@ def cluster_size_chart(paths: Sequence[Sequence[str]], selected: Sequence[int], 
         picked = Counter(paths[i][level] for i in chosen)
         order = sorted(sizes, key=lambda c: -sizes[c])
         ax.plot(range(1, len(order) + 1), [sizes[c] for c in order], label="records")
-        ax.plot(range(1, len(order) + 1), [max(picked[c], 0.8) for c in order], ".", ms=3, label="selected")
+        hit = [(r, picked[c]) for r, c in enumerate(order, 1) if picked[c]]  # clusters with no pick: no dot
+        ax.plot([r for r, _ in hit], [v for _, v in hit], ".", ms=3, label="selected")
         ax.set_yscale("log")
-        ax.set_title(f"{names[level]}: {len(order)} clusters")
+        ax.set_title(f"{names[level]}: {len(order)} clusters, {len(hit)} covered")
         ax.set_xlabel("cluster rank")
     axes[0][0].set_ylabel("records")
     axes[0][0].legend()
