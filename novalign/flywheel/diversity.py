@@ -225,7 +225,8 @@ def layered_clusters(emb: np.ndarray, thresholds: Sequence[float], linkage: str 
     threshold (``fcluster``, criterion ``distance``). Thresholds must increase; column ``k`` is the cut at
     ``thresholds[k]``, so clusters nest: each cut at a larger threshold merges those of the smaller one.
 
-    Example (1-D points as unit vectors would be tedious; see the test for points with known distances)."""
+    Example: unit vectors at 0, 10, 30 and 90 degrees, average linkage, cuts 0.05 / 0.2 / 0.9 ->
+    {0, 10} {30} {90}; {0, 10, 30} {90}; one cluster (the distances are worked out in the test)."""
     from scipy.cluster.hierarchy import fcluster
     from scipy.cluster.hierarchy import linkage as scipy_linkage
 
