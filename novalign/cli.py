@@ -865,6 +865,61 @@ def data_coverage_command(input: Path = typer.Argument(..., help="Labeled record
     typer.echo(json.dumps({"records": rep["records"], "files": rep["files"]}))
 
 
+@data_app.command("select-diverse")
+def data_select_diverse_command(input: Optional[Path] = typer.Option(None, "--input", help="Records file."),
+                                output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Output folder."),
+                                budget: Optional[float] = typer.Option(None, help="A share in (0, 1] or a count."),
+                                config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
+                                help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Task-aware diversity selection (report 3.1.2): two-level k-means, LCS hard pairs among near neighbours,
+    a triplet fine-tune of all-MiniLM-L6-v2, layered agglomerative clustering, a budget covering the clusters.
+    Writes selected.jsonl, clusters.jsonl (each record's cluster path), report.md, cluster_sizes.png, embedder/."""
+    from novalign.config.selection import SelectDiverseRunConfig
+
+    flags = {"input": str(input) if input else None, "output_dir": str(output_dir) if output_dir else None,
+             "budget": budget}
+    cfg = _stage_config(SelectDiverseRunConfig, config, [*set_, *_flag_overrides(flags)], help_config)
+    if cfg is None:
+        return
+    from novalign.data.io import DataError
+    from novalign.flywheel.diversity_run import run_select_diverse
+
+    try:
+        run_select_diverse(cfg, console_print=typer.echo)
+    except (DataError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@data_app.command("score-quality")
+def data_score_quality_command(input: Optional[Path] = typer.Option(None, "--input", help="Records file."),
+                               output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Output folder."),
+                               config: Optional[Path] = _CONFIG_OPT, set_: list[str] = _SET_OPT,
+                               help_config: bool = _HELP_CONFIG_OPT) -> None:
+    """Anchored pairwise prompt quality (report 3.1.3): anchors per bucket, several judges on Clarity /
+    Practicality / Complexity / Novelty, each pair judged in both orders, aggregated per prompt; a threshold per
+    bucket. Writes scored.jsonl, selected.jsonl, anchors.jsonl, judgments.jsonl, stats.json, report.md."""
+    from novalign.config.selection import ScoreQualityRunConfig
+
+    flags = {"input": str(input) if input else None, "output_dir": str(output_dir) if output_dir else None}
+    cfg = _stage_config(ScoreQualityRunConfig, config, [*set_, *_flag_overrides(flags)], help_config)
+    if cfg is None:
+        return
+    from novalign.data.io import DataError
+    from novalign.flywheel.quality_run import run_score_quality
+
+    try:
+        run_score_quality(cfg, console_print=typer.echo)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+def _flag_overrides(flags: dict) -> list[str]:
+    """Given command-line flags as ``key=value`` overrides (values JSON-quoted, so a path stays a string)."""
+    import json
+
+    return [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+
+
 def main() -> None:  # pragma: no cover - console entry
     app(sys.argv[1:])
 

@@ -12,6 +12,7 @@ from novalign.flywheel.steps import dedup, filters, llm, preference, sampling  #
 from novalign.flywheel.steps import ifdata  # noqa: F401 - the instruction-following data steps (issue 20)
 from novalign.flywheel.steps import control, craft, prefdata  # noqa: F401 - the preference-data chain (issue 18)
 from novalign.flywheel.steps import prompt_labels  # noqa: F401 - registers them (issue 16)
+from novalign.flywheel.steps import selection  # noqa: F401 - select_diverse, score_quality (issue 17)
 
 __all__ = ["make_step"]
 
