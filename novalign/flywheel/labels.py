@@ -33,20 +33,10 @@ import numpy as np
 from novalign.data.annotation import AnnotationResult, AnnotationTask
 from novalign.data.io import DataError
 from novalign.flywheel.taxonomy import Taxonomy
+from novalign.data.fields import get_path  # noqa: F401 - re-exported: steps import it from here
 
 __all__ = ["vote_matrix", "majority_vote", "dawid_skene", "DawidSkeneResult", "aggregate_records",
            "review_queue", "review_tasks", "apply_corrections", "get_path", "record_confidence"]
-
-
-def get_path(record: dict, path: str) -> Any:
-    """``record["labels"]["ability"]`` for ``"labels.ability"``; ``None`` where any part is missing."""
-    value: Any = record
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
 
 def vote_matrix(votes: Sequence[Sequence[str | None]], classes: Sequence[str]) -> np.ndarray:
     """Class indices of ``votes`` (one row per item, one column per labeler; ``None`` or a value not in

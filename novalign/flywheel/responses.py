@@ -24,26 +24,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from novalign.data.fields import get_path  # noqa: F401 - re-exported: steps import it from here
+
 __all__ = ["REPORT_SAMPLING", "get_path", "graded_indices", "rouge_keep", "drop_reason", "all_low", "messages_of",
            "rm_group", "trl_pairs"]
 
 REPORT_SAMPLING = {"n": 5, "temperature": 1.0, "top_p": 0.99, "top_k": 50}
 """Section 3.3: "Top 3 most advanced models to sample 5 responses for each prompt ... Temperature = 1,
 TopP = 0.99, TopK = 50" -- the defaults of the ``respond`` step."""
-
-
-def get_path(record: dict, path: str, default: Any = None) -> Any:
-    """The value at a dotted field path (``labels.ability``), or ``default`` when any part is missing.
-
-    >>> get_path({"labels": {"ability": "Math"}}, "labels.ability")
-    'Math'
-    """
-    value: Any = record
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return default
-        value = value[part]
-    return value
 
 
 def graded_indices(scores: Sequence[float], keep: int) -> list[int]:

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from novalign.data.fields import get_path
 from novalign.eval.ifeval import count_words
 from novalign.eval.constraints.library import REGISTRY, check, instance, matching_types
 
@@ -37,12 +38,7 @@ def client_ask(client: Any, *, temperature: float = 0.0, max_tokens: int | None 
 
 def field_value(record: Mapping[str, Any], path: str | None) -> Any:
     """The value at a dotted field path (``labels.quality``), or ``None`` where any part is missing."""
-    value: Any = record
-    for part in (path or "").split(".") if path else []:
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value if path else None
+    return get_path(record, path) if path else None
 
 
 def constraint_level(n: int) -> str:
