@@ -29,12 +29,14 @@ import pytest
 
 Pair = tuple[list[dict], str]
 
-# Sized so that a handful of ~150-token pairs is memorized in well under a hundred optimizer steps (a few CPU
+# Sized so that a handful of ~150-token pairs is memorized in about a hundred optimizer steps (a few CPU
 # seconds); the cosine schedule's decay to 0 settles the weights so greedy decoding is stable. Measured on the
-# sysmsg pairs of test_ifdata.py: 40 steps are not enough, 60 at lr 2e-2 are; 80 leave a margin.
+# sysmsg pairs of test_ifdata.py: 40 steps are not enough, 60 at lr 2e-2 are, 80 passed every run seen. 120
+# doubles the smallest passing count: another session saw same-seed runs of a borderline case differ (4 pairs,
+# 80 steps: passed once, failed once), so the margin is kept wide.
 MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128,
          "max_position_embeddings": 1024, "vocab_size": 2048}
-STEPS, LR = 80, 2e-2
+STEPS, LR = 120, 2e-2
 
 
 def _key(pairs: Sequence[Pair]) -> str:
