@@ -64,3 +64,24 @@ def health(url: str) -> dict:
     """The server's ``/health`` document (request counters, latency)."""
     with urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=10) as response:
         return json.loads(response.read())
+
+
+@contextmanager
+def app_in_thread(app) -> Iterator[int]:
+    """Serve an ASGI app (``novalign serve``'s or the PAS proxy's ``create_*app``) with uvicorn in a daemon thread
+    on a free loopback port, for tests that need the app object itself (its counters, its engine); yields the
+    port and stops the server on exit."""
+    import uvicorn
+
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started, "uvicorn did not start within 30 s"
+    try:
+        yield srv.servers[0].sockets[0].getsockname()[1]
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

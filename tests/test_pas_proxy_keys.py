@@ -11,10 +11,10 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from cli_server import app_in_thread
 
 from novalign.pas.augment import PromptAugmenter
 from novalign.pas.proxy import check_messages, create_proxy_app
@@ -59,26 +59,13 @@ def upstream():
     srv.shutdown()
 
 
-def _serve(app):
-    import uvicorn
-
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
-    threading.Thread(target=srv.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    return srv, srv.servers[0].sockets[0].getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def proxies(upstream):
     """Two proxies holding the same upstream key: one with a client key, one without."""
     aug = PromptAugmenter(client=None)
-    keyed, keyed_port = _serve(create_proxy_app(aug, upstream, upstream_api_key=UPSTREAM_KEY, api_key=PROXY_KEY))
-    open_, open_port = _serve(create_proxy_app(aug, upstream, upstream_api_key=UPSTREAM_KEY))
-    yield {"keyed": keyed_port, "open": open_port}
-    keyed.should_exit = open_.should_exit = True
+    with app_in_thread(create_proxy_app(aug, upstream, upstream_api_key=UPSTREAM_KEY, api_key=PROXY_KEY)) as keyed, \
+            app_in_thread(create_proxy_app(aug, upstream, upstream_api_key=UPSTREAM_KEY)) as open_:
+        yield {"keyed": keyed, "open": open_}
 
 
 def ask(port: int, key: str | None, body: dict | None = None, raw: bytes | None = None) -> tuple[int, bytes]:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
+from cli_server import app_in_thread
 
 from novalign.llm.batching import BatchingQueue
 
@@ -22,24 +23,13 @@ KEY = "hardening-key"
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    import uvicorn
-
     from novalign.llm.local import LocalEngine
     from novalign.llm.server import create_app
 
     engine = LocalEngine(tiny_model_dir, device="cpu", max_batch_size=8, batch_wait_ms=30, default_max_tokens=8)
     app = create_app(engine, model_name="tiny", api_key=KEY, max_body_bytes=2**20)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield {"host": "127.0.0.1", "port": port, "engine": engine, "app": app}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(app) as port:
+        yield {"host": "127.0.0.1", "port": port, "engine": engine, "app": app}
     engine.close()
 
 

@@ -8,11 +8,11 @@ import asyncio
 import http.client
 import json
 import sqlite3
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cli_server import app_in_thread
 
 from novalign.llm import LLMClient, RetryPolicy
 from novalign.llm.idempotency import IdempotencyStore, KeyReused
@@ -21,24 +21,13 @@ from novalign.llm.openai_compat import OpenAIBackend
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    import uvicorn
-
     from novalign.llm.local import LocalEngine
     from novalign.llm.server import create_app
 
     engine = LocalEngine(tiny_model_dir, device="cpu", max_batch_size=8, batch_wait_ms=20, default_max_tokens=8)
     app = create_app(engine, model_name="tiny")
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    yield {"port": port, "counters": app.state.counters}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with app_in_thread(app) as port:
+        yield {"port": port, "counters": app.state.counters}
     engine.close()
 
 
