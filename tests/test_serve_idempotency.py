@@ -15,7 +15,7 @@ import pytest
 from cli_server import app_in_thread
 
 from novalign.llm import LLMClient, RetryPolicy
-from novalign.llm.idempotency import IdempotencyStore, KeyReused
+from novalign.llm.idempotency import IdempotencyStore, KeyReused, reply_size
 from novalign.llm.openai_compat import OpenAIBackend
 
 
@@ -162,3 +162,25 @@ def test_the_store_is_bounded_expires_and_keeps_no_failures():
 
     asyncio.run(scenario())
     assert calls == ["a", "b", "c", "a2", "a3", "boom", "ok"]
+
+
+def test_the_store_is_bounded_by_bytes():
+    """max_bytes 20: replies are JSON strings, "aaaaaaaa" is 10 bytes with its quotes. a and b fill the store
+    (20 bytes); c (10) pushes the oldest, a, out, so a generates again; a reply of 30 bytes is larger than the
+    whole store and is kept nowhere (b and c stay, the next call of that key generates)."""
+    store = IdempotencyStore(max_entries=100, ttl_s=10, max_bytes=20)
+    assert reply_size("aaaaaaaa") == 10 and reply_size("é") == 4  # UTF-8 bytes, not characters
+
+    async def value(v):
+        return v
+
+    async def scenario():
+        for k in "abc":
+            assert await store.run(k, "f", lambda k=k: value(k * 8)) == (k * 8, "generated")
+        assert store.bytes == 20 and len(store) == 2
+        assert (await store.run("a", "f", lambda: value("A" * 8)))[1] == "generated"  # a was evicted
+        assert (await store.run("c", "f", lambda: value("x")))[1] == "replayed"
+        assert (await store.run("big", "f", lambda: value("z" * 28)))[1] == "generated"
+        assert store.bytes == 20 and (await store.run("big", "f", lambda: value("y")))[1] == "generated"
+
+    asyncio.run(scenario())

@@ -68,5 +68,7 @@ class ServeConfig(Strict):
     api_key: str | None = Field(None, description="Require 'Authorization: Bearer KEY' (default: $NOVALIGN_API_KEY).")
     max_body_bytes: int = Field(4 * 2**20, ge=1024, description="Largest request body accepted (413 beyond).")
     idempotency_max_entries: int = Field(10_000, ge=1, description="Replies kept for Idempotency-Key repeats (newest).")
+    idempotency_max_bytes: int = Field(256 * 2**20, ge=1, description="Reply JSON bytes kept for Idempotency-Key "
+                                       "repeats in all (oldest dropped first).")
     idempotency_ttl_s: float = Field(24 * 3600.0, gt=0, description="How long a reply is kept for Idempotency-Key repeats.")
     engine: LocalModelConfig = Field(default_factory=LocalModelConfig)

@@ -10,7 +10,8 @@ Idempotency-Key HTTP Header Field" (draft-ietf-httpapi-idempotency-key-header) a
 introduced the header:
 
 - the first request with a key generates; a repeat that arrives after it finished gets the stored reply,
-  for as long as the store keeps it (the newest ``max_entries`` replies, each for ``ttl_s`` seconds);
+  for as long as the store keeps it (the newest replies, at most ``max_entries`` of them and ``max_bytes``
+  of reply JSON in all, each for ``ttl_s`` seconds);
 - a repeat that arrives while the first is still generating waits for it and gets the same reply. (The draft
   answers 409 Conflict here; waiting is what a client that timed out or was restarted wants, and costs the
   server nothing.)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable
@@ -54,11 +56,14 @@ class IdempotencyStore:
     event loop (the server's)."""
 
     def __init__(self, max_entries: int = 10_000, ttl_s: float = 24 * 3600.0,
-                 clock: Callable[[], float] = time.monotonic):
-        if max_entries < 1 or ttl_s <= 0:
-            raise ValueError("max_entries must be >= 1 and ttl_s > 0")
-        self.max_entries, self.ttl_s, self.clock = max_entries, ttl_s, clock
-        self._done: OrderedDict[str, tuple[str, float, Any]] = OrderedDict()  # key -> (fingerprint, when, reply)
+                 clock: Callable[[], float] = time.monotonic, max_bytes: int = 256 * 2**20):
+        if max_entries < 1 or ttl_s <= 0 or max_bytes < 1:
+            raise ValueError("max_entries and max_bytes must be >= 1 and ttl_s > 0")
+        self.max_entries, self.ttl_s, self.clock, self.max_bytes = max_entries, ttl_s, clock, max_bytes
+        # key -> (fingerprint, when, reply, size): a count alone does not bound memory (a reply of n long
+        # samples can be megabytes), so the replies' JSON size is summed too
+        self._done: OrderedDict[str, tuple[str, float, Any, int]] = OrderedDict()
+        self.bytes = 0
         self._running: dict[str, tuple[str, asyncio.Future]] = {}
 
     def __len__(self) -> int:
@@ -85,15 +90,28 @@ class IdempotencyStore:
         self._running.pop(key, None)
         if task.cancelled() or task.exception() is not None:
             return  # not stored: a repeat generates again
-        self._done[key] = (fingerprint, self.clock(), task.result())
-        self._done.move_to_end(key)
-        while len(self._done) > self.max_entries:
-            self._done.popitem(last=False)
+        reply = task.result()
+        size = reply_size(reply)
+        if size > self.max_bytes:
+            return  # larger than the whole store: kept nowhere, a repeat generates again
+        self._done[key] = (fingerprint, self.clock(), reply, size)
+        self.bytes += size
+        while len(self._done) > self.max_entries or self.bytes > self.max_bytes:
+            self._pop_oldest()
+
+    def _pop_oldest(self) -> None:
+        self.bytes -= self._done.popitem(last=False)[1][3]
 
     def _expire(self) -> None:
         cutoff = self.clock() - self.ttl_s
         while self._done and next(iter(self._done.values()))[1] < cutoff:  # oldest first: insertion order
-            self._done.popitem(last=False)
+            self._pop_oldest()
+
+
+def reply_size(reply: Any) -> int:
+    """Bytes of ``reply`` as UTF-8 JSON, what the store counts against ``max_bytes`` (``str()`` for values JSON
+    cannot hold)."""
+    return len(json.dumps(reply, default=str, ensure_ascii=False).encode())
 
 
 def _same(key: str, stored: str, given: str) -> None:

@@ -471,7 +471,8 @@ def serve(cfg, *, log_level: str = "info") -> None:
         print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use it "
               "(set --api-key or $NOVALIGN_API_KEY)", file=sys.stderr, flush=True)
     app = create_app(engine, model_name=cfg.served_model_name, api_key=api_key, max_body_bytes=cfg.max_body_bytes,
-                     idempotency=IdempotencyStore(cfg.idempotency_max_entries, cfg.idempotency_ttl_s))
+                     idempotency=IdempotencyStore(cfg.idempotency_max_entries, cfg.idempotency_ttl_s,
+                                                  max_bytes=cfg.idempotency_max_bytes))
     try:
         run_app(app, cfg.host, cfg.port, lambda port: f"novalign serve: {engine.name} at http://{cfg.host}:{port}/v1"
                 f"{' (API key required)' if api_key else ''}", log_level=log_level)
