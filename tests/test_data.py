@@ -483,6 +483,61 @@ def test_a_template_that_ignores_tools_is_an_error_not_a_silent_drop(chatml, tmp
     assert len(samples) == 1 and report.counts == {"chat template ignores tools": 1}
 
 
+TOOL_PAIR = {"tools": [WEATHER], "prompt": [{"role": "user", "content": "weather in paris?"}],
+             "chosen": {"role": "assistant", "content": "",
+                        "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": '{"city": "paris"}'}}]},
+             "rejected": "I cannot look that up."}
+
+
+def test_preference_records_show_their_tools_as_sft_does(tools_tok, tmp_path) -> None:
+    """A pair with tools tokenizes exactly as the SFT path tokenizes the same conversation with the same tools
+    (the tools block first, by hand: "<|im_start|>tools\nweather(city): the weather in a city\n<|im_end|>\n");
+    the same pair without tools is a different prompt (kept, not a duplicate); KTO samples and the scoring
+    reader (rm score) carry the tools too."""
+    from novalign.data.chat import tokenize_conversation as tok_conv
+    from novalign.data.preference import load_preference_dataset, load_unpaired_dataset, parse_prompt_response
+
+    plain = {k: v for k, v in TOOL_PAIR.items() if k != "tools"}
+    path = _write_jsonl(tmp_path / "p.jsonl", [TOOL_PAIR, plain])
+    data = load_preference_dataset([path], tools_tok, max_length=512)
+    assert len(data.pairs) == 2 and data.num_duplicates == 0
+    with_tools, without = data.pairs
+    assert with_tools.tools == [WEATHER] and without.tools is None
+    header = "<|im_start|>tools\nweather(city): the weather in a city\n<|im_end|>\n"
+    assert tools_tok.decode(with_tools.chosen.input_ids).startswith(header)
+    assert not tools_tok.decode(without.chosen.input_ids).startswith(header)
+    sft = tok_conv(tools_tok, TOOL_PAIR["prompt"] + [TOOL_PAIR["chosen"]], max_length=512, train_on="last",
+                   tools=[WEATHER])
+    assert with_tools.chosen.input_ids == sft.input_ids[: len(with_tools.chosen.input_ids)]
+    kto = load_unpaired_dataset([path], tools_tok, max_length=512)
+    assert [s.tools for s in kto.samples] == [[WEATHER], [WEATHER], None, None]
+    prompt, response, tools = parse_prompt_response(
+        {"tools": [WEATHER], "prompt": "weather in paris?", "response": "sunny"}, path="s.jsonl", line=1)
+    assert tools == [WEATHER] and response["content"] == "sunny" and prompt[0]["role"] == "user"
+
+
+@pytest.mark.parametrize("record, field, problem", [
+    ({**TOOL_PAIR, "tools": [_tool(name="forecast")]}, "chosen.tool_calls[0].function.name", "calls 'weather'"),
+    ({**TOOL_PAIR, "tools": [{"type": "function"}]}, "tools[0].function", "must be an object"),
+])
+def test_bad_tools_on_preference_records_name_the_field(tools_tok, tmp_path, record, field, problem) -> None:
+    from novalign.data.preference import load_preference_dataset
+
+    path = _write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in TOOL_PAIR.items() if k != "tools"}, record])
+    with pytest.raises(DataError) as info:
+        load_preference_dataset([path], tools_tok, max_length=512)
+    assert (info.value.path, info.value.line, info.value.field) == (str(path), 2, field)
+    assert problem in info.value.problem
+
+
+def test_a_preference_template_that_ignores_tools_is_an_error(chatml, tmp_path) -> None:
+    from novalign.data.preference import load_preference_dataset
+
+    path = _write_jsonl(tmp_path / "t.jsonl", [TOOL_PAIR])
+    with pytest.raises(DataError, match=r"t.jsonl:1: field 'tools': the chat template renders"):
+        load_preference_dataset([path], chatml, max_length=512)
+
+
 def test_renders_per_conversation_are_two_per_assistant_turn(chatml) -> None:
     """CONVERSATION has 2 assistant turns (messages 2 and 4, the last message). Each turn needs the render up
     to its generation prompt and the render through its end; the latter for the last turn is the full render

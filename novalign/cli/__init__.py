@@ -111,25 +111,31 @@ def generate_command(
 ) -> None:
     """Answer prompts with a local model. With --input records that carry an `answer`, report how often the
     reply contains it (a quick check that SFT worked; the evaluation suite does the full job)."""
+    from novalign.data.chat import ToolsNotRendered
     from novalign.data.io import DataError, write_jsonl
     from novalign.models.generate import answer_rows, conversations_from_file, generate_chat
     from novalign.models.load import load_model, load_tokenizer
 
     convs: list[list[dict]] = [[{"role": "user", "content": p}] for p in prompt]
     answers: list[str | None] = [None] * len(convs)
+    tools: list[list[dict] | None] = [None] * len(convs)
     if input_file is not None:
         try:
-            more, more_answers = conversations_from_file(input_file, limit)
+            more, more_answers, more_tools = conversations_from_file(input_file, limit)
         except (DataError, FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
-        convs, answers = convs + more, answers + more_answers
+        convs, answers, tools = convs + more, answers + more_answers, tools + more_tools
     if not convs:
         _fail("nothing to answer: give --prompt or --input")
     try:
         tokenizer, model = load_tokenizer(model_dir), load_model(model_dir)
     except ValueError as exc:
         _fail(str(exc))
-    replies = generate_chat(model, tokenizer, convs, max_new_tokens=max_new_tokens, temperature=temperature)
+    try:
+        replies = generate_chat(model, tokenizer, convs, max_new_tokens=max_new_tokens, temperature=temperature,
+                                tools=tools)
+    except ToolsNotRendered as exc:
+        _fail(f"{input_file}: {exc}")
     rows = answer_rows(convs, replies, answers)
     graded = [row["correct"] for row in rows if "correct" in row]
     if output is not None:

@@ -43,10 +43,12 @@ from novalign.data.chat import (
     ControlTokenInContent,
     SampleTooLong,
     TokenizedSample,
+    ToolsNotRendered,
     normalize_messages,
     tokenize_conversation,
 )
 from novalign.data.io import DataError, SkipReport, read_valid
+from novalign.data.tools import check_tool_calls, normalize_tools
 from novalign.data.scores import ScoreObservation, ScoreProblem, normalize_scores, parse_score
 
 __all__ = [
@@ -82,6 +84,7 @@ class PreferencePair:
     chosen_target: float | None = None
     rejected_target: float | None = None
     source: str = ""
+    tools: list[Message] | None = None  # the record's tool definitions, rendered into both sequences
 
     @property
     def has_targets(self) -> bool:
@@ -104,6 +107,7 @@ class UnpairedSample:
     sample: TokenizedSample
     desirable: bool
     source: str = ""
+    tools: list[Message] | None = None
 
 
 @dataclass
@@ -176,6 +180,8 @@ class _Record:
     label: bool | None = None  # unpaired only
     order: list[float] | None = None  # group only, filled once targets are known
     scores_used: bool = False
+    tools: list[dict[str, Any]] | None = None  # the record's tool definitions, shown to every response
+
 
     def error(self, fld: str | None, problem: str, reason: str) -> DataError:
         return DataError(self.path, self.line, fld, problem, reason=reason)
@@ -252,7 +258,14 @@ def _implicit_pair(record: dict, rec: _Record) -> None:
 
 
 def _parse_record(record: dict, path: str, line: int) -> _Record:
-    """Sort a raw record into a pair, group or unpaired sample (shapes only; scores come later)."""
+    """Sort a raw record into a pair, group or unpaired sample (shapes only; scores come later), with its
+    checked ``tools`` (the SFT reader's rules: :mod:`novalign.data.tools`)."""
+    rec = _parse_shape(record, path, line)
+    rec.tools = normalize_tools(record.get("tools"), path=path, line=line)
+    return rec
+
+
+def _parse_shape(record: dict, path: str, line: int) -> _Record:
     if "responses" in record:
         rec = _Record(path, line, [], [], [], "group")
         _as_prompt(record, rec)
@@ -334,29 +347,34 @@ def _check_scores(rec: _Record, cfg: ScoreConfig, want_scores: bool) -> None:
 # --------------------------------------------------------------------------------- tokenization
 
 
-def parse_prompt_response(record: dict, *, path: str, line: int) -> tuple[list[Message], Message]:
-    """A ``{"prompt", "response"}`` (or ``{"messages": [... , assistant]}``) record for scoring.
+def parse_prompt_response(record: dict, *, path: str, line: int) -> tuple[list[Message], Message, list[Message] | None]:
+    """A ``{"prompt", "response"}`` (or ``{"messages": [... , assistant]}``) record for scoring, as
+    ``(prompt messages, response message, tools)``; ``tools`` is the record's checked tool list or None.
 
     Raises:
-        DataError: naming the field, if the record has neither form or its messages are invalid.
+        DataError: naming the field, if the record has neither form or its messages or tools are invalid.
     """
+    tools = normalize_tools(record.get("tools"), path=path, line=line)
     if "messages" in record:
         messages = normalize_messages(record, path=path, line=line)
-        return messages[:-1], messages[-1]
-    rec = _Record(path, line, [], [], [], "unpaired")
+        check_tool_calls(messages, tools, path=path, line=line)
+        return messages[:-1], messages[-1], tools
+    rec = _Record(path, line, [], [], [], "unpaired", tools=tools)
     if record.get("response") is None:
         raise rec.error("response", "missing field (a scoring record is {prompt, response} or {messages})", "missing field")
     _as_prompt(record, rec)
     resp = _as_response(record["response"], "response", rec)
     _validate(rec, resp)
-    return rec.prompt, resp.message
+    return rec.prompt, resp.message, tools
 
 
 def _validate(rec: _Record, resp: _Response) -> list[Message]:
     """Check the conversation prompt + response with the SFT rules; errors name this record's fields."""
     fields = rec.prompt_fields + [(resp.field, resp.plain)]
     try:
-        return normalize_messages({"messages": rec.prompt + [resp.message]}, path=rec.path, line=rec.line)
+        messages = normalize_messages({"messages": rec.prompt + [resp.message]}, path=rec.path, line=rec.line)
+        check_tool_calls(messages, rec.tools, path=rec.path, line=rec.line)
+        return messages
     except DataError as err:
         m = re.match(r"messages\[(\d+)\](.*)", err.field or "")
         if m is None:
@@ -366,16 +384,19 @@ def _validate(rec: _Record, resp: _Response) -> list[Message]:
 
 
 def tokenize_response(
-    tokenizer: Any, prompt: Sequence[Message], response: Message, *, max_length: int
+    tokenizer: Any, prompt: Sequence[Message], response: Message, *, max_length: int,
+    tools: Sequence[dict[str, Any]] | None = None,
 ) -> TokenizedSample:
-    """Tokenize prompt + response through the chat template; labels mark the response's tokens only, and
-    the sequence ends at the last of them (its end-of-turn marker).
+    """Tokenize prompt + response through the chat template (with ``tools`` shown, as in SFT); labels mark the
+    response's tokens only, and the sequence ends at the last of them (its end-of-turn marker).
 
     Raises:
-        SampleTooLong, ControlTokenInContent, jinja2.TemplateError: as :func:`tokenize_conversation`.
+        SampleTooLong, ToolsNotRendered, ControlTokenInContent, jinja2.TemplateError: as
+            :func:`tokenize_conversation`.
         ValueError: the template puts no tokens in the response.
     """
-    sample = tokenize_conversation(tokenizer, [*prompt, response], max_length=max_length, train_on="last")
+    sample = tokenize_conversation(tokenizer, [*prompt, response], max_length=max_length, train_on="last",
+                                   tools=tools)
     last = max((i for i, y in enumerate(sample.labels) if y != -100), default=-1)
     if last < 0:
         raise ValueError("the response has no tokens after rendering")
@@ -386,10 +407,14 @@ def _tokenize(rec: _Record, resp: _Response, tokenizer: Any, max_length: int) ->
     _validate(rec, resp)
     fields = rec.prompt_fields + [(resp.field, resp.plain)]
     try:
-        return tokenize_response(tokenizer, rec.prompt, resp.message, max_length=max_length)
+        return tokenize_response(tokenizer, rec.prompt, resp.message, max_length=max_length, tools=rec.tools)
     except SampleTooLong as exc:
         raise rec.error(resp.field, str(exc), "sequence longer than max_length") from exc
+    except ToolsNotRendered as exc:
+        raise rec.error("tools", str(exc), "chat template ignores tools") from exc
     except ControlTokenInContent as exc:
+        if exc.index is None:
+            raise rec.error("tools", str(exc), "special token in content") from exc
         base, plain = fields[exc.index]
         raise rec.error(base if plain else f"{base}.content", str(exc), "special token in content") from exc
     except TemplateError as exc:
@@ -476,14 +501,14 @@ def load_preference_dataset(
             continue
         for i, j in _record_pairs(rec, pairs):
             good, bad = rec.responses[i], rec.responses[j]
-            key = (_canon(rec.prompt), _canon(good.message), _canon(bad.message))
+            key = (_canon([rec.prompt, rec.tools]), _canon(good.message), _canon(bad.message))
             if key in seen or key[1] == key[2]:  # the latter: one response listed twice in a group
                 duplicates += 1
                 continue
             seen.add(key)
             out.append(PreferencePair(
                 rec.prompt, good.message, bad.message, good.sample, bad.sample,
-                good.target if use_scores else None, bad.target if use_scores else None, rec.source,
+                good.target if use_scores else None, bad.target if use_scores else None, rec.source, rec.tools,
             ))
     return PreferenceData(out, report, duplicates)
 
@@ -508,12 +533,12 @@ def load_unpaired_dataset(
 
     def add(rec: _Record, resp: _Response, label: bool) -> None:
         nonlocal duplicates
-        key = (_canon(rec.prompt), _canon(resp.message), label)
+        key = (_canon([rec.prompt, rec.tools]), _canon(resp.message), label)
         if key in seen:
             duplicates += 1
             return
         seen.add(key)
-        out.append(UnpairedSample(rec.prompt, resp.message, resp.sample, label, rec.source))
+        out.append(UnpairedSample(rec.prompt, resp.message, resp.sample, label, rec.source, rec.tools))
 
     for rec in records:
         if rec.kind == "unpaired":

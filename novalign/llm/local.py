@@ -117,8 +117,8 @@ class LocalEngine:
             start += len(job)
         return split
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        return encode_chat(self.tokenizer, messages)
+    def encode_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return encode_chat(self.tokenizer, messages, tools)
 
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -138,7 +138,7 @@ class LocalEngine:
         if request.prompt is not None:
             prompt_ids = self.encode_prompt(request.prompt)
         else:
-            prompt_ids = self.encode_chat(request.messages)
+            prompt_ids = self.encode_chat(request.messages, request.tools)
         rows = self.rows(prompt_ids, n=request.n, temperature=request.temperature, top_p=request.top_p,
                          top_k=request.top_k, max_tokens=request.max_tokens, stop=request.stop, seed=request.seed,
                          sample_index=request.sample_index)
@@ -245,7 +245,7 @@ class LocalBackend:
     def prompt_tokens(self, request: ChatRequest) -> int:
         """How many tokens ``request``'s prompt is for this model (its template or raw encoding)."""
         return len(self.engine.encode_prompt(request.prompt) if request.prompt is not None
-                   else self.engine.encode_chat(request.messages))
+                   else self.engine.encode_chat(request.messages, request.tools))
 
     async def generate_many(self, requests: list[ChatRequest]) -> list[BackendResponse | BackendError]:
         """All ``requests`` as one job of the engine, so they run in one ``generate_batch``, rows in this order

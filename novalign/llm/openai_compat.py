@@ -73,6 +73,8 @@ class OpenAIBackend:
             body["prompt"] = request.prompt
         else:
             body["messages"] = request.messages
+        if request.tools:
+            body["tools"] = request.tools
         if request.top_k:
             body["top_k"] = request.top_k
         if request.max_tokens is not None:

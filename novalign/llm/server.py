@@ -48,6 +48,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from novalign.data.chat import ToolsNotRendered
 from novalign.llm.idempotency import HEADER, MAX_KEY_CHARS, IdempotencyStore, KeyReused
 from novalign.llm.local import InvalidRow, LocalEngine, cancel_rows
 from novalign.models.generate import GenerationOutput
@@ -114,6 +115,9 @@ class _Message(BaseModel):
 class ChatBody(_Sampling):
     messages: list[_Message] = Field(min_length=1)
     response_format: dict | None = None
+    # OpenAI's function definitions: rendered into the prompt by the chat template (checked as training data
+    # is); the reply is text -- turning it into `tool_calls` depends on each template's call syntax
+    tools: list[dict] | None = None
 
 
 class CompletionBody(_Sampling):
@@ -186,6 +190,17 @@ class _Service:
             raise APIError(400, f"the prompt has {chars} characters; no prompt over {limit} characters fits this "
                            f"model's context of {self.engine.max_positions} tokens", param=param,
                            code="context_length_exceeded")
+
+    @staticmethod
+    def check_tools(tools: list[dict] | None) -> list[dict] | None:
+        """The request's ``tools``, checked by the rules training data follows (:mod:`novalign.data.tools`)."""
+        from novalign.data.io import DataError
+        from novalign.data.tools import normalize_tools
+
+        try:
+            return normalize_tools(tools, path="request", line=1)
+        except DataError as exc:
+            raise APIError(400, f"{exc.field}: {exc.problem}", param=exc.field or "tools") from exc
 
     async def tokenize(self, fn: Callable[[], list[int]]) -> list[int]:
         return await asyncio.get_running_loop().run_in_executor(self.tokenize_pool, fn)
@@ -260,8 +275,11 @@ class _Service:
         self.check_model(body.model)
         messages = [m.to_template() for m in body.messages]
         self.check_length(sum(len(m["content"]) for m in messages), "messages")
+        tools = self.check_tools(body.tools)
         try:
-            prompt = await self.tokenize(lambda: self.engine.encode_chat(messages))
+            prompt = await self.tokenize(lambda: self.engine.encode_chat(messages, tools))
+        except ToolsNotRendered as exc:
+            raise APIError(400, str(exc), param="tools") from exc
         except Exception as exc:  # the chat template rejected the conversation
             raise APIError(400, f"the chat template could not render these messages: {exc}", param="messages") from exc
         rid = f"chatcmpl-{uuid.uuid4().hex}"

@@ -50,6 +50,8 @@ class ChatRequest:
         sample_index: Cache index of the first of the ``n`` samples. Samples ``0..n-1`` of a prompt are cached
             under indices ``0..n-1``; ask ``sample_index=n`` for further, different ones.
         tag: Anything of yours; it comes back on the result (e.g. a record id).
+        tools: OpenAI function definitions (``[{"type": "function", "function": {...}}]``) the chat template
+            shows the model; sent as the ``tools`` body field over HTTP. The reply comes back as text.
     """
 
     messages: list[dict] = field(default_factory=list)
@@ -65,6 +67,7 @@ class ChatRequest:
     schema: type[BaseModel] | None = None
     sample_index: int = 0
     tag: Any = None
+    tools: list[dict] | None = None
 
     def __post_init__(self) -> None:
         if self.prompt is not None:
@@ -81,6 +84,12 @@ class ChatRequest:
                 raise ValueError(f"every message needs a 'role' (and usually 'content'); got {m!r}")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if self.tools is not None:
+            if not isinstance(self.tools, list) or not all(isinstance(t, dict) for t in self.tools):
+                raise ValueError("tools must be a list of OpenAI function definitions (dicts)")
+            if self.prompt is not None:
+                raise ValueError("tools need messages (a chat), not a raw prompt")
+            self.tools = self.tools or None
         checks = [
             (self.n >= 1, "n must be >= 1"),
             (self.temperature >= 0, "temperature must be >= 0"),
@@ -114,8 +123,9 @@ class ChatRequest:
             "top_k": self.top_k or None, "max_tokens": self.max_tokens, "stop": self.stop or None, "seed": self.seed,
             "response_format": self.response_format(),
         }
-        # only when set, so the keys of chat requests stored before raw prompts existed stay valid
-        return fields | ({"prompt": self.prompt} if self.prompt is not None else {})
+        # only when set, so the keys of chat requests stored before raw prompts (and tools) existed stay valid
+        return (fields | ({"prompt": self.prompt} if self.prompt is not None else {})
+                | ({"tools": self.tools} if self.tools else {}))
 
     def to_dict(self) -> dict:
         out = self.cache_fields() | {"n": self.n, "sample_index": self.sample_index}

@@ -10,6 +10,7 @@ outputs (``StructuredOutputsParams``, or ``GuidedDecodingParams`` before vLLM 0.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from novalign.llm.batching import BatchingQueue
 from novalign.llm.types import BackendError, BackendResponse, ChatRequest, sample_seeds
@@ -68,10 +69,14 @@ class VLLMBackend:
         chats = [i for i, (r, _) in enumerate(items) if r.prompt is None]
         raws = [i for i, (r, _) in enumerate(items) if r.prompt is not None]  # raw prompts: LLM.generate, no template
         by_index: dict[int, object] = {}
-        if chats:
-            outs = self.llm.chat([items[i][0].messages for i in chats], sampling_params=[items[i][1] for i in chats],
-                                 use_tqdm=False)
-            by_index.update(zip(chats, outs, strict=True))
+        groups: dict[str, list[int]] = {}  # LLM.chat takes one `tools` list for all its conversations
+        for i in chats:
+            groups.setdefault(json.dumps(items[i][0].tools, sort_keys=True), []).append(i)
+        for group in groups.values():
+            tools = items[group[0]][0].tools
+            outs = self.llm.chat([items[i][0].messages for i in group], sampling_params=[items[i][1] for i in group],
+                                 use_tqdm=False, **({"tools": tools} if tools else {}))
+            by_index.update(zip(group, outs, strict=True))
         if raws:
             outs = self.llm.generate([items[i][0].prompt for i in raws], sampling_params=[items[i][1] for i in raws],
                                      use_tqdm=False)

@@ -65,9 +65,21 @@ class GenerationOutput:
         self.completion_tokens = len(self.token_ids)
 
 
-def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of ``messages`` rendered by the model's chat template, ending with the assistant prompt."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def encode_chat(tokenizer, messages: list[dict], tools: Sequence[dict] | None = None) -> list[int]:
+    """Token ids of ``messages`` rendered by the model's chat template, ending with the assistant prompt; with
+    ``tools`` (OpenAI function definitions) given to the template as in training (:mod:`novalign.data.tools`).
+
+    Raises:
+        ToolsNotRendered: ``tools`` given, but the template renders the prompt the same without them (the
+            model would be asked to call tools it is never shown).
+    """
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                         **({"tools": list(tools)} if tools else {}))
+    if tools and text == tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False):
+        from novalign.data.chat import ToolsNotRendered
+
+        raise ToolsNotRendered("the chat template renders the prompt the same with and without `tools`, so the "
+                               "tool definitions would be dropped; use a template that shows tools")
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -257,13 +269,18 @@ def generate_chat(
     temperature: float = 0.0,
     top_p: float = 1.0,
     batch_size: int = 8,
+    tools: Sequence[Sequence[dict] | None] | None = None,
 ) -> list[str]:
-    """Answer each conversation (the model writes the next assistant turn); returns the decoded replies."""
+    """Answer each conversation (the model writes the next assistant turn); returns the decoded replies.
+    ``tools``: per conversation, its tool definitions (or None), shown by the chat template."""
+    if tools is not None and len(tools) != len(conversations):
+        raise ValueError(f"tools: {len(tools)} entries for {len(conversations)} conversations")
     replies: list[str] = []
     for start in range(0, len(conversations), batch_size):
         rows = [
-            GenerationRequest(encode_chat(tokenizer, c), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-            for c in conversations[start : start + batch_size]
+            GenerationRequest(encode_chat(tokenizer, c, tools[start + k] if tools is not None else None),
+                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+            for k, c in enumerate(conversations[start : start + batch_size])
         ]
         replies.extend(o.text.strip() for o in generate_batch(model, tokenizer, rows))
     return replies
@@ -290,25 +307,30 @@ def generate_texts(model, tokenizer, prompts: Sequence[list[int]], *, max_new_to
 # ------------------------------------------------------------------ `novalign generate`: a quick check after SFT
 
 
-def conversations_from_file(path, limit: int = 0) -> tuple[list[list[dict]], list[str | None]]:
+def conversations_from_file(path, limit: int = 0) -> tuple[list[list[dict]], list[str | None], list[list[dict] | None]]:
     """The conversations to answer in a chat JSONL/Parquet file -- each record's messages minus a final assistant
-    turn -- and each record's ``answer`` (None without one); the first ``limit`` records only when ``limit > 0``.
+    turn -- each record's ``answer`` (None without one) and its checked ``tools`` (None without); the first
+    ``limit`` records only when ``limit > 0``.
 
     Raises:
-        DataError: a record that is not a chat (file, line and field named).
+        DataError: a record that is not a chat, or has bad tools (file, line and field named).
     """
     from novalign.data.chat import normalize_messages
     from novalign.data.io import iter_records
+    from novalign.data.tools import check_tool_calls, normalize_tools
 
     convs: list[list[dict]] = []
     answers: list[str | None] = []
+    tools: list[list[dict] | None] = []
     for line, record in iter_records(path):
         messages = normalize_messages(record, path=str(path), line=line)
+        tools.append(normalize_tools(record.get("tools"), path=str(path), line=line))
+        check_tool_calls(messages, tools[-1], path=str(path), line=line)
         convs.append(messages[:-1] if messages[-1]["role"] == "assistant" else messages)
         answers.append(record.get("answer"))
         if limit and len(convs) >= limit:
             break  # before the next line is read: a bad line after the limit is never seen
-    return convs, answers
+    return convs, answers, tools
 
 
 def answer_rows(conversations: Sequence[list[dict]], replies: Sequence[str],

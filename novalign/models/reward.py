@@ -94,12 +94,13 @@ def rewards_at(model: nn.Module, batch: Batch, positions: torch.Tensor) -> torch
 def score_conversations(
     model: nn.Module,
     tokenizer: Any,
-    conversations: Sequence[tuple[Sequence[dict], dict]],
+    conversations: Sequence[tuple[Sequence[dict], dict] | tuple[Sequence[dict], dict, Sequence[dict] | None]],
     *,
     max_length: int = 4096,
     batch_size: int = 16,
 ) -> list[float]:
-    """The reward of each ``(prompt messages, assistant response)``, tokenized exactly as in training.
+    """The reward of each ``(prompt messages, assistant response)`` or ``(prompt, response, tools)`` -- the
+    record's tool definitions, shown by the chat template as in training -- tokenized exactly as in training.
 
     Raises:
         ValueError (SampleTooLong, ControlTokenInContent, ...): a conversation that cannot be tokenized.
@@ -110,7 +111,8 @@ def score_conversations(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    samples = [tokenize_response(tokenizer, p, r, max_length=max_length) for p, r in conversations]
+    samples = [tokenize_response(tokenizer, c[0], c[1], max_length=max_length, tools=c[2] if len(c) > 2 else None)
+               for c in conversations]
     # longest first in each batch keeps padding small; results go back to input order
     order = sorted(range(len(samples)), key=lambda i: -len(samples[i]))
     rewards = [0.0] * len(samples)

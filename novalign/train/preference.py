@@ -120,7 +120,8 @@ def kto_units(samples: list[UnpairedSample], tokenizer: Any, max_length: int, se
     for i, s in enumerate(samples):
         sequences.append((s.sample.input_ids, s.sample.labels))
         try:
-            kl = tokenize_response(tokenizer, s.prompt, samples[partner[i]].message, max_length=max_length)
+            kl = tokenize_response(tokenizer, s.prompt, samples[partner[i]].message, max_length=max_length,
+                                   tools=s.tools)
             sequences.append((kl.input_ids, kl.labels))
         except ValueError:
             sequences.append(sequences[-1])

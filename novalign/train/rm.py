@@ -166,9 +166,9 @@ def score_file(
     except ValueError as exc:  # find the record that cannot be tokenized
         from novalign.data.preference import tokenize_response
 
-        for (line, _), (prompt, response) in zip(records, conversations):
+        for (line, _), (prompt, response, tools) in zip(records, conversations):
             try:
-                tokenize_response(tokenizer, prompt, response, max_length=max_length)
+                tokenize_response(tokenizer, prompt, response, max_length=max_length, tools=tools)
             except ValueError as bad:
                 raise DataError(str(input_path), line, None, str(bad), reason="cannot tokenize") from exc
         raise

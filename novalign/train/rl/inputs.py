@@ -100,7 +100,14 @@ def _prompt_record(record: dict, path: str, line: int, required: tuple[str, ...]
     ends_with_answer = bool(msgs) and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant"
     checked = normalize_messages({"messages": msgs if ends_with_answer else msgs + [{"role": "assistant", "content": "."}]},
                                  path=path, line=line)
-    return checked[:-1], {k: v for k, v in record.items() if k not in ("messages", "prompt")}
+    from novalign.data.tools import check_tool_calls, normalize_tools
+
+    fields = {k: v for k, v in record.items() if k not in ("messages", "prompt", "tools")}
+    tools = normalize_tools(record.get("tools"), path=path, line=line)  # shown to the policy when it answers
+    if tools is not None:
+        check_tool_calls(checked, tools, path=path, line=line)
+        fields["tools"] = tools
+    return checked[:-1], fields
 
 
 def prompt_batch(num_prompts: int, per_iteration: int, iteration: int, seed: int) -> list[int]:

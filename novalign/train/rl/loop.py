@@ -237,7 +237,7 @@ def collect_rollouts(run: RLRun, iteration: int) -> tuple[list[PromptRecord], Ro
     chosen = chosen[first : first + share]
     rollouts = run.engine.generate([m for m, _ in chosen], ro.n, temperature=ro.temperature, top_p=ro.top_p,
                                    top_k=ro.top_k, max_new_tokens=ro.max_new_tokens, seed=t.seed * 1_000_003 + iteration,
-                                   first_prompt=first)
+                                   first_prompt=first, tools=[f.get("tools") for _, f in chosen])
     index = group_by_prompt(rollouts)  # [G, n]
     rollouts = [rollouts[i] for i in index.flatten().tolist()]  # row g * n + j
     totals, parts, failures = score_rollouts(run.mix, chosen, rollouts)

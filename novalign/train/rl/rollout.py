@@ -76,12 +76,20 @@ class Rollout:
     logprobs: list[float]  # one per completion id, under the generating policy
 
 
+def encode_prompts(tokenizer, prompts: Sequence[Messages], tools: Sequence[list[dict] | None] | None = None) -> list[list[int]]:
+    """Each prompt through the chat template, with its tools (``tools[i]`` for ``prompts[i]``) when given."""
+    if tools is not None and len(tools) != len(prompts):
+        raise ValueError(f"tools: {len(tools)} entries for {len(prompts)} prompts")
+    return [encode_chat(tokenizer, p, tools[i] if tools is not None else None) for i, p in enumerate(prompts)]
+
+
 class RolloutEngine(Protocol):
-    """Generation for RL: ``n`` responses to each prompt, returned prompt-major (``prompt_index * n + j``)."""
+    """Generation for RL: ``n`` responses to each prompt, returned prompt-major (``prompt_index * n + j``);
+    ``tools``, per prompt, its tool definitions for the chat template (:func:`encode_prompts`)."""
 
     def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None,
-                 first_prompt: int = 0) -> list[Rollout]: ...
+                 first_prompt: int = 0, tools: Sequence[list[dict] | None] | None = None) -> list[Rollout]: ...
 
 
 def _check_args(prompts: Sequence[Messages], n: int, temperature: float, top_p: float, top_k: int,
@@ -239,13 +247,13 @@ class HFRollout:
     @torch.no_grad()
     def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None,
-                 first_prompt: int = 0) -> list[Rollout]:
+                 first_prompt: int = 0, tools: Sequence[list[dict] | None] | None = None) -> list[Rollout]:
         """``n`` responses per prompt, prompt-major. Response ``k = i * n + j`` draws with a seed derived from
         ``(seed, first_prompt * n + k)``; pass a different ``seed`` each step for fresh samples (``None``:
         unseeded). ``first_prompt``: the index of ``prompts[0]`` in a larger batch split over ranks, so that a
         rank's share draws exactly the samples one process would draw for those prompts."""
         _check_args(prompts, n, temperature, top_p, top_k, max_new_tokens)
-        prompt_ids = [encode_chat(self.tokenizer, p) for p in prompts]
+        prompt_ids = encode_prompts(self.tokenizer, prompts, tools)
         seeds = sample_seeds(seed, first_prompt * n, len(prompts) * n)
         rows = [GenerationRequest(prompt_ids[k // n], max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, top_k=top_k, seed=seeds[k]) for k in range(len(prompts) * n)]
@@ -336,10 +344,10 @@ class VLLMRollout:
     @torch.no_grad()
     def generate(self, prompts: list[Messages], n: int, temperature: float = 1.0, top_p: float = 1.0,
                  top_k: int = 0, max_new_tokens: int = 256, seed: int | None = None,
-                 first_prompt: int = 0) -> list[Rollout]:
+                 first_prompt: int = 0, tools: Sequence[list[dict] | None] | None = None) -> list[Rollout]:
         _check_args(prompts, n, temperature, top_p, top_k, max_new_tokens)
         self.push_weights()
-        prompt_ids = [encode_chat(self.tokenizer, p) for p in prompts]
+        prompt_ids = encode_prompts(self.tokenizer, prompts, tools)
         seeds = sample_seeds(seed, first_prompt, len(prompts))
         params = [self._sampling_params(n=n, temperature=temperature, top_p=top_p, top_k=top_k if top_k > 0 else -1,
                                         max_tokens=max_new_tokens, seed=s) for s in seeds]
