@@ -278,3 +278,31 @@ def test_judge_max_tokens_reuse(tmp_path):
         assert server.requests_answered == before + 3
     finally:
         server.close()
+
+
+def test_generate_sends_each_records_tools_and_checks_them(tmp_path):
+    """A record with `tools` is asked with them (the server sees the body's `tools`); one without is asked
+    without; a record whose tools are malformed stops the run naming file, line 3 and the field."""
+    import pytest
+
+    from novalign.data.io import DataError
+
+    weather = {"type": "function", "function": {"name": "weather", "description": "the weather",
+                                                "parameters": {"type": "object", "properties": {}}}}
+    seen: list = []
+    server = CountingLLM(lambda body, i: (seen.append(body.get("tools")), "ok")[1])
+    try:
+        src = tmp_path / "p.jsonl"
+        rows = [{"prompt": "weather?", "tools": [weather]}, {"prompt": "hello?"}]
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        p = Pipeline(tmp_path / "run", llm=_llm(server, tmp_path / "c.sqlite"), progress=False)
+        p.source("p", src).step("gen", "llm_generate", _gen() | {"n": 1}).run()
+        assert sorted(map(json.dumps, seen)) == sorted([json.dumps([weather]), "null"])
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text("".join(json.dumps(r) + "\n" for r in rows + [{"prompt": "x", "tools": [{"type": "function"}]}]))
+        with pytest.raises(DataError) as info:
+            Pipeline(tmp_path / "run2", llm=_llm(server, tmp_path / "c.sqlite"), progress=False).source(
+                "p", bad).step("gen", "llm_generate", _gen() | {"n": 1}).run()
+        assert (info.value.path, info.value.line, info.value.field) == (str(bad), 3, "tools[0].function")
+    finally:
+        server.close()

@@ -120,6 +120,8 @@ class LLMGenerateConfig(Strict):
 
     prompt_field: str = Field("prompt", description="A string (one user turn) or chat `messages`.")
     system: str | None = Field(None, description="A system message put before string prompts.")
+    tools_field: str | None = Field("tools", description="A record field holding OpenAI tool definitions, sent "
+                                    "with its prompt (checked; a bad list is an error naming the line). null: none.")
     output_field: str = Field("response", description="Field the sampled text is written to.")
     models: list[ModelQuotaConfig] = Field(..., min_length=1, description="The generating models and quotas.")
     n: int = Field(1, ge=1, description="Samples per prompt (per model).")

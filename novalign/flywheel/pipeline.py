@@ -151,6 +151,11 @@ def check_fields(step: Step, rows: Rows, path: str, skip: bool) -> tuple[Rows, l
             if err is not None:
                 break
         if err is None:
+            try:
+                step.check_record(record, path, line)
+            except DataError as exc:
+                err = exc
+        if err is None:
             valid.append((line, record))
         elif skip:
             invalid.append((record, err))

@@ -83,6 +83,10 @@ class Step:
     def output_fields(self) -> list[str]:
         return []
 
+    def check_record(self, record: dict, path: str, line: int) -> None:
+        """Checks beyond :meth:`input_fields` (optional fields with rules of their own); raise a
+        :class:`~novalign.data.io.DataError` naming ``path``, ``line`` and the field. Runs before the step."""
+
     def identity(self) -> dict[str, Any]:
         """What determines the step's output besides its input: type, version, config (hashed into the key)."""
         return {"type": self.type, "version": self.version, "config": self.config.model_dump(mode="json")}

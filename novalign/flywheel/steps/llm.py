@@ -174,7 +174,17 @@ class LLMGenerate(_LLMStep):
         else:
             messages = value
         return ChatRequest(messages=messages, n=n, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
-                           max_tokens=c.max_tokens, seed=c.seed, tag=tag)
+                           max_tokens=c.max_tokens, seed=c.seed, tag=tag, tools=self._tools(record))
+
+    def check_record(self, record: dict, path: str, line: int) -> None:
+        self._tools(record, path, line)
+
+    def _tools(self, record: dict, path: str = "input", line: int = 0) -> list[dict] | None:
+        """The record's tool definitions (``tools_field``), checked as training data's are; None without."""
+        from novalign.data.tools import normalize_tools
+
+        field = self.config.tools_field
+        return None if field is None else normalize_tools(record.get(field), path=path, line=line)
 
     def process(self, items: Sequence[tuple[int, dict]]) -> Iterator[Outcome]:
         c = self.config
