@@ -287,3 +287,54 @@ def test_leftover_processes_of_a_run_are_killed():
     finally:
         if child.poll() is None:
             child.kill()
+
+
+ALWAYS_EQUAL = '''
+class _Yes:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    def __bool__(self): return True
+    def __sub__(self, other): return 0
+    def __abs__(self): return 0
+
+def add(a, b):
+    return _Yes()
+
+class Solution:
+    def two_sum(self, nums, target):
+        return _Yes()
+'''
+
+
+def test_strict_results_defeat_the_always_equal_hack():
+    """The "always equal" reward hack: add() returns an object whose __eq__ is always True (and whose
+    difference is 0). Without strict results it passes `assert add(2, 3) == 5`; with them the call raises
+    TypeError and the run fails -- as does the same trick in a class-based (LeetCode style) problem.
+    Honest solutions returning plain data (ints, nested lists/dicts/tuples, None) pass strict runs, and the
+    tests' own helper classes are not touched."""
+    tests = "assert add(2, 3) == 5\nassert abs(add(1, 1) - 2) < 1e-9\n"
+    assert run_tests(ALWAYS_EQUAL, tests, TIGHT).passed  # the hole, without the guard
+    hacked = run_tests(ALWAYS_EQUAL, tests, TIGHT, strict_results=True)
+    assert not hacked.passed and "not plain built-in data" in hacked.stderr
+    cls = run_tests(ALWAYS_EQUAL, "assert Solution().two_sum([1, 2], 3) == [0, 1]\n", TIGHT, strict_results=True)
+    assert not cls.passed and "Solution.two_sum() returned" in cls.stderr
+    honest = ("import math\ndef add(a, b):\n    return a + b\n"
+              "def table(n):\n    return {'rows': [(i, [i * i, None]) for i in range(n)], 'ok': True}\n"
+              "class Solution:\n    def two_sum(self, nums, target):\n        return [0, 1]\n")
+    tests_ok = ("class Box:\n    def __init__(self, v): self.v = v\n    def get(self): return self.v\n"
+                "assert add(2, 3) == 5 and Box(add(1, 1)).get() == 2\n"
+                "assert table(2) == {'rows': [(0, [0, None]), (1, [1, None])], 'ok': True}\n"
+                "assert Solution().two_sum([1, 2], 3) == [0, 1] and math.sqrt(4) == 2\n")
+    result = run_tests(honest, tests_ok, TIGHT, strict_results=True)
+    assert result.passed, result.stderr
+
+
+def test_the_world_code_checker_is_strict_by_default():
+    """The RL code reward (world checkers) scores the hack 0, an honest reply 1; "strict_results": false
+    brings the plain behaviour back."""
+    from novalign.world.checkers import score
+
+    spec = {"type": "code", "tests": "assert add(2, 3) == 5\n"}
+    assert score(f"```python\n{ALWAYS_EQUAL}\n```", spec) == 0.0
+    assert score("```python\ndef add(a, b):\n    return a + b\n```", spec) == 1.0
+    assert score(f"```python\n{ALWAYS_EQUAL}\n```", spec | {"strict_results": False}) == 1.0

@@ -155,8 +155,61 @@ def _no_process_syscalls():
         return False
     return libc.prctl(22, 2, ctypes.byref(Prog(len(prog), ctypes.addressof(code))), 0, 0) == 0  # SECCOMP_MODE_FILTER
 
+def _plain_results(namespace, modules, type=type, dict=dict, dict_items=dict.items, getattr=getattr,
+                   setattr=setattr, isinstance=isinstance, str=str, function=type(lambda: 0)):
+    # strict results: the tests see the solution's functions (and its classes' methods) through wrappers that
+    # refuse any return value that is not plain built-in data, so an object with a rigged __eq__ / __bool__ /
+    # __sub__ ("always equal") cannot pass `assert f(x) == y`. Everything is bound here, before any test runs;
+    # the tests get their own copy of the namespace, which the solution's code (holding only its own globals)
+    # cannot reach: frames are refused by the audit hook.
+    scalars = {type(None), bool, int, float, complex, str, bytes, range}
+    containers = {list, tuple, set, frozenset}
+
+    def plain(x, depth):
+        t = type(x)
+        if t in scalars:
+            return True
+        if depth > 64:
+            return False
+        if t in containers:  # exact built-in types: iterating them runs no user code
+            for item in x:
+                if not plain(item, depth + 1):
+                    return False
+            return True
+        if t is dict:
+            for k, v in dict_items(x):
+                if not (plain(k, depth + 1) and plain(v, depth + 1)):
+                    return False
+            return True
+        return False
+
+    def wrap(fn, name):
+        def guarded(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            if not plain(result, 0):
+                raise TypeError(f"{name} returned an object that is not plain built-in data (the sandbox's strict "
+                                "results: a solution must return values such as int, str, list, dict)")
+            return result
+        return guarded
+
+    def imported(cls):  # a class some loaded module holds under its own name (not the solution's)
+        mod = modules.get(getattr(cls, "__module__", None) if type(getattr(cls, "__module__", None)) is str else None)
+        return mod is not None and mod is not modules.get("__main__") and getattr(
+            mod, getattr(cls, "__name__", ""), None) is cls
+
+    tests_ns = dict(namespace)
+    for name, obj in dict_items(namespace):
+        if type(obj) is function:
+            tests_ns[name] = wrap(obj, f"{name}()")
+        elif isinstance(obj, type) and not imported(obj):
+            for attr, member in dict_items(dict(obj.__dict__)):
+                if type(member) is function and not (attr.startswith("__") and attr.endswith("__")):
+                    setattr(obj, attr, wrap(member, f"{name}.{attr}()"))
+    return tests_ns
+
 def _main(write=os.write, close=os.close, run=exec):  # bound: user code may patch builtins.exec
-    root, done_fd, scripts = os.path.realpath(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+    root, done_fd, strict = os.path.realpath(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "strict"
+    scripts = sys.argv[4:]
     token = os.read(0, 64)
     os.close(0)
     os.open(os.devnull, os.O_RDONLY)  # takes fd 0 again
@@ -170,7 +223,10 @@ def _main(write=os.write, close=os.close, run=exec):  # bound: user code may pat
     sys.argv = [scripts[0]]
     sys.path.insert(0, root)
     namespace = {"__name__": "__main__", "__file__": scripts[0], "__builtins__": __builtins__}
-    for code in codes:
+    modules = sys.modules
+    for i, code in enumerate(codes):
+        if i == 1 and strict:  # the solution has run: its functions reach the tests only through the guard
+            namespace = _plain_results(namespace, modules)
         run(code, namespace)
     write(done_fd, token)
     close(done_fd)
@@ -374,7 +430,7 @@ def _write_files(workdir: str, files: dict[str, str], uid: int | None) -> None:
 
 
 def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, str] | None = None, *,
-               tests: str | None = None) -> SandboxResult:
+               tests: str | None = None, strict_results: bool = False) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh temporary folder under the sandbox; the folder is deleted after.
 
     Args:
@@ -383,6 +439,12 @@ def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, 
         files: Extra files to place in the folder, name -> text.
         tests: Source run after ``code`` in the same namespace (as ``tests.py``, compiled before ``code`` runs,
             so ``code`` can neither rewrite nor comment it out); the run passes only if it returns.
+        strict_results: The tests call ``code``'s functions (and its classes' non-dunder methods) through
+            guards that raise ``TypeError`` on a return value that is not plain built-in data (None, bool,
+            int, float, complex, str, bytes, range, and lists, tuples, sets, dicts of those), so a result with
+            a rigged ``__eq__`` -- the "always equal" reward hack -- fails ``assert f(x) == y``. Not a proof
+            against a solution that rewires the standard library or metaclasses; the host is protected either
+            way (layers 1-5).
 
     Raises:
         RuntimeError: running as root but no interpreter works under an unprivileged uid.
@@ -413,8 +475,8 @@ def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, 
 
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
                marker.split("=")[0]: marker.split("=")[1]}
-        argv = [python, "-I", "-B", "-c", _BOOTSTRAP, workdir, str(done_write), "main.py"] + (
-            ["tests.py"] if tests is not None else [])
+        argv = [python, "-I", "-B", "-c", _BOOTSTRAP, workdir, str(done_write), "strict" if strict_results else "free",
+                "main.py"] + (["tests.py"] if tests is not None else [])
         # preexec_fn is the only hook between fork and exec for setrlimit/unshare/setuid. It calls only
         # functions that are loaded already (os, resource, the cached libc), so it takes no import lock.
         proc = subprocess.Popen(
@@ -478,13 +540,14 @@ def run_python(code: str, limits: SandboxLimits | None = None, files: dict[str, 
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_tests(solution: str, tests: str, limits: SandboxLimits | None = None) -> SandboxResult:
+def run_tests(solution: str, tests: str, limits: SandboxLimits | None = None, *,
+              strict_results: bool = False) -> SandboxResult:
     """Run a solution, then its tests (HumanEval style: assertions that raise on failure) in its namespace.
 
     A pass needs the tests to run to their end: a solution that exits early (``sys.exit(0)``, ``os._exit(0)``)
-    or leaves the tests unparsed fails.
+    or leaves the tests unparsed fails. ``strict_results``: see :func:`run_python`.
     """
-    return run_python(solution, limits, tests=tests)
+    return run_python(solution, limits, tests=tests, strict_results=strict_results)
 
 
 def pass_at_k_for_problem(samples: Sequence[str], tests: str, k: int, limits: SandboxLimits | None = None) -> float:

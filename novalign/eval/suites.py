@@ -297,10 +297,10 @@ def _code_options(ctx: SuiteContext) -> tuple[int, list[int], float | None, Any]
     return n, ks, temperature, limits
 
 
-def _code_record(problem: Problem, responses: list[str], ks: list[int], limits) -> dict[str, Any]:
+def _code_record(problem: Problem, responses: list[str], ks: list[int], limits, strict: bool = False) -> dict[str, Any]:
     from novalign.eval.sandbox import run_tests
 
-    runs = [run_tests(extract_code(r), problem.target, limits) for r in responses]
+    runs = [run_tests(extract_code(r), problem.target, limits, strict_results=strict) for r in responses]
     correct = sum(run.passed for run in runs)
     return {"id": problem.id, "category": problem.category, "failed": False, "prompt": problem.messages[-1]["content"],
             "responses": responses, "passed": [run.passed for run in runs], "reasons": [run.reason for run in runs],
@@ -321,8 +321,11 @@ def _sample(ctx: SuiteContext, convs: list[Conversation], n: int, temperature: f
 def run_code(ctx: SuiteContext) -> dict[str, Any]:
     """Code: n replies per problem (greedy for n = 1; options ``n``, ``k`` (list), ``temperature``), the program of
     each (:func:`extract_code`) run with the problem's tests in the sandbox, and the unbiased pass@k (Chen et al.
-    2021) per problem, averaged. Sandbox options: ``timeout_s``, ``cpu_seconds``, ``memory_mb``."""
+    2021) per problem, averaged. Sandbox options: ``timeout_s``, ``cpu_seconds``, ``memory_mb``, and
+    ``strict_results`` (default false, as the official harnesses run; true refuses non-plain return values --
+    :func:`novalign.eval.sandbox.run_python`)."""
     n, ks, temperature, limits = _code_options(ctx)
+    strict = bool(ctx.options.get("strict_results", False))
     problems = read_code_data(_need_data(ctx))
     _warn_unknown_done(ctx, {p.id for p in problems})
     records = {}
@@ -337,7 +340,7 @@ def run_code(ctx: SuiteContext) -> dict[str, Any]:
     pending = [p for p in problems if p.id not in records]
     for batch in _batches(pending, max(1, int(ctx.options.get("batch_size", 64)) // n)):
         for problem, responses in zip(batch, _sample(ctx, [p.messages for p in batch], n, temperature), strict=True):
-            record = _code_record(problem, responses, ks, limits)
+            record = _code_record(problem, responses, ks, limits, strict)
             ctx.write(record)
             records[problem.id] = record
     ordered = [records[p.id] for p in problems]

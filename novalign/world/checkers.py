@@ -11,7 +11,9 @@ evaluation records:
   the system prompt's rules, each a prefix / suffix / letter-case check or an IFEval instruction;
 * ``{"type": "code", "tests": "assert f(1) == 2\\n..."}`` -- Code: the reply (a function, optionally in a
   markdown fence) followed by the tests runs in the sandbox (:mod:`novalign.eval.sandbox`); pass = exit 0 with
-  the tests run to their end (an early ``sys.exit(0)`` fails).
+  the tests run to their end (an early ``sys.exit(0)`` fails), and with strict results (``"strict_results":
+  true``, the default here): the reply's functions must return plain built-in data, so an object whose
+  ``__eq__`` always says yes scores 0.
 
 A response passes when ``score(...) == 1.0``. This is the report's "Golden Answer" AutoRator (section 3.3):
 every world task is verifiable, so no judge model is needed.
@@ -90,7 +92,8 @@ def _code_score(response: str, spec: Mapping[str, Any]) -> float:
     if not code.strip():
         return 0.0
     limits = SandboxLimits(wall_seconds=5.0, cpu_seconds=2)
-    return float(run_tests(code, spec["tests"], limits).passed)
+    # strict by default: this is an RL reward, and a policy can learn the "always equal" object hack
+    return float(run_tests(code, spec["tests"], limits, strict_results=spec.get("strict_results", True)).passed)
 
 
 def score(response: str, spec: Mapping[str, Any]) -> float:
