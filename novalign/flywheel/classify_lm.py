@@ -36,7 +36,8 @@ from pydantic import Field
 from novalign.config.base import Strict
 
 __all__ = ["LMClassifierConfig", "LMClassifier", "LMPrediction", "MANIFEST", "label_json", "lm_messages",
-           "parse_reply", "train_lm_classifier", "load_lm_classifier", "is_lm_classifier", "load_any_classifier"]
+           "parse_reply", "train_lm_classifier", "load_lm_classifier", "is_lm_classifier", "load_any_classifier",
+           "train_lm_from_file", "classify_lm_file"]
 
 MANIFEST = "lm_classifier.json"
 FORMAT = 1
@@ -357,3 +358,73 @@ def load_any_classifier(folder: str | Path, taxonomy=None):
     from novalign.flywheel.classify import load_classifier
 
     return load_classifier(folder)
+
+
+# ------------------------------------------------------------------- `novalign data train-classifier --kind lm`
+
+
+def train_lm_from_file(input_path: str | Path, out_dir: str | Path, *, field: str = "labels",
+                       true_field: str | None = None, test_share: float = 0.2, taxonomy: str | None = None,
+                       dims: Sequence[str] | None = None, config: LMClassifierConfig | None = None,
+                       prompt_field: str = "prompt", progress: bool = True) -> dict:
+    """Train the LM classifier on the labels at ``field`` of ``input_path``'s records and save it to
+    ``out_dir`` (``dims``: default, every dimension some record is labeled on). With ``test_share > 0`` the saved model is the one trained on the other records and scored
+    on the held-out ones (against ``field`` and ``true_field``), beside the TF-IDF baseline of the same
+    split; unlike the embedding classifier it is not refit on everything (that would double the training)."""
+    from novalign.data.io import iter_records
+    from novalign.flywheel.classify import scores, tfidf_baseline
+    from novalign.flywheel.labels import get_path
+    from novalign.flywheel.taxonomy import load_taxonomy
+    from novalign.world.prompt_pool import split
+
+    tax = load_taxonomy(taxonomy)
+    records = [r for _, r in iter_records(input_path)]
+    if not dims:  # the dimensions the records carry labels on (a reply must hold every dimension learned)
+        dims = [d for d in tax.dimensions if any(get_path(r, f"{field}.{d}") is not None for r in records)]
+    dims = list(dims)
+    cfg = config or LMClassifierConfig()
+    train, test = split(records, [1 - test_share, test_share], seed=cfg.seed) if test_share > 0 else (records, [])
+    text = lambda rs: [str(r[prompt_field]) for r in rs]  # noqa: E731
+    labels_of = lambda rs, f: {d: [get_path(r, f"{f}.{d}") for r in rs] for d in dims}  # noqa: E731
+    clf = train_lm_classifier(text(train), labels_of(train, field), out_dir, taxonomy=tax, config=cfg)
+    metrics: dict[str, Any] = {"kind": "lm", "train": len(train), "test": len(test), "dims": dims,
+                               "train_records": clf.manifest["train_records"],
+                               "skipped_incomplete": clf.manifest["skipped_incomplete"],
+                               "train_s": clf.manifest["train_s"]}
+    if test:
+        pred = clf.predict_detailed(text(test), progress=progress)
+        base = tfidf_baseline(text(train), labels_of(train, field), text(test), seed=cfg.seed)
+        metrics["failures"] = pred.failures()
+        for name, ref in [("vs_labels", field)] + ([("vs_true", true_field)] if true_field else []):
+            gold = labels_of(test, ref)
+            metrics[name] = {d: {"lm_classifier": scores([p[d] for p in pred.labels], gold[d]),
+                                 "tfidf": scores(base[d], gold[d])} for d in dims}
+    clf.manifest["metrics"] = metrics
+    (Path(out_dir) / MANIFEST).write_text(json.dumps(clf.manifest, indent=2, ensure_ascii=False) + "\n")
+    (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def classify_lm_file(input_path: str | Path, output: str | Path, model: str | Path, *, overwrite: bool = False,
+                     prompt_field: str = "prompt", taxonomy: str | None = None, progress: bool = True) -> dict:
+    """Label every record of ``input_path`` with the LM classifier in ``model`` (as the ``classify`` step
+    does: ``labels``, ``label_confidence``, ``label_source`` 'lm_classifier'; without ``overwrite`` only the
+    dimensions a record lacks). Dimensions the replies left unlabeled stay unlabeled and are counted."""
+    from novalign.data.io import iter_records, write_jsonl
+    from novalign.flywheel.taxonomy import load_taxonomy
+
+    clf = load_lm_classifier(model, load_taxonomy(taxonomy) if taxonomy else None)
+    records = [r for _, r in iter_records(input_path)]
+    pred = clf.predict_detailed([str(r[prompt_field]) for r in records], progress=progress)
+    out = []
+    for r, lab, conf in zip(records, pred.labels, pred.confidence):
+        labels, confidence = dict(r.get("labels") or {}), dict(r.get("label_confidence") or {})
+        source = dict(r.get("label_source") or {})
+        for d, v in lab.items():
+            if v is not None and (overwrite or labels.get(d) is None):
+                labels[d], confidence[d], source[d] = v, conf[d], "lm_classifier"
+        out.append({**r, "labels": labels, "label_confidence": confidence, "label_source": source})
+    write_jsonl(output, out)
+    return {"kind": "lm", "records": len(out), "seconds": pred.seconds,
+            "prompts_per_s": round(len(out) / pred.seconds, 1) if pred.seconds else None,
+            "failures": pred.failures(), "output": str(output)}
