@@ -144,7 +144,8 @@ def test_saved_folder_round_trip_and_errors(trained, tmp_path):
 
 def test_training_errors_and_incomplete_rows_counted(tmp_path):
     """A label that is no leaf is an error naming the dimension; no fully labeled text is an error; texts
-    lacking a label on a dimension are counted in the manifest (skipped_incomplete), not silently dropped."""
+    lacking a label on a dimension are counted in the manifest (skipped_incomplete), not silently dropped; a
+    model trained on a caller's conversation format (messages_fn) is refused by the classifier loader."""
     with pytest.raises(ValueError, match=r"ability: labels \['Juggling'\] are no leaves"):
         train_lm_classifier(["a", "b"], {"ability": ["Math", "Juggling"]}, tmp_path / "x")
     with pytest.raises(ValueError, match="none of the 2 texts is labeled on every dimension"):
@@ -153,6 +154,11 @@ def test_training_errors_and_incomplete_rows_counted(tmp_path):
     clf = train_lm_classifier(["What is 2 plus 2?", "Write a poem.", "Sort a list in C++."],
                               {"ability": ["Math", "Creation", None]}, tmp_path / "y", config=cfg)
     assert clf.manifest["train_records"] == 2 and clf.manifest["skipped_incomplete"] == 1
+    # trained on the caller's own conversation (to be served as a labeler): not loadable as a classifier
+    train_lm_classifier(["What is 2 plus 2?", "Write a poem."], {"ability": ["Math", "Creation"]}, tmp_path / "z",
+                        config=cfg, messages_fn=lambda t: [{"role": "user", "content": f"<<<{t}>>>"}])
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'z' / MANIFEST}: field 'prompt_format' is 'custom'"):
+        load_lm_classifier(tmp_path / "z")
 
 
 def test_cli_train_classifier_kind_lm_and_classify(tmp_path):

@@ -226,7 +226,7 @@ def _value_confidence(tokenizer, reply_ids: Sequence[int], probs: Sequence[float
 
 
 def _conversations(texts: Sequence[str], labels: dict[str, Sequence[str | None]], dims: Sequence[str],
-                   instruction: str) -> tuple[list[list[dict]], list[int]]:
+                   messages_fn: Callable[[str], list[dict]]) -> tuple[list[list[dict]], list[int]]:
     """Training chats of the texts labeled on every dimension, and the indices of those that are not (they
     are counted in the manifest: a reply without a dimension would teach the model to leave it out)."""
     convs, incomplete = [], []
@@ -235,7 +235,7 @@ def _conversations(texts: Sequence[str], labels: dict[str, Sequence[str | None]]
         if any(v is None for v in row.values()):
             incomplete.append(i)
             continue
-        convs.append(lm_messages(t, instruction) + [{"role": "assistant", "content": label_json(row, dims)}])
+        convs.append(messages_fn(t) + [{"role": "assistant", "content": label_json(row, dims)}])
     return convs, incomplete
 
 
@@ -266,8 +266,14 @@ def _sft_config(cfg: LMClassifierConfig, base: Path, data: Path, out: Path, n: i
 
 def train_lm_classifier(texts: Sequence[str], labels: dict[str, Sequence[str | None]], out_dir: str | Path, *,
                         taxonomy=None, config: LMClassifierConfig | None = None,
+                        messages_fn: Callable[[str], list[dict]] | None = None,
                         console_print: Callable = lambda *a, **k: None) -> LMClassifier:
-    """Train the LM classifier on ``labels`` (dim -> one label per text) and save it to ``out_dir``."""
+    """Train the LM classifier on ``labels`` (dim -> one label per text) and save it to ``out_dir``.
+
+    ``messages_fn`` (text -> the chat before the reply) replaces the instruction + prompt user turn, e.g.
+    with ``llm_label``'s labeling prompt to serve the model as a labeler; such a folder is a model for
+    ``novalign serve``, not a classifier :func:`load_lm_classifier` loads (its manifest says ``prompt_format:
+    custom``)."""
     from novalign.flywheel.taxonomy import load_taxonomy
     from novalign.models.load import load_model, load_tokenizer, save_pretrained_dir
     from novalign.models.tiny import init_tiny_model
@@ -279,7 +285,8 @@ def train_lm_classifier(texts: Sequence[str], labels: dict[str, Sequence[str | N
     dims = [d for d in tax.dimensions if d in labels]
     if not dims:
         raise ValueError("LM classifier: no dimensions to learn")
-    convs, incomplete = _conversations(texts, labels, dims, cfg.instruction)
+    custom = messages_fn is not None
+    convs, incomplete = _conversations(texts, labels, dims, messages_fn or (lambda t: lm_messages(t, cfg.instruction)))
     if not convs:
         raise ValueError(f"LM classifier: none of the {len(texts)} texts is labeled on every dimension {dims}")
     started = time.time()
@@ -298,6 +305,7 @@ def train_lm_classifier(texts: Sequence[str], labels: dict[str, Sequence[str | N
         out = save_pretrained_dir(model, tokenizer, out_dir)
     longest = max(len(tokenizer(c[-1]["content"], add_special_tokens=False)["input_ids"]) for c in convs)
     manifest = {"kind": "lm", "format": FORMAT, "dims": dims, "instruction": cfg.instruction,
+                "prompt_format": "custom" if custom else "instruction",
                 "taxonomy_digest": tax.digest, "max_new_tokens": longest + 8, "train_records": len(convs),
                 "skipped_incomplete": len(incomplete), "train_s": round(time.time() - started, 2),
                 "final_loss": _final_loss(result), "config": cfg.model_dump()}
@@ -336,6 +344,9 @@ def load_lm_classifier(folder: str | Path, taxonomy=None) -> LMClassifier:
     if info["kind"] != "lm" or info.get("format") != FORMAT:
         raise ValueError(f"{path}: field 'kind'/'format' is {info['kind']!r}/{info.get('format')!r}, "
                          f"expected 'lm'/{FORMAT}")
+    if info.get("prompt_format", "instruction") != "instruction":
+        raise ValueError(f"{path}: field 'prompt_format' is {info['prompt_format']!r}: this model was trained on "
+                         "prompts built by its caller (e.g. to be served as a labeler), not as a classifier")
     tax = taxonomy if taxonomy is not None else load_taxonomy()
     if info["taxonomy_digest"] != tax.digest:
         raise ValueError(f"{path}: field 'taxonomy_digest': the classifier was trained with taxonomy "
