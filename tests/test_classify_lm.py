@@ -191,3 +191,7 @@ def test_cli_train_classifier_kind_lm_and_classify(tmp_path):
     bad = runner.invoke(app, ["data", "train-classifier", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "c2"),
                               "--kind", "lm", "--lm-steps", "0"])
     assert bad.exit_code != 0 and "steps" in bad.output
+    (tmp_path / "typo.yaml").write_text("stepz: 3\n")
+    typo = runner.invoke(app, ["data", "train-classifier", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "c3"),
+                               "--kind", "lm", "--lm-config", str(tmp_path / "typo.yaml")])
+    assert typo.exit_code != 0 and f"{tmp_path / 'typo.yaml'}: stepz: Extra inputs are not permitted" in typo.output

@@ -273,7 +273,11 @@ def _train_lm(input: Path, out: Path, field: str, true_field: Optional[str], tes
 
     raw = {}
     if lm_config is not None:
-        raw = yaml.safe_load(lm_config.read_text()) or {}
+        try:
+            raw = yaml.safe_load(lm_config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ValueError(f"{lm_config}:{mark.line + 1 if mark else '?'}: not valid YAML ({exc})") from exc
         if not isinstance(raw, dict):
             raise ValueError(f"{lm_config}: expected a mapping of LMClassifierConfig fields")
     if lm_steps is not None:
