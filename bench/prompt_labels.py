@@ -36,6 +36,27 @@ others -- so each labeler's average accuracy stays the one listed, and the label
 4. ``classify_prompts_per_s``: the held-out prompts labeled from text (embedding, n-grams, six heads) with
    ``--threads`` torch threads (2: the issue's "2 cores"), measured on up to 300 of them.
 
+5. The LM classifier (:mod:`novalign.flywheel.classify_lm`: a tiny Llama built and fine-tuned here with
+   novalign's own ``init_tiny_model`` + ``run_sft`` on "prompt -> label JSON", the report's "specialized
+   automatic prompt labeling model", rerun at toy scale), trained on the same reviewed labels of the same
+   split and scored on the same held-out prompts against the true labels: ``lm_macro_f1`` /
+   ``lm_accuracy`` per dimension, ``lm_train_s`` (wall time), ``lm_classify_prompts_per_s`` (batched greedy
+   generation of every held-out prompt + the confidence pass, ``--threads`` threads), ``lm_failures``
+   (replies unparsable or with a value that is no leaf: counted, those dimensions scored as wrong).
+6. Labeler (a) of the issue, a real served labeler: another tiny LM trained the same way on the *true*
+   labels of ``--served-train`` prompts of a second pool (seed + 7919), prompts that also occur in the
+   bench's pool removed (``served_train_overlap_removed``), but on ``llm_label``'s own labeling conversation
+   (:func:`~novalign.flywheel.steps.prompt_labels.label_messages`, no examples per leaf); served by a real
+   ``novalign serve`` subprocess and asked through the ``llm_label`` step over HTTP (temperature 0, one
+   structured attempt: a bad reply is a failed vote, counted) about the first ``--served-prompts`` prompts
+   of the pool (a random subset; its ~1,000-token labeling prompt makes each request slow on the CPU).
+   ``served_single_vote_accuracy`` is its accuracy on them (as ``single_vote_accuracy``);
+   ``majority_accuracy_with_served`` / ``dawid_skene_accuracy_with_served`` aggregate the five simulated
+   labelers' votes plus its own over the whole pool (without it: ``majority_accuracy`` /
+   ``dawid_skene_accuracy``), and ``*_with_served_on_asked`` / ``*_without_served_on_asked`` score both on
+   the prompts it was asked about. Everything else above uses the
+   five simulated labelers only, so those numbers stay comparable with earlier runs. ``--no-lm`` skips 5-6.
+
 One JSON line on stdout. Targets (issue 16): dawid_skene >= majority >= single vote; classifier macro-F1
 >= 0.90 on every dimension and above TF-IDF; the queue holds >= 40 % of the errors with 10 % of the items.
 """
@@ -222,6 +243,88 @@ def classifier_metrics(voted: list[dict], test_share: float, seed: int, C: float
     return out
 
 
+def lm_classifier_metrics(voted: list[dict], test_share: float, seed: int, steps: int) -> dict:
+    """Item 5: the LM classifier on the split and reviewed labels :func:`classifier_metrics` uses."""
+    import tempfile
+
+    from novalign.flywheel.classify import scores
+    from novalign.flywheel.classify_lm import LMClassifierConfig, train_lm_classifier
+
+    train, test = split(voted, [1 - test_share, test_share], seed=seed)
+    ytr = {d: [r["reviewed_labels"][d] for r in train] for d in DIMS}
+    cfg = LMClassifierConfig(steps=steps, seed=seed)
+    with tempfile.TemporaryDirectory(prefix="bench-lm-") as work:
+        t0 = time.time()
+        clf = train_lm_classifier([r["prompt"] for r in train], ytr, Path(work) / "lm", config=cfg)
+        train_s = time.time() - t0
+        log(f"LM classifier trained on {len(train)} in {train_s:.1f}s (loss {clf.manifest['final_loss']})")
+        t0 = time.time()
+        pred = clf.predict_detailed([r["prompt"] for r in test], progress=True)
+        per_s = len(test) / (time.time() - t0)
+    gold = {d: [r["true_labels"][d] for r in test] for d in DIMS}
+    got = {d: scores([p[d] for p in pred.labels], gold[d]) for d in DIMS}  # None (failed) counts as wrong
+    return {"lm_macro_f1": {d: got[d]["macro_f1"] for d in DIMS}, "lm_accuracy": {d: got[d]["accuracy"] for d in DIMS},
+            "lm_train_s": round(train_s, 1), "lm_classify_prompts_per_s": round(per_s, 1),
+            "lm_failures": pred.failures(), "lm_final_loss": clf.manifest["final_loss"],
+            "lm_config": {k: v for k, v in cfg.model_dump().items() if k not in ("instruction",)}}
+
+
+def served_labeler_metrics(records: list[dict], taxonomy, args) -> dict:
+    """Item 6: train labeler (a) on part of a second pool, serve it, let it vote through llm_label."""
+    import tempfile
+
+    from serve import running_server  # bench/serve.py: `novalign serve` in a subprocess (this folder is on sys.path)
+    from novalign.config.llm import LLMConfig
+    from novalign.data.io import write_jsonl
+    from novalign.flywheel.classify_lm import LMClassifierConfig, train_lm_classifier
+    from novalign.flywheel.pipeline import Pipeline
+    from novalign.flywheel.steps.prompt_labels import label_messages
+
+    seen = {r["prompt"] for r in records}
+    other = generate_pool(args.served_train, seed=args.seed + 7919)
+    train = [r for r in other if r["prompt"] not in seen]  # disjoint from every prompt the bench scores
+    cfg = LMClassifierConfig(hidden_size=64, num_layers=2, intermediate_size=128, max_length=1536,
+                             steps=args.served_steps, batch_size=8, lr=5e-3, seed=args.seed)
+    out: dict = {"served_train_records": len(train), "served_train_overlap_removed": len(other) - len(train)}
+    with tempfile.TemporaryDirectory(prefix="bench-served-") as work:
+        work = Path(work)
+        t0 = time.time()
+        lab = train_lm_classifier([r["prompt"] for r in train], {d: [r["true_labels"][d] for r in train] for d in DIMS},
+                                  work / "labeler", taxonomy=taxonomy, config=cfg,
+                                  messages_fn=lambda p: label_messages(p, taxonomy, DIMS, examples_per_leaf=0))
+        out["served_train_s"] = round(time.time() - t0, 1)
+        log(f"served labeler trained on {len(train)} in {out['served_train_s']}s (loss {lab.manifest['final_loss']})")
+        asked = records[:args.served_prompts]  # the pool's order is random: a random subset
+        write_jsonl(work / "pool.jsonl", [{"id": r["_id"], "prompt": r["prompt"]} for r in asked])
+        llm = LLMConfig(api_key="local", structured_attempts=1, max_attempts=2, max_concurrency=32, progress=False,
+                        timeout_s=600)
+        with running_server(work / "labeler") as url:
+            t0 = time.time()
+            p = Pipeline(work / "run", llm=llm, progress=False).source("pool", work / "pool.jsonl", id_field="id")
+            p.step("votes", "llm_label", {"models": [{"name": "served-tiny", "llm": {"base_url": url, "model": "tiny"}}],
+                                          "dimensions": DIMS, "examples_per_leaf": 0, "temperature": 0.0,
+                                          "max_tokens": lab.max_new_tokens})
+            got = {r["_id"]: r["label_votes"] for r in p.run(console_print=log).records("votes")}
+            out["served_label_s"] = round(time.time() - t0, 1)
+    k = len(asked)
+    votes = [got[r["_id"]][0] for r in asked]
+    right = lambda rs, labs: sum(lab.get(d) == r["true_labels"][d] for r, lab in zip(rs, labs) for d in DIMS)  # noqa: E731
+    out["served_prompts"] = k
+    out["served_single_vote_accuracy"] = round(right(asked, [v["labels"] or {} for v in votes]) / (k * len(DIMS)), 4)
+    out["served_accuracy_per_dim"] = {d: round(sum((v["labels"] or {}).get(d) == r["true_labels"][d]
+                                                   for r, v in zip(asked, votes)) / k, 4) for d in DIMS}
+    out["served_failed_votes"] = sum(v["labels"] is None for v in votes)
+    out["served_votes_with_problems"] = sum(bool(v["error"]) for v in votes)
+    joined = [{**r, "label_votes": r["label_votes"] + [v]} for r, v in zip(asked, votes)] + records[k:]
+    for m in ("majority", "dawid_skene"):  # aggregated over the whole pool; scored on all and on the asked part
+        with_served = [a["labels"] for a in aggregate_records(joined, taxonomy, method=m, dimensions=DIMS)]
+        without = [a["labels"] for a in aggregate_records(records, taxonomy, method=m, dimensions=DIMS)]
+        out[f"{m}_accuracy_with_served"] = round(right(records, with_served) / (len(records) * len(DIMS)), 4)
+        out[f"{m}_accuracy_with_served_on_asked"] = round(right(asked, with_served[:k]) / (k * len(DIMS)), 4)
+        out[f"{m}_accuracy_without_served_on_asked"] = round(right(asked, without[:k]) / (k * len(DIMS)), 4)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="Prompts in the pool.")
@@ -231,6 +334,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the embedding (2: the 2-core target).")
     ap.add_argument("--C", type=float, default=10.0, help="Inverse regularization of every logistic-regression head.")
     ap.add_argument("--embed-cache", default=None, help="An .npz keeping the MiniLM embeddings between runs.")
+    ap.add_argument("--no-lm", action="store_true", help="Skip the LM classifier and the served labeler (quick run).")
+    ap.add_argument("--lm-steps", type=int, default=1200, help="Optimizer steps of the LM classifier.")
+    ap.add_argument("--served-train", type=int, default=1000, help="Prompts of the second pool labeler (a) learns.")
+    ap.add_argument("--served-steps", type=int, default=400, help="Optimizer steps of labeler (a).")
+    ap.add_argument("--served-prompts", type=int, default=300, help="Prompts of the pool labeler (a) is asked "
+                    "about (its ~1,000-token labeling prompt makes each request slow on the CPU).")
     args = ap.parse_args()
     import torch
 
@@ -242,6 +351,10 @@ def main() -> None:
     metrics, voted = vote_metrics(records, taxonomy, args.queue_share)
     log(json.dumps(metrics))
     metrics |= classifier_metrics(voted, args.test_share, args.seed, args.C, args.embed_cache)
+    if not args.no_lm:
+        metrics |= lm_classifier_metrics(voted, args.test_share, args.seed, args.lm_steps)
+        log(json.dumps({k: v for k, v in metrics.items() if k.startswith("lm_")}))
+        metrics |= served_labeler_metrics(records, taxonomy, args)
     metrics["targets_met"] = {
         "dawid_skene>=majority>=single": metrics["dawid_skene_accuracy"] >= metrics["majority_accuracy"]
         >= metrics["single_vote_accuracy"],
@@ -249,6 +362,9 @@ def main() -> None:
         "classifier>tfidf_all": all(metrics["classifier_macro_f1"][d] > metrics["tfidf_macro_f1"][d] for d in DIMS),
         "queue_capture>=0.40": metrics["review_queue_error_capture"] >= 0.4,
     }
+    if not args.no_lm:  # the report's comparison, here: the fine-tuned LM against the embedding classifier
+        metrics["lm_vs_classifier_macro_f1"] = {d: round(metrics["lm_macro_f1"][d] - metrics["classifier_macro_f1"][d], 4)
+                                                for d in DIMS}
     metrics |= {"n": args.n, "seed": args.seed, "threads": args.threads, "wall_s": round(time.time() - t0, 1)}
     print(json.dumps(metrics), flush=True)
 

@@ -238,31 +238,73 @@ def data_train_classifier_command(
         true_field: Optional[str] = typer.Option(None, help="Also score against these labels (e.g. true_labels)."),
         test_share: float = typer.Option(0.2, help="Held-out share for the scores (0: none)."),
         taxonomy: Optional[Path] = typer.Option(None),
-        char_ngrams: bool = typer.Option(True, help="Add hashed character n-grams to the MiniLM embedding.")) -> None:
-    """Train the prompt classifier (frozen all-MiniLM-L6-v2 embeddings, one logistic-regression head per
-    dimension) on voted labels; prints held-out accuracy / macro-F1 beside a TF-IDF + LR baseline."""
+        char_ngrams: bool = typer.Option(True, help="Add hashed character n-grams to the MiniLM embedding."),
+        kind: str = typer.Option("embedding", help="embedding (MiniLM + logistic-regression heads) or lm (a tiny "
+                                 "causal LM fine-tuned on prompt -> label JSON)."),
+        lm_config: Optional[Path] = typer.Option(None, help="--kind lm: a YAML/JSON of LMClassifierConfig fields "
+                                                 "(model size, steps, lr, instruction, ...)."),
+        lm_steps: Optional[int] = typer.Option(None, help="--kind lm: optimizer steps (overrides lm-config).")) -> None:
+    """Train the prompt classifier on voted labels: frozen all-MiniLM-L6-v2 embeddings with one
+    logistic-regression head per dimension (--kind embedding), or a fine-tuned tiny causal LM (--kind lm);
+    prints held-out accuracy / macro-F1 beside a TF-IDF + LR baseline."""
     import json
 
     from novalign.flywheel.prompt_system import train_from_file
 
+    if kind not in ("embedding", "lm"):
+        _fail(f"--kind {kind!r}: choose embedding or lm")
     try:
-        metrics = train_from_file(input, out, field=field, true_field=true_field, test_share=test_share,
-                                  taxonomy=str(taxonomy) if taxonomy else None, char_ngrams=char_ngrams)
+        if kind == "lm":
+            metrics = _train_lm(input, out, field, true_field, test_share, taxonomy, lm_config, lm_steps)
+        else:
+            metrics = train_from_file(input, out, field=field, true_field=true_field, test_share=test_share,
+                                      taxonomy=str(taxonomy) if taxonomy else None, char_ngrams=char_ngrams)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
     typer.echo(json.dumps(metrics))
+
+
+def _train_lm(input: Path, out: Path, field: str, true_field: Optional[str], test_share: float,
+              taxonomy: Optional[Path], lm_config: Optional[Path], lm_steps: Optional[int]) -> dict:
+    import yaml
+    from pydantic import ValidationError
+
+    from novalign.flywheel.classify_lm import LMClassifierConfig, train_lm_from_file
+
+    raw = {}
+    if lm_config is not None:
+        try:
+            raw = yaml.safe_load(lm_config.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ValueError(f"{lm_config}:{mark.line + 1 if mark else '?'}: not valid YAML ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"{lm_config}: expected a mapping of LMClassifierConfig fields")
+    if lm_steps is not None:
+        raw["steps"] = lm_steps
+    try:
+        cfg = LMClassifierConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{lm_config or '--lm-steps'}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+    return train_lm_from_file(input, out, field=field, true_field=true_field, test_share=test_share,
+                              taxonomy=str(taxonomy) if taxonomy else None, config=cfg)
 
 
 @data_app.command("classify")
 def data_classify_command(input: Path = typer.Argument(...), output: Path = typer.Argument(...),
                           model: Path = typer.Option(..., "--model", help="Classifier folder."),
                           overwrite: bool = typer.Option(False, help="Replace labels already present.")) -> None:
-    """Label prompts with the trained classifier, without an LLM."""
+    """Label prompts with the trained classifier (either kind: the folder says which), without an LLM."""
     import json
 
+    from novalign.flywheel.classify_lm import classify_lm_file, is_lm_classifier
     from novalign.flywheel.prompt_system import classify_file
 
     try:
+        if is_lm_classifier(model):
+            typer.echo(json.dumps(classify_lm_file(input, output, model, overwrite=overwrite)))
+            return
         typer.echo(json.dumps(classify_file(input, output, model, overwrite=overwrite)))
     except (ValueError, FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
