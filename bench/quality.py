@@ -106,7 +106,8 @@ def served_judge(work: Path, texts, scores, buckets, anchors, train, test, plant
     proc, url = serve(model_dir)
     try:
         client = LLMClient.from_config(LLMConfig(backend="openai", base_url=url, model="tiny-judge", api_key="none",
-                                                 max_concurrency=32, cache_path=None), progress=False, print_usage=False)
+                                                 max_concurrency=32, cache_path=str(work / "llm-cache.sqlite")),
+                                       progress=False, print_usage=False)
         started = time.perf_counter()
         try:
             got = q.judge_against_anchors([texts[i] for i in held], [buckets[i] for i in held],
@@ -133,10 +134,10 @@ def main(argv=None) -> None:
     ap.add_argument("--sigma", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-extra", type=int, default=800, help="More prompts judged to train the scorers.")
-    ap.add_argument("--lm-steps", type=int, default=600, help="Optimizer steps of the tiny-LM scorer.")
+    ap.add_argument("--lm-steps", type=int, default=300, help="Optimizer steps of the tiny-LM scorer.")
     ap.add_argument("--judge-steps", type=int, default=150, help="Optimizer steps of the served tiny judge.")
     ap.add_argument("--judge-pairs-per-prompt", type=int, default=4)
-    ap.add_argument("--served-anchors", type=int, default=5, help="Anchors per bucket for the served judge.")
+    ap.add_argument("--served-anchors", type=int, default=3, help="Anchors per bucket for the served judge.")
     ap.add_argument("--no-served", action="store_true", help="Skip the served judge.")
     args = ap.parse_args(argv)
     pool = quality_pool(args.prompts, seed=args.seed)

@@ -92,34 +92,51 @@ def test_lm_samples_by_hand():
 
 SMALL = {"hidden_size": 48, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 96,
          "max_position_embeddings": 256, "vocab_size": 512}
+TOPICS = ["rivers", "bread", "chess", "owls", "glass", "tides", "jazz", "maps", "wool", "comets"]
+EXTRAS = ["Use at most 80 words.", "End with a question.", "Give exactly three bullet points."]
+FILLER = ["It is for my sister.", "I read about it yesterday.", "My class meets on Monday."]
+
+
+def planted_prompts(seed: int, n: int) -> list[tuple[str, float]]:
+    """Short prompts whose planted quality is how many of the three constraint sentences they carry (0..3,
+    as the quality pool plants complexity), on a random topic, with 0-2 filler sentences of no quality (so
+    length alone does not give the order): ``(text, quality in [-1, 1])``."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        k = rng.randrange(4)
+        parts = [*rng.sample(EXTRAS, k), *rng.sample(FILLER, rng.randrange(3))]
+        rng.shuffle(parts)
+        out.append((" ".join([f"Write about {rng.choice(TOPICS)}.", *parts]), 2 * k / 3 - 1))
+    return out
 
 
 def test_tiny_lm_scorer_round_trip_and_learns_planted_quality(tmp_path):
-    """Train the tiny-LM scorer on 48 prompts' planted scores (as if judged), and an untrained one (steps=0,
-    the same initialisation): the saved folder is a normal model folder with quality_scorer.json, scores come
-    back per dimension inside the training range, and on 24 unseen prompts the trained scorer's overall
-    score correlates with the planted quality clearly better than the untrained one's."""
+    """Train the tiny-LM scorer on 64 short prompts with planted quality (every dimension's score = the
+    planted one, as if judged), and an untrained one (steps=0, the same initialisation): the saved folder is a
+    normal model folder with quality_scorer.json, scores come back per dimension inside the training range,
+    and on 32 other prompts the trained scorer orders the planted quality far better than the untrained."""
     from scipy.stats import spearmanr
 
     from novalign.models.load import load_model
-    from novalign.world.selection_pool import quality_pool
 
-    pool = quality_pool(72, seed=11)
-    train, test = pool[:48], pool[48:]
-    scores = [{d: 2 * r["planted"][d] - 1 for d in q.DIMENSIONS} for r in train]  # onto [-1, 1] like judged ones
-    texts = [r["prompt"] for r in train]
-    trained = qlm.train_lm_scorer(texts, scores, tmp_path / "lm", steps=120, lr=1e-2, batch_size=16, model=SMALL,
+    train, test = planted_prompts(1, 64), planted_prompts(2, 32)
+    texts = [t for t, _ in train]
+    scores = [dict.fromkeys(q.DIMENSIONS, v) for _, v in train]
+    trained = qlm.train_lm_scorer(texts, scores, tmp_path / "lm", steps=60, lr=1e-2, batch_size=16, model=SMALL,
                                   threads=1)
     untrained = qlm.train_lm_scorer(texts, scores, tmp_path / "lm0", steps=0, model=SMALL)
     assert (trained / "config.json").is_file() and load_model(trained) is not None
     spec = json.loads((trained / "quality_scorer.json").read_text())
-    assert spec["dimensions"] == list(q.DIMENSIONS) and spec["train_prompts"] == 48
-    got = qlm.lm_scores(trained, [r["prompt"] for r in test])
-    assert got.shape == (24, 4) and got.min() >= -1 - 1e-9 and got.max() <= 1 + 1e-9
-    assert np.allclose(qr.apply_scorer(trained, [test[0]["prompt"]]), got[:1].mean(axis=1))
-    planted = [r["planted_overall"] for r in test]
+    assert spec["dimensions"] == list(q.DIMENSIONS) and spec["train_prompts"] == 64
+    got = qlm.lm_scores(trained, [t for t, _ in test])
+    assert got.shape == (32, 4) and got.min() >= -1 - 1e-9 and got.max() <= 1 + 1e-9
+    assert np.allclose(qr.apply_scorer(trained, [test[0][0]]), got[:1].mean(axis=1))
+    planted = [v for _, v in test]
     rho = spearmanr(got.mean(axis=1), planted).statistic
-    rho0 = spearmanr(qlm.lm_overall(untrained, [r["prompt"] for r in test]), planted).statistic
-    assert rho > 0.5 and rho > rho0 + 0.3, (rho, rho0)
+    rho0 = spearmanr(qlm.lm_overall(untrained, [t for t, _ in test]), planted).statistic
+    assert rho > 0.8 and rho > rho0 + 0.3, (rho, rho0)
     with pytest.raises(FileNotFoundError, match="quality_scorer.json"):
         qlm.lm_scores(tmp_path, ["x"])

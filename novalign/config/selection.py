@@ -85,7 +85,7 @@ class ScoreQualityRunConfig(ScoreQualityConfig):
                                                     "tested on held-out prompts: 'ridge' (or true; sentence embedding + "
                                                     "n-gram TF-IDF into a ridge head: scorer.json) or 'lm' (a fine-tuned "
                                                     "tiny causal LM, the report's Quality-7B: the folder scorer_lm/).")
-    distill_steps: int = Field(600, ge=1, description="Optimizer steps of the tiny-LM scorer (distill: lm).")
+    distill_steps: int = Field(300, ge=1, description="Optimizer steps of the tiny-LM scorer (distill: lm).")
     distill_heldout: float = Field(0.3, gt=0, lt=1, description="Share of prompts held out to test the scorer.")
     distill_pairs: int = Field(200, ge=1, description="Held-out pairs the accuracy is measured on (the report: 200).")
     embedder: str | None = Field(None, description="Sentence-transformers folder of the scorer (default: "
