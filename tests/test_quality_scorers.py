@@ -140,3 +140,25 @@ def test_tiny_lm_scorer_round_trip_and_learns_planted_quality(tmp_path):
     assert rho > 0.8 and rho > rho0 + 0.3, (rho, rho0)
     with pytest.raises(FileNotFoundError, match="quality_scorer.json"):
         qlm.lm_scores(tmp_path, ["x"])
+
+
+def test_score_quality_step_with_a_distilled_scorer(tmp_path):
+    """The ``score_quality`` step with ``scorer:`` (a tiny-LM scorer folder, here the untrained one: the wiring)
+    and no judges: every record gets the scorer's scores; those under the threshold (the median overall
+    score) are dropped; a missing scorer path is an error naming it."""
+    from novalign.flywheel.pipeline import Pipeline
+
+    prompts = planted_prompts(3, 8)
+    folder = qlm.train_lm_scorer([t for t, _ in prompts], [dict.fromkeys(q.DIMENSIONS, v) for _, v in prompts],
+                                 tmp_path / "lm0", steps=0, model=SMALL)
+    overall = qlm.lm_overall(folder, [t for t, _ in prompts])
+    cut = float(np.median(overall))
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": t, "labels": {"ability": "IF"}}) + "\n" for t, _ in prompts))
+    p = Pipeline(tmp_path / "run", progress=False).source("p", src)
+    kept = p.step("quality", "score_quality", {"scorer": str(folder), "threshold": cut}).run().records("quality")
+    assert sorted(r["quality"]["overall"] for r in kept) == pytest.approx(sorted(o for o in overall if o >= cut))
+    assert all(set(r["quality"]["scores"]) == set(q.DIMENSIONS) for r in kept)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        Pipeline(tmp_path / "run2", progress=False).source("p", src).step(
+            "quality", "score_quality", {"scorer": str(tmp_path / "nowhere")}).run()

@@ -70,6 +70,9 @@ class ScoreQualityConfig(Strict):
     label_high: float = Field(0.25, description="Overall score at least this: quality label 'high'.")
     label_low: float = Field(-0.25, description="Overall score at most this: 'low' (else 'medium').")
     output_field: str = Field("quality", description="Field the scores and label are written to.")
+    scorer: str | None = Field(None, description="Score with a distilled scorer instead of judges (no judge call): "
+                               "a scorer.json (distill: ridge) or a tiny-LM scorer folder (distill: lm, the report's "
+                               "Quality-7B); thresholds and labels apply to its overall score.")
     seed: int = Field(0)
 
 

@@ -38,7 +38,7 @@ from novalign.eval.judge import JudgeParseError, ask_judge, load_template, rende
 
 __all__ = ["DIMENSIONS", "LEVEL", "field_value", "length_strata", "draw_anchors", "parse_dimensions",
            "parse_dimension_scores", "quality_units", "pair_verdicts", "mean_levels", "bradley_terry",
-           "overall_label", "select_by_threshold", "judge_pairs", "score_quality", "judge_against_anchors",
+           "overall_label", "label_of", "select_by_threshold", "judge_pairs", "score_quality", "judge_against_anchors",
            "TextFeatures", "fit_scorer", "pairwise_accuracy"]
 
 DIMENSIONS = ("clarity", "practicality", "complexity", "novelty")
@@ -181,7 +181,11 @@ def overall_label(scores: Mapping[str, float], high: float = 0.25, low: float = 
     """``(overall, label)``: overall is the mean of the dimensions; 'high' at or above ``high``, 'low' at or
     below ``low``, else 'medium'."""
     overall = sum(scores[d] for d in DIMENSIONS) / len(DIMENSIONS)
-    return overall, "high" if overall >= high else "low" if overall <= low else "medium"
+    return overall, label_of(overall, high, low)
+
+
+def label_of(overall: float, high: float = 0.25, low: float = -0.25) -> str:
+    return "high" if overall >= high else "low" if overall <= low else "medium"
 
 
 def select_by_threshold(overall: Sequence[float], buckets: Sequence[str], thresholds: Mapping[str, float],

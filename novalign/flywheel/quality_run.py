@@ -14,7 +14,7 @@ import numpy as np
 
 from novalign.flywheel import quality as q
 
-__all__ = ["heldout_pairs", "heldout_split", "fit_ridge", "predict_ridge", "heldout_accuracy", "distill_scorer",
+__all__ = ["scorer_digest", "score_with_scorer", "heldout_pairs", "heldout_split", "fit_ridge", "predict_ridge", "heldout_accuracy", "distill_scorer",
            "save_scorer", "apply_scorer", "run_score_quality"]
 
 
@@ -139,6 +139,37 @@ def distill_into(dest: Path, texts: Sequence[str], judged: dict, cfg) -> dict[st
     return info
 
 
+def scorer_digest(path: str | Path) -> str:
+    """SHA-256 over a scorer's files (a scorer.json, or every file of a tiny-LM folder with its name)."""
+    import hashlib
+
+    p, h = Path(path), hashlib.sha256()
+    if not p.exists():
+        raise FileNotFoundError(f"scorer {p}: no such scorer.json or tiny-LM scorer folder")
+    for f in sorted(x for x in ([p] if p.is_file() else p.rglob("*")) if x.is_file()):
+        h.update(str(f.relative_to(p if p.is_dir() else p.parent)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def score_with_scorer(path: str | Path, texts: Sequence[str], cfg) -> dict[str, Any]:
+    """Scores from a saved scorer instead of judges, in :func:`~novalign.flywheel.quality.score_quality`'s
+    shape: per-dimension scores from a tiny-LM scorer (``None`` from a ridge scorer, which predicts the overall
+    score only), the overall score, its label; no anchors, verdicts or calls."""
+    if Path(path).is_dir():
+        from novalign.flywheel.quality_lm import lm_scores
+
+        per_dim = lm_scores(path, texts)
+        scores = [dict(zip(q.DIMENSIONS, map(float, row))) for row in per_dim]
+        overall = [float(x) for x in per_dim.mean(axis=1)]
+    elif Path(path).is_file():
+        scores, overall = [None] * len(texts), [float(x) for x in apply_scorer(path, texts)]
+    else:
+        raise FileNotFoundError(f"scorer {path}: no such scorer.json or tiny-LM scorer folder")
+    return {"scores": scores, "overall": overall, "labels": [q.label_of(o, cfg.label_high, cfg.label_low)
+                                                             for o in overall],
+            "anchors": {}, "verdicts": [], "calls": 0, "failures": []}
+
+
 def run_score_quality(cfg, console_print: Callable[[str], None] = print) -> dict[str, Any]:
     """Read ``cfg.input``, judge and aggregate, write ``cfg.output_dir``: scored.jsonl (every record with
     ``<output_field>``), selected.jsonl (at or above the bucket's threshold), anchors.jsonl, judgments.jsonl,
@@ -162,17 +193,23 @@ def run_score_quality(cfg, console_print: Callable[[str], None] = print) -> dict
         texts.append(text_of(value))
         buckets.append(str(q.field_value(rec, cfg.bucket_field)))
         strata.append(None if cfg.stratify == "length" else str(q.field_value(rec, cfg.stratify)))
-    if not cfg.judges:
-        raise ValueError("score-quality: give judges, e.g. --set 'judges=[{backend: openai, model: a, base_url: ...}]'")
+    if cfg.scorer and cfg.distill:
+        raise ValueError("score-quality: distill needs judged scores; give judges instead of scorer")
+    if not cfg.judges and not cfg.scorer:
+        raise ValueError("score-quality: give judges, e.g. --set 'judges=[{backend: openai, model: a, base_url: ...}]', "
+                         "or a distilled scorer (--set scorer=runs/quality/scorer_lm)")
     clients = {}
-    try:
-        for k, j in enumerate(cfg.judges):
-            clients[str(j.get("model") or f"judge{k}")] = LLMClient.from_config(
-                LLMConfig.model_validate({**cfg.llm, **j}), progress=False, print_usage=False)
-        out = q.score_quality(texts, buckets, clients, cfg, strata=None if cfg.stratify == "length" else strata)
-    finally:
-        for c in clients.values():
-            c.close()
+    if cfg.scorer:
+        out = score_with_scorer(cfg.scorer, texts, cfg)
+    else:
+        try:
+            for k, j in enumerate(cfg.judges):
+                clients[str(j.get("model") or f"judge{k}")] = LLMClient.from_config(
+                    LLMConfig.model_validate({**cfg.llm, **j}), progress=False, print_usage=False)
+            out = q.score_quality(texts, buckets, clients, cfg, strata=None if cfg.stratify == "length" else strata)
+        finally:
+            for c in clients.values():
+                c.close()
     keep = q.select_by_threshold(out["overall"], buckets, cfg.thresholds, cfg.threshold)
     anchors = {a for v in out["anchors"].values() for a in v}
     scored = [{**r, cfg.output_field: {"scores": s, "overall": o, "label": lab, "bucket": b, "anchor": i in anchors}}
@@ -186,10 +223,10 @@ def run_score_quality(cfg, console_print: Callable[[str], None] = print) -> dict
     write_jsonl(dest / "judgments.jsonl", [{"_id": records[a]["_id"], "anchor": records[b]["_id"], "judge": j,
                                             "levels": lv} for a, b, j, lv in out["verdicts"]])
     non_anchor = max(1, len(texts) - len(anchors))
-    stats = {"records": len(texts), "selected": sum(keep), "buckets": len(out["anchors"]), "anchors": len(anchors),
+    stats = {"records": len(texts), "selected": sum(keep), "buckets": len(set(buckets)), "anchors": len(anchors),
              "judges": len(clients), "judge_calls": out["calls"], "failed_pairs": len(out["failures"]),
              "judge_calls_per_prompt": round(out["calls"] / non_anchor, 2), "method": cfg.method,
-             "labels": dict(Counter(out["labels"]))}
+             "labels": dict(Counter(out["labels"])), "scorer": cfg.scorer}
     if cfg.distill:
         stats["distilled"] = distill_into(dest, texts, out, cfg)
     write_json_atomic(dest / "stats.json", stats)
@@ -197,7 +234,7 @@ def run_score_quality(cfg, console_print: Callable[[str], None] = print) -> dict
              f"{stats['anchors']} anchors, {stats['judges']} judges, {stats['judge_calls']} judge calls "
              f"({stats['judge_calls_per_prompt']} per non-anchor prompt), {stats['failed_pairs']} failed pairs.", "",
              "| bucket | records | mean overall | selected |", "| --- | --- | --- | --- |"]
-    for b in sorted(out["anchors"]):
+    for b in sorted(set(buckets)):
         idx = [i for i, x in enumerate(buckets) if x == b]
         lines.append(f"| {b} | {len(idx)} | {np.mean([out['overall'][i] for i in idx]):.3f} | "
                      f"{sum(keep[i] for i in idx)} |")
