@@ -61,7 +61,8 @@ from novalign.world.selection_pool import SimulatedJudgeBackend, quality_pool  #
 def spearman(x, y) -> float:
     from scipy.stats import spearmanr
 
-    return round(float(spearmanr(x, y).statistic), 4)
+    rho = float(spearmanr(x, y).statistic)
+    return None if np.isnan(rho) else round(rho, 4)  # undefined (null) when one side is constant
 
 
 def serve(model_dir: Path) -> tuple[subprocess.Popen, str]:
