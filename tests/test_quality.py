@@ -138,6 +138,30 @@ def test_score_quality_command_over_http_judges(tmp_path):
         assert sum(len(v) for v in server.bodies.values()) == 52
         scored = [json.loads(x) for x in (tmp_path / "out" / "scored.jsonl").read_text().splitlines()]
         assert len(scored) == 8 and all(set(r["quality"]["scores"]) == set(q.DIMENSIONS) for r in scored)
+        # distill: lm -- the tiny-LM scorer (a few steps: the wiring; its learning is tests/test_quality_scorers.py)
+        res = CliRunner().invoke(app, ["data", "score-quality", "--input", str(data), "--output-dir",
+                                       str(tmp_path / "out_lm"), "--set", f"judges={judge_list}", "--set", "anchors=2",
+                                       "--set", "distill=lm", "--set", "distill_steps=3", "--set", "distill_heldout=0.5"])
+        assert res.exit_code == 0, res.output
+        stats = json.loads((tmp_path / "out_lm" / "stats.json").read_text())
+        assert stats["distilled"]["kind"] == "lm" and stats["distilled"]["train"] == 4
+        lm_dir = tmp_path / "out_lm" / "scorer_lm"
+        assert (lm_dir / "quality_scorer.json").is_file() and (lm_dir / "config.json").is_file()
+        # the saved scorers in place of judges: no judge call, the scorer's own scores
+        from novalign.flywheel.quality_lm import lm_scores
+
+        for scorer, tag in ((lm_dir, "s_lm"), (tmp_path / "out" / "scorer.json", "s_ridge")):
+            res = CliRunner().invoke(app, ["data", "score-quality", "--input", str(data), "--output-dir",
+                                           str(tmp_path / tag), "--set", f"scorer={scorer}", "--set", "threshold=-5"])
+            assert res.exit_code == 0, res.output
+            got = [json.loads(x)["quality"] for x in (tmp_path / tag / "scored.jsonl").read_text().splitlines()]
+            assert json.loads((tmp_path / tag / "stats.json").read_text())["judge_calls"] == 0 and len(got) == 8
+            want = apply_scorer(scorer, [r["prompt"] for r in pool])
+            assert [g["overall"] for g in got] == pytest.approx(list(want))
+        per_dim = lm_scores(lm_dir, [r["prompt"] for r in pool])
+        lm_got = [json.loads(x)["quality"] for x in (tmp_path / "s_lm" / "scored.jsonl").read_text().splitlines()]
+        assert [g["scores"]["novelty"] for g in lm_got] == pytest.approx(list(per_dim[:, 3]))
+        assert got[0]["scores"] is None  # the ridge scorer predicts the overall score only
         bad = tmp_path / "bad.jsonl"
         bad.write_text(json.dumps(pool[0]) + "\n" + json.dumps({"prompt": "x", "labels": {}}) + "\n")
         res = CliRunner().invoke(app, ["data", "score-quality", "--input", str(bad), "--output-dir",

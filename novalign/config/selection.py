@@ -70,6 +70,9 @@ class ScoreQualityConfig(Strict):
     label_high: float = Field(0.25, description="Overall score at least this: quality label 'high'.")
     label_low: float = Field(-0.25, description="Overall score at most this: 'low' (else 'medium').")
     output_field: str = Field("quality", description="Field the scores and label are written to.")
+    scorer: str | None = Field(None, description="Score with a distilled scorer instead of judges (no judge call): "
+                               "a scorer.json (distill: ridge) or a tiny-LM scorer folder (distill: lm, the report's "
+                               "Quality-7B); thresholds and labels apply to its overall score.")
     seed: int = Field(0)
 
 
@@ -81,8 +84,11 @@ class ScoreQualityRunConfig(ScoreQualityConfig):
                             "report.md.")
     id_field: str | None = Field(None)
     llm: dict[str, Any] = Field(default_factory=dict, description="LLMConfig keys under every judge's own.")
-    distill: bool = Field(False, description="Also fit the distilled scorer (sentence embedding + ridge head) on the "
-                          "judged overall scores: scorer.json, with its pairwise accuracy on held-out prompts.")
+    distill: bool | Literal["ridge", "lm"] = Field(False, description="Also distil the judged scores into a scorer "
+                                                    "tested on held-out prompts: 'ridge' (or true; sentence embedding + "
+                                                    "n-gram TF-IDF into a ridge head: scorer.json) or 'lm' (a fine-tuned "
+                                                    "tiny causal LM, the report's Quality-7B: the folder scorer_lm/).")
+    distill_steps: int = Field(300, ge=1, description="Optimizer steps of the tiny-LM scorer (distill: lm).")
     distill_heldout: float = Field(0.3, gt=0, lt=1, description="Share of prompts held out to test the scorer.")
     distill_pairs: int = Field(200, ge=1, description="Held-out pairs the accuracy is measured on (the report: 200).")
     embedder: str | None = Field(None, description="Sentence-transformers folder of the scorer (default: "

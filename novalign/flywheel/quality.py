@@ -18,7 +18,11 @@ distilled from those labels (Quality-7B) then scores new prompts. Here:
 * judge calls: 2 x anchors x judges per prompt (plus each bucket's anchors once against each other): they
   grow as prompts x anchors, never prompts^2;
 * :func:`overall_label` and :func:`select_by_threshold` (a threshold per bucket);
-* :func:`fit_scorer` / :func:`pairwise_accuracy`: the distilled scorer, sentence embedding + ridge head.
+* :func:`judge_against_anchors`: new prompts scored against an earlier run's anchors (how a pool keeps growing
+  without re-judging, and how more prompts are judged to train the scorer);
+* :class:`TextFeatures`, :func:`fit_scorer`, :func:`pairwise_accuracy`: the distilled scorer, sentence embedding
+  and n-gram TF-IDF features into a ridge head (the tiny-LM scorer, the report's Quality-7B analogue, is
+  :mod:`novalign.flywheel.quality_lm`).
 """
 
 from __future__ import annotations
@@ -34,8 +38,8 @@ from novalign.eval.judge import JudgeParseError, ask_judge, load_template, rende
 
 __all__ = ["DIMENSIONS", "LEVEL", "field_value", "length_strata", "draw_anchors", "parse_dimensions",
            "parse_dimension_scores", "quality_units", "pair_verdicts", "mean_levels", "bradley_terry",
-           "overall_label", "select_by_threshold", "judge_pairs", "score_quality", "fit_scorer",
-           "pairwise_accuracy"]
+           "overall_label", "label_of", "select_by_threshold", "judge_pairs", "score_quality", "judge_against_anchors",
+           "TextFeatures", "fit_scorer", "pairwise_accuracy"]
 
 DIMENSIONS = ("clarity", "practicality", "complexity", "novelty")
 LEVEL = {"better": 1.0, "same": 0.0, "worse": -1.0}
@@ -177,7 +181,11 @@ def overall_label(scores: Mapping[str, float], high: float = 0.25, low: float = 
     """``(overall, label)``: overall is the mean of the dimensions; 'high' at or above ``high``, 'low' at or
     below ``low``, else 'medium'."""
     overall = sum(scores[d] for d in DIMENSIONS) / len(DIMENSIONS)
-    return overall, "high" if overall >= high else "low" if overall <= low else "medium"
+    return overall, label_of(overall, high, low)
+
+
+def label_of(overall: float, high: float = 0.25, low: float = -0.25) -> str:
+    return "high" if overall >= high else "low" if overall <= low else "medium"
 
 
 def select_by_threshold(overall: Sequence[float], buckets: Sequence[str], thresholds: Mapping[str, float],
@@ -236,16 +244,84 @@ def score_quality(texts: Sequence[str], buckets: Sequence[str], clients: Mapping
             "anchors": anchors, "verdicts": verdicts, "calls": calls, "failures": failures}
 
 
+def judge_against_anchors(texts: Sequence[str], buckets: Sequence[str], anchor_texts: Mapping[str, Sequence[str]],
+                          clients: Mapping[str, Any], cfg) -> dict[str, Any]:
+    """Score new prompts against the anchors of an earlier run (``{bucket: anchor texts}``), each prompt against
+    its bucket's anchors by every judge in both orders -- exactly the comparisons a non-anchor prompt gets in
+    :func:`score_quality`, aggregated by the mean of levels (Bradley-Terry would need the anchors' own
+    comparisons again). A bucket without anchors is an error. Returns ``{"scores", "overall", "labels",
+    "verdicts", "calls", "failures"}`` (verdict indices: the new prompts first, then the anchors)."""
+    missing = sorted({b for b in buckets if not anchor_texts.get(b)})
+    if missing:
+        raise ValueError(f"judge_against_anchors: no anchors for bucket(s) {', '.join(missing)}")
+    template = load_template(cfg.template, cfg.lang, cfg.template_dir)
+    all_texts, where = list(texts), {}
+    for b in sorted(anchor_texts):
+        where[b] = list(range(len(all_texts), len(all_texts) + len(anchor_texts[b])))
+        all_texts += list(anchor_texts[b])
+    pairs = [(i, a) for i, b in enumerate(buckets) for a in where[b]]
+    verdicts, calls, failures = judge_pairs(clients, all_texts, pairs, template, attempts=cfg.attempts,
+                                            max_tokens=cfg.max_tokens, lang=cfg.lang)
+    agg = mean_levels(verdicts, list(range(len(texts))))
+    scores = [agg[i] for i in range(len(texts))]
+    labelled = [overall_label(s, cfg.label_high, cfg.label_low) for s in scores]
+    return {"scores": scores, "overall": [o for o, _ in labelled], "labels": [lab for _, lab in labelled],
+            "verdicts": verdicts, "calls": calls, "failures": failures}
+
+
 # ------------------------------------------------------------------------------------------- distilled
 
 
-def fit_scorer(emb: np.ndarray, targets: np.ndarray, alphas: Sequence[float] = tuple(np.logspace(-3, 2, 11))):
+class TextFeatures:
+    """The distilled scorer's features beside the sentence embedding: TF-IDF of word 1-2 grams and of
+    character 1-4 grams inside word boundaries (scikit-learn ``TfidfVectorizer``, sublinear tf, terms seen in
+    at least two training prompts). The embedding carries the meaning; the n-grams carry what a meaning-level
+    embedding smooths away and the judges look at: misspelt words and cut-off endings (clarity), the
+    constraint sentences a prompt stacks (complexity), stock phrasings (novelty). Plain data (vocabularies
+    and idf weights), so a scorer saves as JSON."""
+
+    PARAMS = {"word": {"analyzer": "word", "ngram_range": (1, 2)}, "char": {"analyzer": "char_wb", "ngram_range": (1, 4)}}
+
+    def __init__(self, vectorizers: Mapping[str, Any] | None = None):
+        self.vectorizers = dict(vectorizers or {})
+
+    @classmethod
+    def fit(cls, texts: Sequence[str]) -> TextFeatures:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        min_df = 2 if len(texts) >= 4 else 1  # a tiny set keeps every term (nothing else would be left)
+        return cls({name: TfidfVectorizer(sublinear_tf=True, min_df=min_df, **kw).fit(list(texts))
+                    for name, kw in cls.PARAMS.items()})
+
+    def transform(self, texts: Sequence[str], emb: np.ndarray | None) -> np.ndarray:
+        """Rows ``[embedding | word tf-idf | char tf-idf]``, each block of unit length (so none dominates)."""
+        blocks = [] if emb is None else [np.asarray(emb, dtype=np.float64)]
+        blocks += [self.vectorizers[name].transform(list(texts)).toarray() for name in self.PARAMS]
+        return np.hstack(blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: {"vocabulary": {t: int(i) for t, i in v.vocabulary_.items()}, "idf": [float(x) for x in v.idf_]}
+                for name, v in self.vectorizers.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TextFeatures:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        out = {}
+        for name, kw in cls.PARAMS.items():
+            v = TfidfVectorizer(sublinear_tf=True, vocabulary=data[name]["vocabulary"], **kw)
+            v.idf_ = np.asarray(data[name]["idf"], dtype=np.float64)  # sklearn's setter for a fitted idf
+            out[name] = v
+        return cls(out)
+
+
+def fit_scorer(x: np.ndarray, targets: np.ndarray, alphas: Sequence[float] = tuple(np.logspace(-3, 3, 13))):
     """The distilled scorer's head: ridge regression (scikit-learn ``RidgeCV``, the penalty chosen among
-    ``alphas`` by efficient leave-one-out error) from sentence embeddings to the judged scores;
-    ``.predict(emb)`` scores new prompts without a judge call."""
+    ``alphas`` by efficient leave-one-out error) from the features (:class:`TextFeatures`, or the embedding
+    alone) to the judged scores; ``.predict(x)`` scores new prompts without a judge call."""
     from sklearn.linear_model import RidgeCV
 
-    return RidgeCV(alphas=list(alphas)).fit(emb, targets)
+    return RidgeCV(alphas=list(alphas)).fit(x, targets)
 
 
 def pairwise_accuracy(pred: Sequence[float], target: Sequence[float], pairs: Sequence[tuple[int, int]]) -> float:

@@ -54,8 +54,9 @@ class ScoreQuality(_LLMStep):
 
     def __init__(self, config, **kwargs: Any):
         super().__init__(config, **kwargs)
-        if not config.judges:
-            raise ValueError("score_quality: give judges (a list of LLM configs, e.g. [{model: a}, {model: b}])")
+        if not config.judges and not config.scorer:
+            raise ValueError("score_quality: give judges (a list of LLM configs, e.g. [{model: a}, {model: b}]) or a "
+                             "distilled scorer (scorer: a scorer.json or tiny-LM scorer folder)")
         self.judge_llms = {f"judge{k}": merged_llm(self.default_llm, j, f"score_quality judge {k}")
                            for k, j in enumerate(config.judges)}
 
@@ -63,8 +64,13 @@ class ScoreQuality(_LLMStep):
         from novalign.eval.judge import load_template
 
         c = self.config
-        return super().identity() | {"llm": {k: llm_identity(v) for k, v in self.judge_llms.items()},
-                                     "template_text": load_template(c.template, c.lang, c.template_dir)}
+        out = super().identity() | {"llm": {k: llm_identity(v) for k, v in self.judge_llms.items()},
+                                    "template_text": load_template(c.template, c.lang, c.template_dir)}
+        if c.scorer:  # a retrained scorer at the same path must not reuse the old results
+            from novalign.flywheel.quality_run import scorer_digest
+
+            out["scorer_digest"] = scorer_digest(c.scorer)
+        return out
 
     def input_fields(self):
         return {self.config.field: TEXT}
@@ -83,12 +89,17 @@ class ScoreQuality(_LLMStep):
             except KeyError as exc:
                 raise ValueError(f"record {r['_id']}: {c.bucket_field}: missing ({exc.args[0]!r} not found)") from None
         strata = None if c.stratify == "length" else [str(field_value(r, c.stratify)) for r in records]
-        clients = {k: self._client(k, cfg) for k, cfg in self.judge_llms.items()}
-        try:
-            out = score_quality([text_of(r[c.field]) for r in records], buckets, clients, c, strata=strata)
-            totals = [cl.usage.to_dict()["total"] for cl in clients.values()]
-        finally:
-            self.close()  # global steps get no open/close from the executor
+        if c.scorer:  # a distilled scorer in place of the judges: no judge calls
+            from novalign.flywheel.quality_run import score_with_scorer
+
+            out, totals = score_with_scorer(c.scorer, [text_of(r[c.field]) for r in records], c), []
+        else:
+            clients = {k: self._client(k, cfg) for k, cfg in self.judge_llms.items()}
+            try:
+                out = score_quality([text_of(r[c.field]) for r in records], buckets, clients, c, strata=strata)
+                totals = [cl.usage.to_dict()["total"] for cl in clients.values()]
+            finally:
+                self.close()  # global steps get no open/close from the executor
         from novalign.flywheel.quality import select_by_threshold
 
         keep_mask = select_by_threshold(out["overall"], buckets, c.thresholds, c.threshold)
@@ -99,7 +110,7 @@ class ScoreQuality(_LLMStep):
                      "bucket": buckets[i], "anchor": i in anchors}
             outcomes.append(keep(r, **{c.output_field: value}) if keep_mask[i] else
                             drop(r, f"below the quality threshold of {buckets[i]}", **{c.output_field: value}))
-        if outcomes:  # the step's judge calls, counted once (on the first outcome)
+        if outcomes and totals:  # the step's judge calls, counted once (on the first outcome)
             outcomes[0]["usage"] = {"requests": sum(t["requests"] + t["failed_requests"] for t in totals),
                                     "cached": sum(t["cached_requests"] for t in totals),
                                     "cost": sum(t["cost"] or 0.0 for t in totals)}
