@@ -3,8 +3,9 @@ demo ``prefs`` stage.
 
 Needs a finished demo run (``make demo`` -> ``runs/demo``; ``--demo-run``): its world (prompts with gold answers
 and checkers) and its tiny models of different quality, trained here for different step counts -- the
-pretrained base (0 SFT steps), the SFT model (250 steps) and the GRPO model (SFT + RL) -- and the old stage's
-output ``prefs/prefs.jsonl`` (SFT model only, 4 samples, the world's verifiers).
+pretrained base (0 SFT steps), the SFT model (250 steps) and the GRPO model (SFT + RL). The old demo ``prefs``
+stage (SFT model only, 4 samples, the world's verifiers; the demo now runs the chain) is rerun here with its
+old settings (``novalign data prefs``).
 
 What runs
 ---------
@@ -22,9 +23,14 @@ What runs
 3. The refusal detector (rules) on ``bench/data/refusal_labeled.jsonl`` (the set the rules were fixed on) and
    ``refusal_heldout.jsonl`` (written after): precision and recall; then ``refusal_govern`` (cap 0.1) on 4
    categories of 150 responses each drawn from both sets with 35 % refusals: realized share per category.
-4. Two reward models (BT + MSE, alpha 1, the demo's rm settings: SFT init, lr 1e-3, the same steps and seed)
-   trained on the chain's groups and on the old ``prefs.jsonl``; held-out pairwise accuracy on the world's eval
-   split (Math, Reason, KQA): the gold response against the same response with another item's answer put in.
+4. Reward models (BT + MSE, alpha 1, the demo's rm settings: SFT init, lr 1e-3, the same steps and seed)
+   trained on the chain's groups, on the old ``prefs`` output, and -- a control -- on SFT-split gold responses
+   against the same response with another item's answer put in (the probe's kind of pair, on training
+   prompts). Held-out pairwise accuracy on three probes of the world's eval split (Math, Reason, KQA), each the
+   gold response against: ``consistent_wrong`` (another item's answer put in everywhere: only knowing the
+   answer separates them), ``answer_only`` (only the final answer swapped: the working contradicts it) and
+   ``truncated`` (the gold cut in half). Baseline on the same pairs: the SFT language model's own summed
+   log-probability of each response (what the model the RMs start from already knows).
 
 Usage::
 
@@ -49,9 +55,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from common import log  # noqa: E402 - bench/common.py (the script's folder is on sys.path)
 
-ABILITY = {"math": "Math", "reason": "Reason", "if": "IF", "role": "Role", "kqa": "KQA", "code": "Code"}
-
-
 def read_jsonl(path):
     return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
@@ -62,20 +65,16 @@ def write_jsonl(path, rows):
 
 
 def prompt_records(world: Path, limit: int | None) -> list[dict]:
+    """The world's RL prompts as chain records (the recipe's prefs stage builds them the same way)."""
+    from novalign.recipe.prefs_chain import world_prompt_records
+
     rows = read_jsonl(world / "rl_prompts.jsonl")
     if limit:
         by_cap: dict[str, list] = {}
         for r in rows:
             by_cap.setdefault(r["capability"], []).append(r)
         rows = [r for rs in by_cap.values() for r in rs[: max(1, limit // len(by_cap))]]
-    out = []
-    for i, r in enumerate(rows):
-        rec = {"id": f"p{i}", "prompt": r["messages"], "check": r["check"], "capability": r["capability"],
-               "labels": {"ability": ABILITY[r["capability"]], "language": "en", "domain": r["capability"]}}
-        if r["check"].get("type") == "answer":
-            rec["answer"] = r["check"]["answer"]
-        out.append(rec)
-    return out
+    return world_prompt_records(rows)
 
 
 def run_chain(demo: Path, work: Path, prompts: list[dict], n: int, max_tokens: int) -> tuple[list[dict], list[dict]]:
@@ -215,6 +214,8 @@ def refusal_metrics(work: Path, cap: float, per_category: int, seed: int) -> dic
 
 
 def heldout_pairs(world: Path) -> list[dict]:
+    """Gold vs consistently wrong: each eval response (Math, Reason, KQA) with another item's answer put in
+    everywhere (``4 + 4 = 8. The answer is 8.`` -> ``4 + 4 = 3. The answer is 3.``)."""
     from novalign.world.checkers import passes
 
     rows = [r for r in read_jsonl(world / "eval.jsonl") if r["capability"] in ("math", "reason", "kqa")
@@ -229,11 +230,102 @@ def heldout_pairs(world: Path) -> list[dict]:
             other = next(str(x["check"]["answer"]) for x in items[i + 1:] + items[:i] if str(x["check"]["answer"]) != gold)
             wrong = r["response"].replace(gold, other)
             if wrong != r["response"] and passes(r["response"], r["check"]) and not passes(wrong, r["check"]):
-                pairs.append({"prompt": r["messages"], "chosen": r["response"], "rejected": wrong, "capability": cap})
+                pairs.append({"prompt": r["messages"], "chosen": r["response"], "rejected": wrong, "capability": cap,
+                              "other": other})
     return pairs
 
 
-def train_and_score(demo: Path, work: Path, name: str, train_file: Path, pairs: list[dict], steps: int) -> dict:
+_FINAL = re.compile(r"The answer is (.*)\.$")
+
+
+def pair_sets(pairs: list[dict]) -> dict[str, list[dict]]:
+    """Three held-out probes on the same gold responses, to tell what a reward model learned:
+    ``consistent_wrong`` (above: only knowing the answer tells them apart), ``answer_only`` (only the final
+    answer swapped, so the working contradicts it -- like many sampled wrong answers: ``6 + 2 = 8. The answer
+    is 9.``) and ``truncated`` (the gold cut in half: a malformed reply, like samples cut by the token cap)."""
+    answer_only = []
+    for p in pairs:
+        m = _FINAL.search(p["chosen"])
+        if m and m.group(1) != p["other"]:
+            answer_only.append({**p, "rejected": p["chosen"][: m.start(1)] + p["other"] + p["chosen"][m.end(1):]})
+    return {"consistent_wrong": pairs, "answer_only": answer_only,
+            "truncated": [{**p, "rejected": p["chosen"][: len(p["chosen"]) // 2]} for p in pairs]}
+
+
+def pair_accuracy(values: list[float], pairs: list[dict]) -> dict:
+    """Share of pairs whose chosen response got the higher value (``values``: chosen, rejected, chosen, ...)."""
+    wins = [values[2 * i] > values[2 * i + 1] for i in range(len(pairs))]
+    by_cap: dict[str, list] = {}
+    for p, w in zip(pairs, wins):
+        by_cap.setdefault(p["capability"], []).append(w)
+    return {"n": len(pairs), "accuracy": round(sum(wins) / len(wins), 3),
+            "by_capability": {c: round(sum(v) / len(v), 3) for c, v in by_cap.items()}}
+
+
+def _conversations(pairs: list[dict]) -> list:
+    return [(p["prompt"], {"role": "assistant", "content": p[side]}) for p in pairs for side in ("chosen", "rejected")]
+
+
+def lm_baseline(model_dir: Path, sets: dict[str, list[dict]]) -> dict:
+    """The SFT language model itself as the judge: the summed log-probability of each response (tokenized as
+    the RM trains on it) -- does the model the RM starts from already know gold from wrong?"""
+    import torch
+
+    from novalign.data.preference import tokenize_response
+    from novalign.models.load import load_model, load_tokenizer
+
+    tok, lm = load_tokenizer(model_dir), load_model(model_dir, dtype="float32")
+    lm.eval()
+    out = {}
+    for name, pairs in sets.items():
+        values = []
+        for prompt, response in _conversations(pairs):
+            s = tokenize_response(tok, prompt, response, max_length=512)
+            ids, labels = torch.tensor([s.input_ids]), torch.tensor(s.labels[1:])
+            with torch.no_grad():
+                logp = lm(ids).logits[0, :-1].log_softmax(-1)
+            mask = labels != -100
+            values.append(logp[mask].gather(1, labels[mask][:, None]).sum().item())
+        out[name] = pair_accuracy(values, pairs)
+    return out
+
+
+def old_prefs(demo: Path, work: Path) -> Path:
+    """The old demo ``prefs`` stage, rerun here with its demo settings (``novalign data prefs``: 4 SFT samples
+    per RL prompt, T 1, 64 tokens, the world's verifiers, ROUGE-L 0.9), since the demo now runs the chain."""
+    from novalign.config import PrefsDataConfig
+    from novalign.flywheel.prefs import run_prefs
+    from novalign.recipe.stages import world_verifier
+    from novalign.train.rl.rewards import verifier_reward
+
+    cfg = PrefsDataConfig(n=4, temperature=1.0, max_new_tokens=64, rouge_threshold=0.9, prompt_files=[],
+                          model=str(demo / "sft" / "model"), output_dir=str(work / "old-prefs"))
+    run_prefs(cfg, prompts=read_jsonl(demo / "world" / "rl_prompts.jsonl"),
+              scorer=verifier_reward(world_verifier, name="verifier"), console_print=log)
+    return work / "old-prefs" / "prefs.jsonl"
+
+
+def synthetic_groups(world: Path, work: Path, per_capability: int) -> Path:
+    """Control training data: SFT-split gold responses (Math, Reason, KQA) against the same response with
+    another item's final answer put in everywhere -- the held-out probe's kind of pair, on training prompts."""
+    groups = []
+    for cap in ("math", "reason", "kqa"):
+        rows = read_jsonl(world / f"sft_{cap}.jsonl")
+        answers = [m.group(1) for r in rows if (m := _FINAL.search(r["messages"][-1]["content"]))]
+        for i, r in enumerate(rows[:per_capability]):
+            gold = r["messages"][-1]["content"]
+            m = _FINAL.search(gold)
+            other = next((a for a in answers[i + 1:] + answers[:i] if m and a != m.group(1)), None)
+            if m is None or other is None:
+                continue
+            groups.append({"prompt": r["messages"][:-1], "capability": cap,
+                           "responses": [{"content": gold, "score": 1.0},
+                                         {"content": gold.replace(m.group(1), other), "score": 0.0}]})
+    return write_jsonl(work / "synthetic_groups.jsonl", groups)
+
+
+def train_and_score(demo: Path, work: Path, name: str, train_file: Path, sets: dict[str, list[dict]],
+                    steps: int) -> dict:
     from novalign.config import RMConfig, load_config
     from novalign.models.load import load_tokenizer
     from novalign.models.reward import load_reward_model, score_conversations
@@ -243,22 +335,20 @@ def train_and_score(demo: Path, work: Path, name: str, train_file: Path, pairs: 
     overrides = [f"output_dir={out}", f"model.path={demo / 'sft' / 'model'}", f"data.train_files=[{train_file}]",
                  "data.max_length=512", "data.eval_split=0", "scores.range=[0,1]", "scores.normalize=range",
                  "loss.alpha=1.0", "packing.row_len=1024", "optim.lr=1e-3", "optim.warmup_ratio=0.05",
-                 "train.epochs=1", f"train.max_steps={steps}", "train.micro_batch_size=1", "train.grad_accum=4",
+                 f"train.max_steps={steps}", "train.micro_batch_size=1", "train.grad_accum=4",
                  "train.seed=0", "train.device=cpu", "train.progress=false", "train.tensorboard=false",
                  "train.save_every=0"]
     cfg = load_config(RMConfig, None, overrides)
     t0 = time.time()
     run_rm(cfg, console_print=log)
+    train_s = time.time() - t0
     tok = load_tokenizer(out / "model")
     model = load_reward_model(out / "model")
-    convs = [(p["prompt"], {"role": "assistant", "content": p[side]}) for p in pairs for side in ("chosen", "rejected")]
-    rewards = score_conversations(model, tok, convs, max_length=512, batch_size=32)
-    wins = [rewards[2 * i] > rewards[2 * i + 1] for i in range(len(pairs))]
-    by_cap: dict[str, list] = {}
-    for p, w in zip(pairs, wins):
-        by_cap.setdefault(p["capability"], []).append(w)
-    return {"heldout_accuracy": sum(wins) / len(wins), "by_capability": {c: sum(v) / len(v) for c, v in by_cap.items()},
-            "train_groups": len(read_jsonl(train_file)), "wall_s": round(time.time() - t0, 1)}
+    result = {name_: pair_accuracy(score_conversations(model, tok, _conversations(pairs), max_length=512,
+                                                       batch_size=32), pairs) for name_, pairs in sets.items()}
+    last = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x][-1]
+    return {"heldout": result, "train_groups": len(read_jsonl(train_file)), "epochs_run": last["epoch"],
+            "final_train_accuracy": last["accuracy"], "train_s": round(train_s, 1)}
 
 
 def main() -> None:
@@ -285,11 +375,14 @@ def main() -> None:
     judged = judge_paths(work, rated, args.judge_url, args.judge_model, limit=40 if not args.quick else 8)
     log("refusals")
     refusal = refusal_metrics(work, cap=0.1, per_category=150, seed=0)
-    pairs = heldout_pairs(demo / "world")
-    old = demo / "prefs" / "prefs.jsonl"
-    log(f"reward models: {len(pairs)} held-out pairs")
-    rm = {"chain": train_and_score(demo, work, "chain", chain_file, pairs, steps),
-          "old_prefs": train_and_score(demo, work, "old", old, pairs, steps)}
+    sets = pair_sets(heldout_pairs(demo / "world"))
+    old = old_prefs(demo, work)
+    log(f"reward models: held-out pairs {({k: len(v) for k, v in sets.items()})}")
+    rm = {"chain": train_and_score(demo, work, "chain", chain_file, sets, steps),
+          "old_prefs": train_and_score(demo, work, "old", old, sets, steps),
+          "synthetic_control": train_and_score(demo, work, "synthetic", synthetic_groups(
+              demo / "world", work, 100 if not args.quick else 10), sets, steps),
+          "sft_lm_logprob_baseline": lm_baseline(demo / "sft" / "model", sets)}
     models = {}
     for g in rated:
         for r in g["responses"]:
@@ -300,7 +393,7 @@ def main() -> None:
         "bench": "preference_data", "quick": args.quick, "prompts": len(prompts), "samples_per_model": n,
         "pass_rate_by_model": {k: v[1] / v[0] for k, v in models.items()}, "responses_by_model": {k: v[0] for k, v in models.items()},
         "funnel": funnel, "rm_groups": len(groups), "old_prefs_groups": len(read_jsonl(old)),
-        "judge_paths": judged, "refusal": refusal, "rm_steps": steps, "heldout_pairs": len(pairs), "rm": rm,
+        "judge_paths": judged, "refusal": refusal, "rm_steps": steps, "heldout_pairs": {k: len(v) for k, v in sets.items()}, "rm": rm,
         "wall_s": round(time.time() - t0, 1)}))
 
 

@@ -455,3 +455,33 @@ def test_revise_sft_mode_judge_check(tmp_path):
     assert out[0]["messages"] == [{"role": "user", "content": "Add 5 and 0."}, {"role": "assistant", "content": "fixed: 5"}]
     assert out[0]["critique"] == "the sum is wrong." and out[0]["judge_score"] == 1.0
     assert result.steps[0]["dropped_by_reason"] == {"revision below min_score": 1, "critique failed": 1}
+
+
+def test_recipe_chain_records_interleave_and_stats_by_hand():
+    """The recipe's prefs chain helpers (novalign/recipe/prefs_chain.py), worked by hand:
+    - world rows -> records: an answer check adds `answer`, the capability becomes the taxonomy ability;
+    - interleave over capabilities a, a, a, b, c -> a, b, c, a, a (a quota of 3 covers a, b and c);
+    - stats: math has sft scores 1, 0 and base 0 -> sft pass rate 1/2, base 0/1; kqa sft 1, 1 -> 1.0;
+      samples 5 (sft 4, base 1); the funnel keeps each step's in / out / dropped."""
+    from novalign.recipe.prefs_chain import chain_stats, interleave, world_prompt_records
+
+    rows = [{"messages": [{"role": "user", "content": "2+2?"}], "capability": "math",
+             "check": {"type": "answer", "answer": "4"}},
+            {"messages": [{"role": "user", "content": "Say hi."}], "capability": "if",
+             "check": {"type": "contains", "text": "hi"}}]
+    recs = world_prompt_records(rows)
+    assert recs[0]["answer"] == "4" and "answer" not in recs[1]
+    assert [r["labels"]["ability"] for r in recs] == ["Math", "IF"] and [r["id"] for r in recs] == ["p0", "p1"]
+    order = interleave([{"c": "a", "i": 0}, {"c": "a", "i": 1}, {"c": "a", "i": 2}, {"c": "b", "i": 3},
+                        {"c": "c", "i": 4}], "c")
+    assert [r["i"] for r in order] == [0, 3, 4, 1, 2]
+    rated = [{"capability": "math", "responses": [{"model": "sft", "score": 1.0}, {"model": "sft", "score": 0.0},
+                                                  {"model": "base", "score": 0.0}]},
+             {"capability": "kqa", "responses": [{"model": "sft", "score": 1.0}, {"model": "sft", "score": 1.0}]}]
+    steps = [{"name": "respond", "records_in": 2, "records_out": 2, "dropped_by_reason": {}},
+             {"name": "rules", "records_in": 2, "records_out": 1, "dropped_by_reason": {"all responses score high": 1}}]
+    stats = chain_stats(rated, steps, groups=1)
+    assert stats["prompts"] == 2 and stats["samples"] == 5 and stats["samples_by_model"] == {"sft": 4, "base": 1}
+    assert stats["sample_pass_rate"] == {"math": 0.5, "kqa": 1.0}
+    assert stats["pass_rate_by_model"]["base"] == {"math": 0.0}
+    assert stats["funnel"][1] == {"step": "rules", "in": 2, "out": 1, "dropped": {"all responses score high": 1}}

@@ -176,3 +176,28 @@ def test_ci_demo_rerun_skips_and_only_reruns_one_stage(ci_run):
     assert "[report] running" in result.output and result.output.count("running") == 1
     after = {s: (run_dir / s / "DONE.json").read_text() for s in RECIPE_STAGES}
     assert {s for s in RECIPE_STAGES if before[s] != after[s]} == {"report"}
+
+
+def test_ci_demo_prefs_stage_is_the_preference_chain(ci_run):
+    """The prefs stage ran the chain: its funnel is in stats.json and the report, the groups carry each
+    response's model and score in the rm format, the base model answered its quota of 12 prompts spread over
+    the capabilities (2 samples each), and prompt_scores has the SFT model's 8 scores for every RL prompt."""
+    _, run_dir, _ = ci_run
+    stats = json.loads((run_dir / "prefs" / "stats.json").read_text())
+    assert stats["chain"] and [f["step"] for f in stats["funnel"]] == ["respond", "rate", "rouge", "prefilter",
+                                                                        "rules", "rm"]
+    assert stats["prompts"] == 36 and stats["samples_by_model"] == {"sft": 36 * 8, "base": 12 * 2}
+    assert stats["funnel"][-1]["out"] == stats["groups"] > 0
+    groups = [json.loads(line) for line in (run_dir / "prefs" / "prefs.jsonl").read_text().splitlines()]
+    assert len(groups) == stats["groups"]
+    for g in groups:
+        assert g["prompt"][-1]["role"] == "user" and 2 <= len(g["responses"]) <= 3  # prefilter keep: 3
+        assert len({r["score"] for r in g["responses"]}) >= 2
+        assert all(r["model"] in ("sft", "base") and 0.0 <= r["score"] <= 1.0 for r in g["responses"])
+    scores = [json.loads(line) for line in (run_dir / "prefs" / "prompt_scores.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in scores] == list(range(36)) and all(len(r["scores"]) == 8 for r in scores)
+    (rated,) = (run_dir / "prefs" / "chain" / "steps").glob("rate-*")
+    by_base = [g["capability"] for g in map(json.loads, (rated / "records.jsonl").read_text().splitlines())
+               if any(r["model"] == "base" for r in g["responses"])]
+    assert len(by_base) == 12 and set(by_base) == {"math", "reason", "if", "role", "kqa", "code"}
+    assert "The preference-data chain on 36 prompts" in (run_dir / "report.md").read_text()

@@ -64,6 +64,33 @@ class PrefsConfig(Strict):
     seed: int = Field(0, description="Sampling seed.")
 
 
+class PrefsModelConfig(Strict):
+    """One responding model of the recipe's preference chain (the ``respond`` step's models and quotas)."""
+
+    model: Literal["sft", "base"] = Field(..., description="The recipe's SFT model, or its base model.")
+    n: int | None = Field(None, ge=1, description="Samples per prompt from this model (default: prefs.n).")
+    max_prompts: int | None = Field(None, ge=0, description="Quota: it answers at most this many prompts (the "
+                                    "prompts are interleaved by capability first, so a quota spreads over all).")
+
+
+class RecipePrefsConfig(PrefsConfig):
+    """The prefs stage. On the world's prompts: the preference-data chain (``respond`` -> ``autorate`` ->
+    ``response_rouge`` -> ``prefilter`` -> ``drop_rules`` -> ``rm_groups``, report sections 3.2-3.3), the
+    world's checkers standing in for the golden-answer AutoRator. On ``data.prompt_files``: ``novalign data
+    prefs`` scored by ``grpo.rewards``."""
+
+    chain: bool = Field(True, description="World prompts through the chain; false: the single `novalign data "
+                        "prefs` step (SFT samples, verifier scores, ROUGE-L, groups with a score difference).")
+    models: list[PrefsModelConfig] = Field(default_factory=lambda: [PrefsModelConfig(model="sft")], min_length=1,
+                                           description="The responding models of the chain, with quotas.")
+    top_p: float = Field(0.99, gt=0, le=1, description="Chain sampling top_p (report: 0.99).")
+    top_k: int | None = Field(50, ge=0, description="Chain sampling top_k (report: 50).")
+    keep: int = Field(3, ge=1, description="prefilter: responses kept per group (best, middle, worst).")
+    high: float | None = Field(0.8, description="drop_rules: a group whose scores are all >= this is dropped.")
+    margin: float | None = Field(0.1, ge=0, description="drop_rules: a group with max - min <= this is dropped.")
+    low: float = Field(0.5, description="drop_rules: a group whose scores are all below this is flagged all_low.")
+
+
 class RecipeRewardsConfig(Strict):
     verifier: float = Field(1.0, description="Weight of the world's verifiers (partial credit for IF and Role).")
     reward_model: float = Field(0.5, description="Weight of the reward model of the rm stage (0: not used).")
@@ -169,7 +196,7 @@ class RecipeConfig(Strict):
         "pretraining stored; cf. the PTX term of RL). 0: none."
     )
     pas: RecipePASConfig = Field(default_factory=RecipePASConfig)
-    prefs: PrefsConfig = Field(default_factory=PrefsConfig)
+    prefs: RecipePrefsConfig = Field(default_factory=RecipePrefsConfig)
     rm: RMConfig = Field(default_factory=RMConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     rl_rewards: RecipeRewardsConfig = Field(default_factory=RecipeRewardsConfig)

@@ -139,6 +139,18 @@ def _charts(run_dir: Path, summary: dict[str, Any]) -> list[str]:
     return made
 
 
+def prefs_chain_text(p: dict) -> str:
+    """The prefs stage's funnel in one paragraph (its ``stats.json`` from :mod:`novalign.recipe.prefs_chain`)."""
+    models = ", ".join(f"{m} {k}" for m, k in p["samples_by_model"].items())
+    steps = []
+    for f in p["funnel"]:
+        why = "; ".join(f"{n} {r}" for r, n in f["dropped"].items())
+        steps.append(f"{f['step']} {f['out']}" + (f" ({why})" if why else ""))
+    rates = ", ".join(f"{c} {r:.0%}" for c, r in p["sample_pass_rate"].items())
+    return (f"The preference-data chain on {p['prompts']} prompts, {p['samples']} samples ({models}): "
+            + " -> ".join(steps) + f"; {p['groups']} RM groups. SFT sample pass rate (the RL starting point): {rates}")
+
+
 def write_report(ctx) -> dict[str, Any]:
     """Write ``summary.json``, the charts and ``report.md`` for the run; returns the summary."""
     summary = collect(ctx)
@@ -161,7 +173,9 @@ def write_report(ctx) -> dict[str, Any]:
             d = {m: r for m, r in d.items() if not m.startswith("base")}
         if d:
             lines += [f"## Delta against {against}", "", markdown_table(d, "{:+.0%}")]
-    if summary["prefs"]:
+    if summary["prefs"] and summary["prefs"].get("chain"):
+        lines += ["## Preference data", "", prefs_chain_text(summary["prefs"]), ""]
+    elif summary["prefs"]:
         p = summary["prefs"]
         lines += ["## Preference data", "", f"{p['groups']} groups from {p['prompts']} prompts x {p['samples'] // max(1, p['prompts'])} "
                   f"samples; {p['dropped_near_duplicates']} near-duplicates (ROUGE-L) and {p.get('dropped_empty', 0)} empty "

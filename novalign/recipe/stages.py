@@ -149,14 +149,24 @@ def recipe_reward(ctx: RecipeContext, user_prompts: bool):
 
 
 def run_prefs(ctx: RecipeContext) -> None:
-    """n samples per prompt from the SFT model, scored (the world's checkers -- the golden-answer AutoRator --
-    or the user's ``grpo.rewards`` mix), filtered and grouped by ``novalign data prefs``
-    (:func:`novalign.flywheel.prefs.run_prefs`) into ``{prompt, responses: [{content, score}]}`` records."""
-    from novalign.config import PrefsDataConfig
+    """Preference groups ``{prompt, responses: [{content, score, ...}]}`` for the rm stage. The world's prompts
+    go through the preference-data chain (:mod:`novalign.recipe.prefs_chain`; ``prefs.chain: false``: the
+    single step below); the user's ``data.prompt_files`` through ``novalign data prefs``
+    (:func:`novalign.flywheel.prefs.run_prefs`): n SFT samples per prompt scored by the ``grpo.rewards`` mix,
+    filtered and grouped."""
+    from novalign.config import PrefsConfig, PrefsDataConfig
     from novalign.flywheel.prefs import run_prefs as build_prefs
 
     given = ctx.cfg.data.prompt_files
-    cfg = PrefsDataConfig(**ctx.cfg.prefs.model_dump(), prompt_files=given or [], model=str(ctx.dir("sft") / "model"),
+    if given is None and ctx.cfg.prefs.chain:  # the world's prompts through the preference-data chain
+        from novalign.recipe.prefs_chain import run_world_chain
+
+        dirs = {"sft": str(ctx.dir("sft") / "model"), "base": base_model_dir(ctx)}
+        run_world_chain(ctx.cfg.prefs, ctx.read(ctx.world_file("rl_prompts")), ctx.out, dirs,
+                        device=ctx.cfg.grpo.train.device.split(":")[0], console_print=ctx.print)
+        return
+    plain = ctx.cfg.prefs.model_dump(include=set(PrefsConfig.model_fields))
+    cfg = PrefsDataConfig(**plain, prompt_files=given or [], model=str(ctx.dir("sft") / "model"),
                           rewards=ctx.cfg.grpo.rewards, device=ctx.cfg.grpo.train.device, output_dir=str(ctx.out))
     world = given is None
     build_prefs(cfg, prompts=ctx.read(ctx.world_file("rl_prompts")) if world else None,
@@ -407,7 +417,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("pretrain", run_pretrain, ("world",), ("base", "pretrain"), ("data.text_files", "data.sft_files")),
     Stage("sft", run_sft, ("world", "pretrain"), ("base", "sft", "sft_replay"), ("data.sft_files", "data.text_files")),
     Stage("pas", run_pas, ("world", "pretrain", "sft"), ("pas",), ("data.pas_files",)),
-    Stage("prefs", run_prefs, ("world", "sft"), ("prefs",), ("data.prompt_files",), ("grpo.rewards", "llm")),
+    Stage("prefs", run_prefs, ("world", "pretrain", "sft"), ("prefs",), ("data.prompt_files",), ("grpo.rewards", "llm")),
     Stage("rm", run_rm, ("prefs", "sft"), ("rm",), ("data.preference_files",)),
     Stage("grpo", run_grpo, ("world", "sft", "prefs", "rm"), ("grpo", "rl_rewards", "rl_prompt_filter"),
           ("data.rl_prompt_files", "data.sft_files", "rl_capabilities"), ("llm",)),
