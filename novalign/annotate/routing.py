@@ -20,6 +20,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DBSession
 
+from novalign.annotate.db import is_postgres, read_only
 from novalign.annotate.models import Assignment, Project, Response, Score, SpanRow, Submission, Task, User, utcnow
 from novalign.data.annotation import AnnotationResult, AnnotationTask, check_result
 
@@ -43,10 +44,16 @@ def _live(now: dt.datetime):
     return or_(Assignment.status == "submitted", and_(Assignment.status == "leased", Assignment.lease_expires > now))
 
 
-def _candidates(db: DBSession, project: Project, user: User, now: dt.datetime, limit: int = 20) -> list[int]:
+def _candidates(db: DBSession, project: Project, user: User, now: dt.datetime, limit: int = 20,
+                lock: bool = False) -> list[int]:
     """Open tasks of ``project`` this user may take, with a free slot, in task order (so tasks fill up to k --
     and agreement can be measured -- before later ones start). ``Task.done`` keeps the scan to open tasks: the
-    live-slot count is a correlated subquery per open task, never a pass over every assignment."""
+    live-slot count is a correlated subquery per open task, never a pass over every assignment.
+
+    ``lock`` (PostgreSQL): the returned task rows are locked ``FOR UPDATE SKIP LOCKED`` until the commit, so
+    concurrent requests each get tasks nobody else is claiming right now. Without it, 50 annotators asking at
+    once all try the first open task's slot, and PostgreSQL makes each insert of the same unique key wait for
+    the previous inserter's commit -- a queue that was most of the time to the next task under load."""
     live_n = (select(func.count()).select_from(Assignment).where(Assignment.task_id == Task.id, _live(now))
               .correlate(Task).scalar_subquery())
     mine = select(Assignment.task_id).where(Assignment.user_id == user.id, Assignment.project_id == project.id)
@@ -55,7 +62,10 @@ def _candidates(db: DBSession, project: Project, user: User, now: dt.datetime, l
     skills = user.skills or []
     if "*" not in skills:
         q = q.where(or_(Task.route_value.is_(None), Task.route_value.in_(skills)))
-    return list(db.scalars(q.order_by(Task.id).limit(limit)))
+    q = q.order_by(Task.id).limit(limit)
+    if lock:
+        q = q.with_for_update(skip_locked=True, of=Task)
+    return list(db.scalars(q))
 
 
 def next_assignment(db: DBSession, project: Project, user: User, now: dt.datetime | None = None) -> Assignment | None:
@@ -66,8 +76,9 @@ def next_assignment(db: DBSession, project: Project, user: User, now: dt.datetim
     if held is not None:
         return held
     expires = now + dt.timedelta(seconds=project.lease_seconds)
+    lock = is_postgres(db)  # (SQLite: the whole transaction holds the one write lock, see db.py)
     for _ in range(5):  # another worker may take the same slot between our read and write: then look again
-        candidates = _candidates(db, project, user, now)
+        candidates = _candidates(db, project, user, now, limit=4 if lock else 20, lock=lock)
         if not candidates:
             db.commit()
             return None
@@ -126,11 +137,41 @@ def _edited_id(response_id: str, assignment_id: int) -> str:
 
 
 def submit(db: DBSession, assignment_id: int, user: User, payload: dict[str, Any]) -> Submission:
-    """Check and store one result; exactly once per assignment (a repeat is a 409)."""
+    """Check and store one result; exactly once per assignment (a repeat is a 409).
+
+    The checks read in their own read-only transaction, so on SQLite the write lock is held only for the
+    writes; the conditional UPDATE of the assignment repeats the ownership and status test, which is what makes
+    the submit exactly-once when another request changed the row in between."""
+    if not db.in_transaction():
+        read_only(db)
     row = own_assignment(db, assignment_id, user)
     if row.status != "leased":
         raise RoutingError(409, f"this task is already {row.status}")
     task = row.task
+    result = _checked_result(row, task, user, payload)
+    overlap = db.scalar(select(Project.overlap).where(Project.id == row.project_id))
+    db.commit()
+    if is_postgres(db):  # lock order task -> assignment, the same as next_assignment's: no deadlock between them
+        db.execute(select(Task.id).where(Task.id == task.id).with_for_update())
+    done = db.execute(update(Assignment).where(Assignment.id == row.id, Assignment.user_id == user.id,
+                                               Assignment.status == "leased").values(status="submitted"))
+    if done.rowcount != 1:
+        db.rollback()
+        raise RoutingError(409, "this task was submitted or re-routed meanwhile")
+    sub = Submission(assignment_id=row.id, task_id=task.id, user_id=user.id, result=result.model_dump(exclude_none=True))
+    db.add(sub)
+    db.flush()
+    store_rows(db, sub, result, task, user)
+    submitted = db.scalar(select(func.count()).select_from(Assignment)
+                          .where(Assignment.task_id == task.id, Assignment.status == "submitted"))
+    if submitted >= overlap:  # the task row lock (PostgreSQL) orders two last submits: the second counts both
+        db.execute(update(Task).where(Task.id == task.id).values(done=True))
+    db.commit()
+    return sub
+
+
+def _checked_result(row: Assignment, task: Task, user: User, payload: dict[str, Any]) -> AnnotationResult:
+    """``payload`` as an :class:`AnnotationResult` of this assignment, checked against its task (422 if not)."""
     # the server names edited responses, so two annotators' edits of one response never collide
     renames = {e.get("new_response_id"): _edited_id(str(e.get("response_id")), row.id)
                for e in payload.get("edits") or [] if isinstance(e, dict)}
@@ -148,22 +189,7 @@ def submit(db: DBSession, assignment_id: int, user: User, payload: dict[str, Any
     problems = check_result(result, annotation_task(task))
     if problems:
         raise RoutingError(422, "; ".join(problems))
-    done = db.execute(update(Assignment).where(Assignment.id == row.id, Assignment.user_id == user.id,
-                                               Assignment.status == "leased").values(status="submitted"))
-    if done.rowcount != 1:
-        db.rollback()
-        raise RoutingError(409, "this task was submitted or re-routed meanwhile")
-    sub = Submission(assignment_id=row.id, task_id=task.id, user_id=user.id, result=result.model_dump(exclude_none=True))
-    db.add(sub)
-    db.flush()
-    store_rows(db, sub, result, task, user)
-    overlap = db.scalar(select(Project.overlap).where(Project.id == row.project_id))
-    submitted = db.scalar(select(func.count()).select_from(Assignment)
-                          .where(Assignment.task_id == task.id, Assignment.status == "submitted"))
-    if submitted >= overlap:  # (two last submits racing on PostgreSQL may both miss this: then the task is only
-        db.execute(update(Task).where(Task.id == task.id).values(done=True))  # scanned longer, never over-filled)
-    db.commit()
-    return sub
+    return result
 
 
 def store_rows(db: DBSession, sub: Submission, result: AnnotationResult, task: Task, user: User | None) -> None:
