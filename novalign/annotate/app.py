@@ -29,7 +29,7 @@ from novalign.annotate.accounts import AccountError
 from novalign.annotate.db import make_engine, migrate, read_only, session_factory
 from novalign.annotate.models import Assignment, Project, Response as ResponseRow, Submission, Task, User
 from novalign.annotate.projects import create_project, import_file
-from novalign.annotate.routing import RoutingError, next_assignment, own_assignment, review, submit
+from novalign.annotate.routing import RoutingError, next_assignment, own_assignment, review, submit, task_payload
 from novalign.data.annotation import SCORE_DIMENSIONS, SPAN_KINDS, AnnotationResult
 from novalign.data.io import DataError
 
@@ -260,18 +260,18 @@ def _task_routes(app: FastAPI, d: _Deps) -> None:
     @app.post("/projects/{pid}/next")
     def next_page(pid: int, user: User = Depends(d.role("annotator", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
-        row = next_assignment(s, project, user)
-        if row is None:
+        got = next_assignment(s, project, user)
+        if got is None:
             return RedirectResponse("/?" + _query(message=f"nothing left for you in {project.name}"), status_code=303)
-        return RedirectResponse(f"/assignments/{row.id}", status_code=303)
+        return RedirectResponse(f"/assignments/{got[0]}", status_code=303)
 
     @app.post("/api/projects/{pid}/next")
     def next_api(pid: int, user: User = Depends(d.role("annotator", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
-        row = next_assignment(s, project, user)
-        if row is None:
+        got = next_assignment(s, project, user)
+        if got is None:
             return JSONResponse({"assignment_id": None})
-        return {"assignment_id": row.id, "task": _task_json(row)}
+        return {"assignment_id": got[0], "task": task_payload(read_only(s), got[1])}
 
     @app.get("/assignments/{aid}", response_class=HTMLResponse)
     def task_page(request: Request, aid: int, user: User = Depends(d.current), s=Depends(d.db)):
@@ -296,8 +296,7 @@ def _task_routes(app: FastAPI, d: _Deps) -> None:
     @app.post("/api/assignments/{aid}/submit")
     def submit_api(aid: int, payload: dict[str, Any] = Body(...), user: User = Depends(d.current), s=Depends(d.db)):
         # a sync handler (FastAPI runs it in a worker thread): blocking database calls never run on the event loop
-        sub = submit(s, aid, user, payload)
-        return {"submission_id": sub.id}
+        return {"submission_id": submit(s, aid, user, payload)}
 
     @app.post("/api/responses/{rid}/critique")
     def critique_api(rid: int, user: User = Depends(d.current), s=Depends(d.db)):

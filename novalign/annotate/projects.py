@@ -72,7 +72,7 @@ def add_results(db: DBSession, project: Project, results: list[AnnotationResult]
         sub = Submission(task_id=task.id, user_id=user.id, result=result.model_dump(exclude_none=True))
         db.add(sub)
         db.flush()
-        store_rows(db, sub, result, task, user)
+        store_rows(db, sub.id, result, task, user)
     return len(results)
 
 
