@@ -7,7 +7,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from sqlalchemy import select
+from uvicorn.supervisors import Multiprocess
 
 from novalign.annotate import accounts, exports
 from novalign.annotate.db import make_engine, migrate, session_factory
@@ -27,8 +29,6 @@ def serve(db_url: str = DEFAULT_DB, host: str = "127.0.0.1", port: int = 8765, e
     ``workers`` > 1: that many uvicorn worker processes share the one listening socket (the parent supervises
     them). The app keeps its state in the database only, so any worker may answer any request of a session;
     migrations run once here, before the workers start."""
-    import uvicorn
-
     if workers < 1:
         raise ValueError(f"workers: {workers}; at least 1")
     engine = make_engine(db_url)
@@ -44,19 +44,33 @@ def serve(db_url: str = DEFAULT_DB, host: str = "127.0.0.1", port: int = 8765, e
     sock.bind((host, port))
     sock.listen(512)  # connections made right after the URL is printed wait in the backlog for the workers
     bound = sock.getsockname()[1]
-    echo(f"novalign annotate: http://{host}:{bound}/ (database {db_url}, {workers} worker{'s' * (workers > 1)})",
-         flush=True)
+    say = lambda: echo(f"novalign annotate: http://{host}:{bound}/ (database {db_url}, "  # noqa: E731
+                       f"{workers} worker{'s' * (workers > 1)})", flush=True)
     if app is not None:
-        config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                backlog=512)
+        say()
+        config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=512)
         uvicorn.Server(config).run(sockets=[sock])
         return
-    from uvicorn.supervisors import Multiprocess
-
     os.environ[_DB_ENV] = db_url  # the spawned workers read it in worker_app
     config = uvicorn.Config("novalign.annotate.server:worker_app", factory=True, workers=workers,
                             log_level="warning", access_log=False, backlog=512)
-    Multiprocess(config, sockets=[sock]).run()
+    _Supervisor(config, [sock], say).run()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, printing the URL only once every worker serves (a spawned worker imports the
+    app first, seconds on a busy machine), as the one-process server does."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], ready):
+        super().__init__(config, sockets)
+        self.ready = ready
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        if not all(p.wait_until_ready(120, self.should_exit) for p in self.processes):
+            self.should_exit.set()
+            raise SystemExit("novalign annotate: a worker did not start (see its error above)")
+        self.ready()
 
 
 def worker_app():
