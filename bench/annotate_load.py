@@ -18,7 +18,8 @@ read back:
 * ``server_cpu_ms_per_submission``: CPU seconds of the server's processes (all workers) during the loop per
   submission (one next-task and one submit request) -- unlike the latencies it hardly depends on what else
   runs on the machine; ``client_cpu_ms_per_submission``: the same for the load generator, which shares the
-  machine's cores with the server; ``load_avg``: the 1-minute load average before and after.
+  machine's cores with the server; ``db_cpu_ms_per_submission`` (PostgreSQL): the database server's processes;
+  ``load_avg``: the 1-minute load average before and after.
 
 Baseline, measured in the same run: one client alone for ``--baseline-seconds`` on the same server (its
 latencies are the app's floor on this machine; the load numbers are read against them). Before it, all
@@ -94,7 +95,8 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
-def measure(db_url: str, tmp: Path, args) -> dict:
+def measure(db_url: str, tmp: Path, args, db_pid: int | None = None) -> dict:
+    """One database kind; ``db_pid``: the PostgreSQL postmaster, whose processes' CPU is reported too."""
     seed(db_url, tmp, args.tasks, args.clients)
     proc, url, _ = start_server(["annotate", "serve", "--db", db_url, "--port", "0", "--workers", str(args.workers)],
                                 marker="novalign annotate:")
@@ -103,15 +105,20 @@ def measure(db_url: str, tmp: Path, args) -> dict:
         clients = [f"c{i}" for i in range(args.clients)]
         # warm-up on project 2 (not reported): every worker opens its connections and compiles its statements
         run_load(base, db_url, clients, PASSWORD, 2, args.warmup_seconds, think)
+        db0 = process_tree_cpu(db_pid) if db_pid else 0.0
         baseline = run_load(base, db_url, ["solo"], PASSWORD, 1, args.baseline_seconds, think, cpu)
-        load_before = os.getloadavg()[0]
+        db1, load_before = process_tree_cpu(db_pid) if db_pid else 0.0, os.getloadavg()[0]
         load = run_load(base, db_url, clients, PASSWORD, 1, args.seconds, think, cpu)
+        db2 = process_tree_cpu(db_pid) if db_pid else 0.0
         load["load_avg"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+        if db_pid:  # the database server's own CPU (its logins and read-back included: an overestimate)
+            for run, used in ((baseline, db1 - db0), (load, db2 - db1)):
+                run["db_cpu_ms_per_submission"] = round(used * 1000 / max(1, run["submissions"]), 2)
     finally:
         stop(proc)
     load["baseline_1_client"] = {k: baseline[k] for k in (
         "submissions", "next_p50_ms", "next_p95_ms", "next_server_p95_ms", "submit_p95_ms",
-        "server_cpu_ms_per_submission", "client_cpu_ms_per_submission")}
+        "server_cpu_ms_per_submission", "client_cpu_ms_per_submission", "db_cpu_ms_per_submission") if k in baseline}
     return load
 
 
@@ -134,7 +141,8 @@ def main() -> None:
                 out[kind] = measure(f"sqlite:///{tmp}/annotate.db", Path(tmp), args)
             else:
                 with TempPostgres(fsync=True) as pg:
-                    out[kind] = measure(pg.create_database("bench"), Path(tmp), args)
+                    postmaster = int((pg.dir / "data" / "postmaster.pid").read_text().split()[0])
+                    out[kind] = measure(pg.create_database("bench"), Path(tmp), args, postmaster)
     print(json.dumps(out))
 
 
