@@ -81,13 +81,15 @@ def seed(db_url: str, tmp: Path, tasks: int, clients: int) -> None:
 
 
 def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` and its living descendants, from Linux's /proc."""
+    """CPU seconds (user + system) of process ``pid`` and its descendants, living or reaped, from Linux's /proc."""
     tick, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
     while todo:
         p = todo.pop()
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            # utime + stime, and cutime + cstime: the CPU of its children that have exited and been reaped
+            # (PostgreSQL backends of closed connections)
+            total += sum(int(f) for f in fields[11:15]) / tick
             for t in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (t / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):

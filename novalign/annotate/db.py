@@ -28,6 +28,12 @@ READ_ONLY = "novalign_read_only"
 """Execution option: begin the transaction as a reader (see :func:`read_only`)."""
 
 
+# One pooled connection per request thread (anyio's default limit: 40 threads a process) and no overflow: an
+# overflow connection is closed when returned, so under load PostgreSQL forked a backend for a fraction of all
+# requests. With N workers the app keeps up to 40 N connections (PostgreSQL's default max_connections is 100).
+_POOL = {"pool_size": 40, "max_overflow": 0, "pool_timeout": 60}
+
+
 def normalize_url(url: str) -> str:
     """``postgresql://`` means psycopg 3 here (SQLAlchemy's bare default is psycopg2, which we do not ship)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -101,9 +107,8 @@ def _sqlite_engine(url: str) -> Engine:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         lock_path = path + "-writer.lock"
     factory = type("QueuedWriter", (QueuedWriterConnection,), {"lock_path": lock_path})
-    # pool: one connection per worker thread (anyio's default limit is 40) plus headroom
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30, "factory": factory},
-                           pool_size=20, max_overflow=40)
+                           **_POOL)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record):  # WAL: readers never wait for the one writer; FKs are off by default
@@ -126,9 +131,9 @@ def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
-    # PostgreSQL: a connection per worker thread; no pre-ping (a round trip on every checkout) -- a connection
-    # the server closed is recycled after an hour and surfaces as an error the client retries
-    return create_engine(url, pool_size=20, max_overflow=40, pool_recycle=3600)
+    # no pre-ping (a round trip on every checkout); a connection the server closed fails one request, and
+    # SQLAlchemy then drops the pool's connections
+    return create_engine(url, pool_recycle=3600, **_POOL)
 
 
 def read_only(s: Session) -> Session:
