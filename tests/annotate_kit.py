@@ -100,7 +100,7 @@ _ENVS: dict[str, dict[str, Any]] = {}
 
 def shared_env(kind: str, tmp_root: Path) -> dict[str, Any]:
     """One seeded database and one served app per backend for the whole session (stopped at exit). Projects:
-    1 ``route`` (m1 Math, c1 Code; k=2), 2 ``lease`` (k=1, 1 s leases), 3 ``load`` (20 tasks, k=2),
+    The app is served by ``novalign annotate serve --workers 2``. 1 ``route`` (m1 Math, c1 Code; k=2), 2 ``lease`` (k=1, 1 s leases), 3 ``load`` (20 tasks, k=2),
     4 ``security`` (s1 with HTML in a response, s2 with SQL metacharacters everywhere; k=1),
     5 ``browser`` (b1, a two-turn prompt with a system message; k=1)."""
     if kind in _ENVS:
@@ -118,9 +118,11 @@ def shared_env(kind: str, tmp_root: Path) -> dict[str, Any]:
     s2["labels"]["domain"] = SQLI
     seed(db, tmp, [s1, s2], project="security", overlap=1)
     seed(db, tmp, [browser_task()], project="browser", overlap=1)
-    proc, url, _ = start_server(["annotate", "serve", "--db", db, "--port", "0"], marker="novalign annotate:")
+    # two worker processes: every app, security and browser test also checks that no state lives in one worker
+    proc, url, _ = start_server(["annotate", "serve", "--db", db, "--port", "0", "--workers", "2"],
+                                marker="novalign annotate:")
     atexit.register(stop, proc)
-    _ENVS[kind] = {"db": db, "base": url.rstrip("/"), "tmp": tmp, "kind": kind}
+    _ENVS[kind] = {"db": db, "base": url.rstrip("/"), "tmp": tmp, "kind": kind, "pid": proc.pid}
     return _ENVS[kind]
 
 

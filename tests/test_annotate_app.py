@@ -8,6 +8,8 @@ import json
 import re
 import time
 
+import httpx2
+import psutil
 import pytest
 
 from annotate_kit import PASSWORD, Client, full_result, shared_env
@@ -118,6 +120,31 @@ def test_short_concurrent_load(env):
     report = run_load(env["base"], env["db"], [f"load{i}" for i in range(8)], PASSWORD, 3, seconds=2)
     assert report["submissions"] > 0 and report["errors"] == 0, report
     assert report["lost"] == 0 and report["duplicated"] == 0 and report["unacknowledged_stored"] == 0, report
+
+
+def test_two_workers_share_sessions(env):
+    """The shared app is ``serve --workers 2``. A session opened on whichever worker took the login is honoured
+    by the other one: fresh connections -- each accepted by either worker, as the kernel hands them out -- keep
+    reading the session's tasks and posting with its CSRF token until both workers have answered (bounded)."""
+    owner = Client(env["base"], "ann_any")
+    workers = {w.pid: w for w in psutil.Process(env["pid"]).children()  # (not multiprocessing's resource tracker)
+               if "spawn_main" in " ".join(w.cmdline())}
+    assert len(workers) == 2, workers
+    port = int(env["base"].rsplit(":", 1)[1])
+    answered_by: set[int] = set()
+    for _ in range(80):
+        with httpx2.Client(base_url=env["base"], cookies=owner.http.cookies, timeout=30) as fresh:
+            r = fresh.get("/api/assignments")
+            assert r.status_code == 200, r.text
+            assert fresh.post("/api/projects/3/next", headers={"X-CSRF-Token": owner.csrf}).status_code == 200
+            assert fresh.post("/api/projects/3/next", headers={"X-CSRF-Token": "forged"}).status_code == 403
+            mine = r.extensions["network_stream"].get_extra_info("client_addr")[1]
+            answered_by |= {pid for pid, w in workers.items() for c in w.net_connections("tcp")
+                            if c.laddr.port == port and c.raddr and c.raddr.port == mine}
+        if len(answered_by) == 2:
+            break
+    assert answered_by == set(workers), answered_by
+    owner.close()
 
 
 def test_llm_critique_is_asked_once(env, tmp_path):

@@ -171,3 +171,54 @@ def test_migration_0002_marks_full_tasks_done(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(text("SELECT id, done FROM tasks ORDER BY id")).all() == [(1, 1), (2, 0)]
     engine.dispose()
+
+
+def test_sqlite_writers_queue_on_a_lock_file(tmp_path):
+    """On SQLite a write transaction holds an ``flock`` of ``<db>-writer.lock`` from its BEGIN to its COMMIT or
+    ROLLBACK, so a second writer sleeps in the kernel until the first is done (and is woken then, not at SQLite's
+    next busy-handler poll); a read transaction (``db.read_only``) takes no lock and cannot write."""
+    import fcntl
+    import threading
+
+    from sqlalchemy import select, update
+    from sqlalchemy.exc import OperationalError
+
+    from novalign.annotate.db import migrate, read_only
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    migrate(engine)
+    fd = os.open(str(tmp_path / "q.db") + "-writer.lock", os.O_RDWR)
+
+    def lock_free() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+
+    Session = session_factory(engine)
+    with Session() as s:
+        s.execute(select(User.id))  # a transaction is a writer unless asked otherwise
+        assert not lock_free()
+        s.commit()
+        assert lock_free()
+        read_only(s).execute(select(User.id))
+        assert lock_free()
+        with pytest.raises(OperationalError, match="readonly"):
+            s.execute(update(User).values(active=False))
+        s.rollback()
+        s.execute(select(User.id))
+        s.rollback()
+        assert lock_free()
+    first, second, order = Session(), Session(), []
+    first.execute(select(User.id))
+    waiter = threading.Thread(target=lambda: (second.execute(select(User.id)), order.append("second"), second.commit()))
+    waiter.start()
+    waiter.join(0.3)
+    assert order == [] and waiter.is_alive()  # queued behind the first writer
+    order.append("first")
+    first.commit()
+    waiter.join(10)
+    assert order == ["first", "second"] and lock_free()
+    first.close(), second.close(), os.close(fd), engine.dispose()

@@ -26,10 +26,10 @@ from sqlalchemy import func, select
 
 from novalign.annotate import accounts, exports, qc
 from novalign.annotate.accounts import AccountError
-from novalign.annotate.db import make_engine, migrate, session_factory
+from novalign.annotate.db import make_engine, migrate, read_only, session_factory
 from novalign.annotate.models import Assignment, Project, Response as ResponseRow, Submission, Task, User
 from novalign.annotate.projects import create_project, import_file
-from novalign.annotate.routing import RoutingError, next_assignment, own_assignment, review, submit
+from novalign.annotate.routing import RoutingError, next_assignment, own_assignment, review, submit, task_payload
 from novalign.data.annotation import SCORE_DIMENSIONS, SPAN_KINDS, AnnotationResult
 from novalign.data.io import DataError
 
@@ -42,9 +42,13 @@ class NeedLogin(Exception):
     pass
 
 
-def create_app(db_url: str) -> FastAPI:
+def create_app(db_url: str, run_migrations: bool = True) -> FastAPI:
+    """The app on ``db_url``. Everything it keeps between requests is in the database (sessions, CSRF tokens,
+    leases), so several worker processes can serve one database; ``app.state.critics`` only caches LLM
+    clients, whose answers are stored on the response row."""
     engine = make_engine(db_url)
-    migrate(engine)
+    if run_migrations:
+        migrate(engine)
     app = FastAPI(title="novalign annotate", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.critics = {}
@@ -64,10 +68,11 @@ class _Deps:
         self.Session, self.templates = session_factory, templates
         self.current = self._make_current()
 
-    async def db(self):
+    async def db(self, request: Request):
         # async on purpose: the teardown (close = rollback, releasing SQLite's write lock) then runs on the event
         # loop and never waits for a worker thread -- threads blocked on that lock would otherwise deadlock it
         s = self.Session()
+        s.info["read_only"] = request.method in ("GET", "HEAD")  # pages only read (see db.read_only)
         try:
             yield s
         finally:
@@ -82,11 +87,12 @@ class _Deps:
 
     def _make_current(self):
         def current(request: Request, form_csrf: str | None = Depends(self.form_token), s=Depends(self.db)) -> User:
-            row = accounts.session_of(s, request.cookies.get(COOKIE))
+            row = accounts.session_of(read_only(s), request.cookies.get(COOKIE))
             if row is None:
                 raise NeedLogin()
             user, expected = row.user, row.csrf_token
-            s.commit()  # end the lookup's transaction: on SQLite it holds the write lock (see db.make_engine)
+            if not s.info["read_only"]:
+                s.commit()  # end the lookup's read: the handler's next transaction is a writer
             given = request.headers.get("x-csrf-token") or form_csrf
             if request.method == "POST" and not accounts.csrf_ok(expected, given):
                 raise HTTPException(403, "CSRF token missing or wrong")
@@ -106,18 +112,34 @@ class _Deps:
                                                                **ctx})
 
 
-def _guards(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
+class SecurityHeaders:
+    """Pure ASGI middleware: the security headers on every response, and a W3C ``Server-Timing: app;dur=<ms>``
+    header (the time spent in the app, so a load test can tell it from client and network time). Starlette's
+    ``BaseHTTPMiddleware`` did the same at the cost of an extra task and stream per request."""
+
+    HEADERS = [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
+               (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         start = time.perf_counter()
-        response = await call_next(request)
-        # W3C Server-Timing: the time spent in the app, so a load test can tell it from client and network time
-        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "same-origin"
-        return response
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                took = f"app;dur={(time.perf_counter() - start) * 1000:.1f}".encode()
+                message = dict(message, headers=[*message.get("headers", []), (b"server-timing", took),
+                                                 *self.HEADERS])
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _guards(app: FastAPI) -> None:
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(NeedLogin)
     async def need_login(request: Request, _exc: NeedLogin):
@@ -238,18 +260,18 @@ def _task_routes(app: FastAPI, d: _Deps) -> None:
     @app.post("/projects/{pid}/next")
     def next_page(pid: int, user: User = Depends(d.role("annotator", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
-        row = next_assignment(s, project, user)
-        if row is None:
+        got = next_assignment(s, project, user)
+        if got is None:
             return RedirectResponse("/?" + _query(message=f"nothing left for you in {project.name}"), status_code=303)
-        return RedirectResponse(f"/assignments/{row.id}", status_code=303)
+        return RedirectResponse(f"/assignments/{got[0]}", status_code=303)
 
     @app.post("/api/projects/{pid}/next")
     def next_api(pid: int, user: User = Depends(d.role("annotator", "admin")), s=Depends(d.db)):
         project = s.get(Project, pid) or _missing()
-        row = next_assignment(s, project, user)
-        if row is None:
+        got = next_assignment(s, project, user)
+        if got is None:
             return JSONResponse({"assignment_id": None})
-        return {"assignment_id": row.id, "task": _task_json(row)}
+        return {"assignment_id": got[0], "task": task_payload(read_only(s), got[1])}
 
     @app.get("/assignments/{aid}", response_class=HTMLResponse)
     def task_page(request: Request, aid: int, user: User = Depends(d.current), s=Depends(d.db)):
@@ -274,8 +296,7 @@ def _task_routes(app: FastAPI, d: _Deps) -> None:
     @app.post("/api/assignments/{aid}/submit")
     def submit_api(aid: int, payload: dict[str, Any] = Body(...), user: User = Depends(d.current), s=Depends(d.db)):
         # a sync handler (FastAPI runs it in a worker thread): blocking database calls never run on the event loop
-        sub = submit(s, aid, user, payload)
-        return {"submission_id": sub.id}
+        return {"submission_id": submit(s, aid, user, payload)}
 
     @app.post("/api/responses/{rid}/critique")
     def critique_api(rid: int, user: User = Depends(d.current), s=Depends(d.db)):

@@ -1,12 +1,17 @@
 """Concurrent annotator clients against a running app (``bench/annotate_load.py`` and the suite's short load
-test): each client logs in and loops -- ask for the next task, submit a full result -- until a deadline. Then
-the database is read back: every acknowledged submission must be there (``lost``), none twice for one
-(task, annotator) and no task above its overlap k (``duplicated``). Loopback only; the loop is bounded."""
+test): each client logs in and loops -- ask for the next task, think, submit a full result -- until a deadline.
+Then the database is read back: every acknowledged submission must be there (``lost``), none twice for one
+(task, annotator) and no task above its overlap k (``duplicated``). Loopback only; the loop is bounded.
+
+The clients are coroutines on one asyncio loop in one thread (``httpx2.AsyncClient``, one keep-alive connection
+each), not one OS thread per client: on a small machine the load generator shares the cores with the server,
+and 50 threads contending for the GIL cost it more CPU and add their own scheduling delay to every timing."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-import threading
+import resource
 import time
 from typing import Any
 
@@ -29,21 +34,30 @@ def _percentile(values: list[float], q: float) -> float | None:
 def _server_time(response: httpx2.Response) -> float:
     """Seconds the app spent on the request, from its ``Server-Timing: app;dur=<ms>`` header."""
     value = response.headers.get("server-timing", "app;dur=nan")
-    return float(value.split("dur=", 1)[1]) / 1000
+    return float(value.split("dur=", 1)[1].split(",", 1)[0]) / 1000
 
 
-def _client(base: str, user: str, password: str, project_id: int, seconds: float, start: threading.Barrier,
-            out: dict[str, Any], think_s: float = 0.0) -> None:
-    with httpx2.Client(base_url=base, timeout=60) as http:
-        token = _CSRF.search(http.get("/login").text).group(1)
-        http.post("/login", data={"csrf_token": token, "username": user, "password": password})
-        csrf = _CSRF.search(http.get("/").text).group(1)
-        headers = {"X-CSRF-Token": csrf}
-        start.wait()  # logins (Argon2 hashing) are not part of the measured loop
+def _result(task: dict[str, Any]) -> dict[str, Any]:
+    ids = [x["response_id"] for x in task["responses"]]
+    return {"ranking": [ids], "scores": {rid: {"helpfulness": 3, "fluency": 4, "safety": 5} for rid in ids}}
+
+
+async def _login(http: httpx2.AsyncClient, user: str, password: str) -> dict[str, str]:
+    token = _CSRF.search((await http.get("/login")).text).group(1)
+    await http.post("/login", data={"csrf_token": token, "username": user, "password": password})
+    return {"X-CSRF-Token": _CSRF.search((await http.get("/")).text).group(1)}
+
+
+async def _client(base: str, user: str, password: str, project_id: int, seconds: float, start: asyncio.Barrier,
+                  out: dict[str, Any], think_s: float) -> None:
+    limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx2.AsyncClient(base_url=base, timeout=60, limits=limits) as http:
+        headers = await _login(http, user, password)
+        await start.wait()  # logins (Argon2 hashing) are not part of the measured loop
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
-            r = http.post(f"/api/projects/{project_id}/next", headers=headers)
+            r = await http.post(f"/api/projects/{project_id}/next", headers=headers)
             latency = time.perf_counter() - t0
             if r.status_code != 200:
                 out["errors"].append(f"next {r.status_code}")
@@ -55,11 +69,10 @@ def _client(base: str, user: str, password: str, project_id: int, seconds: float
                 out["exhausted"] += 1
                 return
             if think_s:  # reading and labelling time, not part of any latency
-                time.sleep(think_s)
-            ids = [x["response_id"] for x in body["task"]["responses"]]
-            result = {"ranking": [ids], "scores": {rid: {"helpfulness": 3, "fluency": 4, "safety": 5} for rid in ids}}
+                await asyncio.sleep(think_s)
             t0 = time.perf_counter()
-            s = http.post(f"/api/assignments/{body['assignment_id']}/submit", json=result, headers=headers)
+            s = await http.post(f"/api/assignments/{body['assignment_id']}/submit", json=_result(body["task"]),
+                                headers=headers)
             out["submit_latency"].append(time.perf_counter() - t0)
             if s.status_code == 200:
                 out["acked"].append(s.json()["submission_id"])
@@ -67,20 +80,31 @@ def _client(base: str, user: str, password: str, project_id: int, seconds: float
                 out["errors"].append(f"submit {s.status_code}: {s.text[:100]}")
 
 
+def _cpu_seconds() -> float:
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
+async def _run(base: str, users: list[str], password: str, project_id: int, seconds: float, think_s: float,
+               shared: dict[str, Any], server_cpu) -> dict[str, float]:
+    barrier = asyncio.Barrier(len(users) + 1)
+    tasks = [asyncio.create_task(_client(base, u, password, project_id, seconds, barrier, shared, think_s))
+             for u in users]
+    await asyncio.wait_for(barrier.wait(), timeout=300)
+    start, cpu0, server0 = time.monotonic(), _cpu_seconds(), server_cpu()
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 120)
+    return {"elapsed": time.monotonic() - start, "client_cpu": _cpu_seconds() - cpu0,
+            "server_cpu": server_cpu() - server0}
+
+
 def run_load(base: str, db_url: str, users: list[str], password: str, project_id: int, seconds: float,
-             think_s: float = 0.0) -> dict[str, Any]:
+             think_s: float = 0.0, server_cpu=None) -> dict[str, Any]:
+    """Run the clients; ``server_cpu`` (optional) returns the server's CPU seconds so far, to report its CPU per
+    submission. The client CPU is this process's (the clients are its only work while they run)."""
     shared: dict[str, Any] = {"acked": [], "errors": [], "next_latency": [], "next_server": [], "submit_latency": [],
                               "exhausted": 0}
-    barrier = threading.Barrier(len(users) + 1)
-    threads = [threading.Thread(target=_client, args=(base, u, password, project_id, seconds, barrier, shared, think_s),
-                                daemon=True) for u in users]
-    for t in threads:
-        t.start()
-    barrier.wait(timeout=300)
-    start = time.monotonic()
-    for t in threads:
-        t.join(timeout=seconds + 120)
-    elapsed = time.monotonic() - start
+    took = asyncio.run(_run(base, users, password, project_id, seconds, think_s, shared,
+                            server_cpu or (lambda: float("nan"))))
     engine = make_engine(db_url)
     with engine.connect() as conn:
         ours = select(User.id).where(User.username.in_(users))
@@ -96,13 +120,19 @@ def run_load(base: str, db_url: str, users: list[str], password: str, project_id
     duplicated = (len(rows) - len({(r.task_id, r.user_id) for r in rows})
                   + sum(max(0, n - overlap) for _, n in per_task))
     ms = lambda v: None if v is None else round(v * 1000, 1)  # noqa: E731
-    return {"clients": len(users), "seconds": round(elapsed, 1), "submissions": len(shared["acked"]),
-            "stored": len(stored), "lost": len(set(shared["acked"]) - stored), "duplicated": duplicated,
+    n = len(shared["acked"])
+    per_sub = lambda cpu: round(cpu * 1000 / n, 2) if n and cpu == cpu else None  # noqa: E731
+    return {"clients": len(users), "seconds": round(took["elapsed"], 1), "submissions": n,
+            "submissions_per_s": round(n / took["elapsed"], 1), "stored": len(stored),
+            "lost": len(set(shared["acked"]) - stored), "duplicated": duplicated,
             "unacknowledged_stored": len(stored - set(shared["acked"])),
             "next_p50_ms": ms(_percentile(shared["next_latency"], 0.5)),
             "next_p95_ms": ms(_percentile(shared["next_latency"], 0.95)),
-            "submit_p95_ms": ms(_percentile(shared["submit_latency"], 0.95)),
             "next_server_p50_ms": ms(_percentile(shared["next_server"], 0.5)),
             "next_server_p95_ms": ms(_percentile(shared["next_server"], 0.95)),
+            "submit_p50_ms": ms(_percentile(shared["submit_latency"], 0.5)),
+            "submit_p95_ms": ms(_percentile(shared["submit_latency"], 0.95)),
+            "server_cpu_ms_per_submission": per_sub(took["server_cpu"]),
+            "client_cpu_ms_per_submission": per_sub(took["client_cpu"]),
             "errors": len(shared["errors"]), "error_examples": shared["errors"][:3],
             "clients_out_of_tasks": shared["exhausted"]}

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session as DBSession
 
 from novalign.annotate.accounts import AccountError, create_user
+from novalign.annotate.db import is_postgres
 from novalign.annotate.interop import read_task_file, route_value
 from novalign.annotate.models import Project, Response, Submission, Task, User
 from novalign.annotate.routing import annotation_task, store_rows
@@ -72,7 +73,7 @@ def add_results(db: DBSession, project: Project, results: list[AnnotationResult]
         sub = Submission(task_id=task.id, user_id=user.id, result=result.model_dump(exclude_none=True))
         db.add(sub)
         db.flush()
-        store_rows(db, sub, result, task, user)
+        store_rows(db, sub.id, result, task, user)
     return len(results)
 
 
@@ -86,4 +87,10 @@ def import_file(db: DBSession, project: Project, path: str | Path, source: str |
     except Exception:
         db.rollback()
         raise
+    if is_postgres(db):
+        # fresh statistics now, not at autovacuum's next pass: with the empty-table estimates the routing query
+        # sorts every open task before locking four (8.7 ms at 3,000 tasks, growing) instead of walking
+        # ix_tasks_open in order (0.12 ms) -- EXPLAIN ANALYZE, PostgreSQL 15
+        db.execute(text("ANALYZE tasks, responses, assignments"))
+        db.commit()
     return {"tasks": n_tasks, "results": n_results}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from sqlalchemy import select
+from uvicorn.supervisors import Multiprocess
 
 from novalign.annotate import accounts, exports
 from novalign.annotate.db import make_engine, migrate, session_factory
@@ -17,20 +20,65 @@ from novalign.data.io import write_json_atomic, write_jsonl
 DEFAULT_DB = "sqlite:///runs/annotate.db"
 
 
-def serve(db_url: str = DEFAULT_DB, host: str = "127.0.0.1", port: int = 8765, echo=print) -> None:
-    """Migrate, bind (port 0 picks a free one) and serve until interrupted; prints ``novalign annotate: URL``."""
-    import uvicorn
+_DB_ENV = "NOVALIGN_ANNOTATE_DB"
 
-    from novalign.annotate.app import create_app
 
-    app = create_app(db_url)
+def serve(db_url: str = DEFAULT_DB, host: str = "127.0.0.1", port: int = 8765, echo=print, workers: int = 1) -> None:
+    """Migrate, bind (port 0 picks a free one) and serve until interrupted; prints ``novalign annotate: URL``.
+
+    ``workers`` > 1: that many uvicorn worker processes share the one listening socket (the parent supervises
+    them). The app keeps its state in the database only, so any worker may answer any request of a session;
+    migrations run once here, before the workers start."""
+    if workers < 1:
+        raise ValueError(f"workers: {workers}; at least 1")
+    engine = make_engine(db_url)
+    migrate(engine)
+    engine.dispose()
+    app = None
+    if workers == 1:
+        from novalign.annotate.app import create_app
+
+        app = create_app(db_url, run_migrations=False)  # before the URL is printed: it is ready when it is
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(512)  # connections made right after the URL is printed wait in the backlog for the workers
     bound = sock.getsockname()[1]
-    echo(f"novalign annotate: http://{host}:{bound}/ (database {db_url})", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=512)
-    uvicorn.Server(config).run(sockets=[sock])
+    say = lambda: echo(f"novalign annotate: http://{host}:{bound}/ (database {db_url}, "  # noqa: E731
+                       f"{workers} worker{'s' * (workers > 1)})", flush=True)
+    if app is not None:
+        say()
+        config = uvicorn.Config(app, log_level="warning", access_log=False, backlog=512)
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    os.environ[_DB_ENV] = db_url  # the spawned workers read it in worker_app
+    config = uvicorn.Config("novalign.annotate.server:worker_app", factory=True, workers=workers,
+                            log_level="warning", access_log=False, backlog=512)
+    _Supervisor(config, [sock], say).run()
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, printing the URL only once every worker serves (a spawned worker imports the
+    app first, seconds on a busy machine), as the one-process server does."""
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], ready):
+        super().__init__(config, sockets)
+        self.ready = ready
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        if not all(p.wait_until_ready(120, self.should_exit) for p in self.processes):
+            self.should_exit.set()
+            raise SystemExit("novalign annotate: a worker did not start (see its error above)")
+        self.ready()
+
+
+def worker_app():
+    """The app of one worker process of :func:`serve` (a uvicorn factory: the database URL comes from the
+    parent's environment, and the parent has migrated it)."""
+    from novalign.annotate.app import create_app
+
+    return create_app(os.environ[_DB_ENV], run_migrations=False)
 
 
 def _session(db_url: str):

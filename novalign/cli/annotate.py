@@ -20,11 +20,13 @@ _ANNOTATE_DB = typer.Option("sqlite:///runs/annotate.db", "--db", help="sqlite:/
 
 @annotate_app.command("serve")
 def annotate_serve(db: str = _ANNOTATE_DB, host: str = typer.Option("127.0.0.1", help="Interface (loopback default)."),
-                   port: int = typer.Option(8765, help="TCP port (0: a free one, printed).")) -> None:
+                   port: int = typer.Option(8765, help="TCP port (0: a free one, printed)."),
+                   workers: int = typer.Option(1, min=1, help="Worker processes (state is in the database only).")
+                   ) -> None:
     """Migrate the database, then serve the app (prints `novalign annotate: URL`)."""
     from novalign.annotate.server import serve
 
-    serve(db, host, port, echo=lambda *a, **k: typer.echo(*a))
+    serve(db, host, port, echo=lambda *a, **k: typer.echo(*a), workers=workers)
 
 
 @annotate_app.command("migrate")
