@@ -169,6 +169,7 @@ def main(argv=None) -> None:
            "wall_s_task_aware": round(wall, 1), "stage_s": res.stats()["seconds"],
            "stage_cpu_s": res.stats()["cpu_seconds"], "cpu_s_task_aware": round(sum(res.cpu_seconds.values()), 1),
            "train": args.train, "loadavg_1min": {"start": round(load, 2), "end_task_aware": round(os.getloadavg()[0], 2)}}
+    log("before the seed rerun", json.dumps(out))  # a long run cut off later still leaves these numbers
     from sklearn.metrics import adjusted_rand_score
 
     def ari(a, b):
