@@ -208,7 +208,7 @@ def add_head(model):
     import torch
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-    dim = model.get_sentence_embedding_dimension()
+    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
     for p in model.parameters():
         p.requires_grad_(False)
     head = Dense(dim, dim, bias=True, activation_function=torch.nn.Identity(), init_weight=torch.eye(dim),
