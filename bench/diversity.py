@@ -125,7 +125,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ari-seeds", type=int, default=2, help="2: rerun the whole method under seed + 1 (from the "
                     "same base embeddings, which depend on no seed); 1: rerun only the clustering on the same "
                     "tuned embeddings")
-    ap.add_argument("--train", choices=["head", "full"], default="head")
+    ap.add_argument("--train", choices=["full", "head"], default="full")
     ap.add_argument("--work", default="/tmp/novalign-bench-diversity")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

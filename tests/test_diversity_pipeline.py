@@ -23,7 +23,8 @@ def test_select_diverse_step_runs_in_a_pipeline(tmp_path):
            "sources": {"p": {"path": str(src), "id_field": "_id"}},
            "steps": [{"name": "diverse", "type": "select_diverse",
                       "config": {"budget": 12, "n_coarse": 1, "fine_size": 5, "neighbors": 4, "max_triplets": 16,
-                                 "max_steps": 2, "batch_size": 8, "model_dir": str(emb_dir)}}]}
+                                 "max_steps": 2, "batch_size": 8, "lr": 1e-4,
+                                 "model_dir": str(emb_dir)}}]}
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = CliRunner().invoke(app, ["data", "run", str(path)])
@@ -43,8 +44,10 @@ def test_select_diverse_step_runs_in_a_pipeline(tmp_path):
 
     from sentence_transformers import SentenceTransformer
 
-    tuned = SentenceTransformer(str(emb_dir), device="cpu")
-    names = [type(m).__name__ for m in tuned]
-    assert names[-2:] == ["Dense", "Normalize"]  # the trained head on the frozen transformer
-    out = tuned.encode([r["prompt"] for r in kept[:2]], normalize_embeddings=True)
-    assert out.shape == (2, 384) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-4)
+    from novalign.flywheel.diversity import base_model_path
+
+    texts = [r["prompt"] for r in kept[:3]]
+    out = SentenceTransformer(str(emb_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    base = SentenceTransformer(base_model_path(), device="cpu").encode(texts, normalize_embeddings=True)
+    assert out.shape == (3, 384) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-4)
+    assert not np.allclose(out, base, atol=1e-4)  # the two training steps moved the weights

@@ -29,10 +29,11 @@ class SelectDiverseConfig(Strict):
     negative_max: float = Field(0.4, ge=0, le=1, description="Hard negative: instruction LCS ratio at most this.")
     per_anchor: int = Field(4, ge=1, description="Triplets per anchor record at most.")
     max_triplets: int = Field(2000, ge=1, description="Triplets used for training at most (a seeded sample); "
-                              "each costs three transformer passes.")
-    train: Literal["head", "full"] = Field("head", description="'head': train a linear head on the frozen "
-                                           "transformer (the pool is encoded once); 'full': every weight (the "
-                                           "pool is re-encoded after training).")
+                              "each costs three transformer passes (and, with 'full', their backward).")
+    train: Literal["full", "head"] = Field("full", description="'full': every weight (the pool is re-encoded "
+                                           "after training); 'head': only a linear head on the frozen "
+                                           "transformer (the pool is encoded once; measured weaker: 0.42 vs "
+                                           "0.715 template coverage at a 10 % budget on 2,000 prompts).")
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps at most (over epochs); a small "
                                   "number sizes the fine-tune for a quick run.")

@@ -11,10 +11,10 @@ report's method, as built here:
    neighbours are compared (n x k pairs, never n^2) (:func:`mine_pairs`);
 3. triplets (anchor, hard positive, hard negative) fine-tune the embedder with triplet loss through
    sentence-transformers' trainer; the result is a normal sentence-transformers folder (:func:`finetune`).
-   By default only a linear head on the frozen transformer is trained (:func:`add_head`): the tuned
-   embeddings then follow from the base ones (:func:`apply_head`) and the pool goes through the transformer
-   once, which is what makes 20k prompts affordable on a CPU; ``train: full`` tunes every weight and
-   re-encodes the pool;
+   Every weight is tuned and the pool re-encoded (default), or (``train: head``) only a linear head on the
+   frozen transformer (:func:`add_head`): the tuned embeddings then follow from the base ones
+   (:func:`apply_head`) and the pool goes through the transformer once, but the head separates templates
+   less well (measured in bench/diversity.py);
 4. layered clustering (:func:`layered_clusters`): one agglomerative linkage per coarse cluster of the tuned
    embeddings, cut at an increasing sequence of cosine-distance thresholds, so each record gets a nested
    cluster path (coarse / loosest cut / ... / tightest cut);
