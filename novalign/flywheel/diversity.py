@@ -252,7 +252,11 @@ def finetune(model, rows: Sequence[tuple[str, str, str]], out_dir: str | Path, *
         learning_rate=lr, warmup_steps=0, max_steps=max_steps, seed=seed, data_seed=seed, save_strategy="no",
         report_to="none", logging_strategy="no", disable_tqdm=True, use_cpu=True)
     loss = TripletLoss(model, distance_metric=TripletDistanceMetric.COSINE, triplet_margin=margin)
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it prints the run's metrics to stdout (a bench's JSON)
+    trainer.train()
     model.save(str(out_dir))
     return model
 
