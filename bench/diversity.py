@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -121,15 +122,18 @@ def main(argv=None) -> None:
     ap.add_argument("--templates", type=int, default=240)
     ap.add_argument("--budgets", default="0.1,0.5")
     ap.add_argument("--max-triplets", type=int, default=2000)
-    ap.add_argument("--ari-seeds", type=int, default=2, help="2: rerun the whole method under seed + 1; 1: rerun "
-                    "only the clustering on the same tuned embeddings")
+    ap.add_argument("--ari-seeds", type=int, default=2, help="2: rerun the whole method under seed + 1 (from the "
+                    "same base embeddings, which depend on no seed); 1: rerun only the clustering on the same "
+                    "tuned embeddings")
+    ap.add_argument("--train", choices=["full", "head"], default="full")
     ap.add_argument("--work", default="/tmp/novalign-bench-diversity")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     pool = diversity_pool(args.prompts, args.templates, seed=args.seed)
     texts, templates = [r["prompt"] for r in pool], [r["template"] for r in pool]
     n = len(texts)
-    cfg = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed)
+    cfg = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed, train=args.train)
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     res = select_diverse(texts, cfg, Path(args.work) / "embedder", log=log)
     wall = time.perf_counter() - started
@@ -162,7 +166,10 @@ def main(argv=None) -> None:
            "recall_at_10": {"base": round(recall_at_10(res.base, templates, queries), 4),
                             "tuned": round(recall_at_10(res.tuned, templates, queries), 4)},
            "clusters_per_level": res.stats()["clusters_per_level"],
-           "wall_s_task_aware": round(wall, 1), "stage_s": res.stats()["seconds"]}
+           "wall_s_task_aware": round(wall, 1), "stage_s": res.stats()["seconds"],
+           "stage_cpu_s": res.stats()["cpu_seconds"], "cpu_s_task_aware": round(sum(res.cpu_seconds.values()), 1),
+           "train": args.train, "loadavg_1min": {"start": round(load, 2), "end_task_aware": round(os.getloadavg()[0], 2)}}
+    log("before the seed rerun", json.dumps(out))  # a long run cut off later still leaves these numbers
     from sklearn.metrics import adjusted_rand_score
 
     def ari(a, b):
@@ -170,15 +177,15 @@ def main(argv=None) -> None:
                 for k in range(len(a[0]))}
 
     if args.ari_seeds >= 2:  # the whole method again under another seed (k-means, training order)
-        cfg2 = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed + 1)
-        res2 = select_diverse(texts, cfg2, Path(args.work) / "embedder-seed2", log=log)
+        cfg2 = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed + 1, train=args.train)
+        res2 = select_diverse(texts, cfg2, Path(args.work) / "embedder-seed2", log=log, base=res.base)
         out["ari_across_seeds"] = ari(res.paths, res2.paths)
     else:  # only the clustering under another seed, on the same tuned embeddings (cheaper; says so)
         from sklearn.cluster import KMeans
 
         from novalign.flywheel.diversity_run import split_oversized
 
-        coarse = KMeans(cfg.n_coarse, n_init=1, random_state=args.seed + 1).fit_predict(res.tuned)
+        coarse = KMeans(cfg.n_coarse, n_init=cfg.n_init, random_state=args.seed + 1).fit_predict(res.tuned)
         paths2 = dv.cluster_paths(res.tuned, split_oversized(res.tuned, coarse, 4000, args.seed + 1),
                                   cfg.thresholds, cfg.linkage)
         out["ari_across_clustering_seeds"] = ari(res.paths, paths2)

@@ -118,6 +118,32 @@ def test_triplet_finetune_moves_positive_closer_and_negative_farther(tmp_path):
     assert np.allclose(again[0], after[0], atol=1e-5)
 
 
+def test_head_finetune_leaves_the_transformer_and_follows_from_base_embeddings(tmp_path):
+    """``train: head``: a linear head (identity at first) on the frozen MiniLM. Before training the head
+    changes nothing (W = I, b = 0 on unit vectors); after two triplet steps the transformer's weights are
+    untouched, the hard positive is closer and the hard negative farther, and :func:`apply_head` on the base
+    embeddings equals what the tuned model encodes and what its saved folder encodes after loading."""
+    ctx_a = "The old harbour is full of fishing boats, gulls and tourists in the summer."
+    ctx_b = "The university library keeps rare maps, letters and manuscripts in its basement."
+    texts = [f"Translate the passage below into French.\n\n{ctx_a}",
+             f"Translate the passage below into French.\n\n{ctx_b}", f"Count the verbs in the passage below.\n\n{ctx_a}"]
+    model = dv.load_embedder(seed=0)
+    base = dv.embed(model, texts)
+    first = next(model[0].parameters()).detach().clone()
+    head = dv.add_head(model)
+    assert np.allclose(dv.apply_head(head, base), base, atol=1e-6)
+    dv.finetune(model, [tuple(texts)] * 8, tmp_path / "emb", batch_size=4, lr=1e-2)
+    assert torch_equal(next(model[0].parameters()), first)
+    tuned = dv.apply_head(head, base)
+    assert tuned[0] @ tuned[1] > base[0] @ base[1] + 0.02 and tuned[0] @ tuned[2] < base[0] @ base[2] - 0.02
+    assert np.allclose(dv.embed(model, texts), tuned, atol=1e-5)
+    assert np.allclose(dv.embed(dv.load_embedder(str(tmp_path / "emb")), texts), tuned, atol=1e-5)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.detach() == b.detach()).all())
+
+
 def test_select_diverse_command_names_a_bad_record(tmp_path):
     """A record without the prompt field stops the command before any model is loaded, naming file:line:field."""
     import json

@@ -10,7 +10,11 @@ report's method, as built here:
    context -> hard positive; near in embedding space but unrelated instructions -> hard negative. Only near
    neighbours are compared (n x k pairs, never n^2) (:func:`mine_pairs`);
 3. triplets (anchor, hard positive, hard negative) fine-tune the embedder with triplet loss through
-   sentence-transformers' trainer; the result is a normal sentence-transformers folder (:func:`finetune`);
+   sentence-transformers' trainer; the result is a normal sentence-transformers folder (:func:`finetune`).
+   Every weight is tuned and the pool re-encoded (default), or (``train: head``) only a linear head on the
+   frozen transformer (:func:`add_head`): the tuned embeddings then follow from the base ones
+   (:func:`apply_head`) and the pool goes through the transformer once, but the head separates templates
+   less well (measured in bench/diversity.py);
 4. layered clustering (:func:`layered_clusters`): one agglomerative linkage per coarse cluster of the tuned
    embeddings, cut at an increasing sequence of cosine-distance thresholds, so each record gets a nested
    cluster path (coarse / loosest cut / ... / tightest cut);
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["tokens", "lcs_length", "lcs_ratio", "split_prompt", "pair_kind", "MiningRules", "two_level_kmeans",
-           "mine_pairs", "triplets", "base_model_path", "load_embedder", "embed", "finetune", "layered_clusters",
+           "mine_pairs", "triplets", "base_model_path", "load_embedder", "embed", "add_head", "apply_head", "finetune", "layered_clusters",
            "cluster_paths", "select_budget", "budget_count"]
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|\w+|[^\w\s]")  # one CJK character is one token
@@ -93,14 +97,15 @@ def pair_kind(a: tuple[list, list], b: tuple[list, list], rules: MiningRules = M
     return ("negative" if ins <= rules.negative_max else None), ins, inp
 
 
-def two_level_kmeans(emb: np.ndarray, n_coarse: int, fine_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coarse k-means labels, and fine labels (globally unique) from k-means inside each coarse cluster with
-    ``ceil(size / fine_size)`` clusters."""
+def two_level_kmeans(emb: np.ndarray, n_coarse: int, fine_size: int, seed: int, n_init: int = 1
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Coarse k-means labels (best of ``n_init`` starts), and fine labels (globally unique) from k-means inside
+    each coarse cluster with ``ceil(size / fine_size)`` clusters."""
     from sklearn.cluster import KMeans
 
     n = len(emb)
     k = max(1, min(n_coarse, n))
-    coarse = KMeans(k, n_init=1, random_state=seed).fit_predict(emb) if k > 1 else np.zeros(n, dtype=int)
+    coarse = KMeans(k, n_init=n_init, random_state=seed).fit_predict(emb) if k > 1 else np.zeros(n, dtype=int)
     fine = np.zeros(n, dtype=int)
     next_id = 0
     for c in np.unique(coarse):
@@ -186,15 +191,50 @@ def load_embedder(path: str | None = None, seed: int = 0):
 
 
 def embed(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-length embeddings (float32), so a dot product is the cosine similarity."""
-    return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                        show_progress_bar=False).astype(np.float32)
+    """Unit-length embeddings (float32), so a dot product is the cosine similarity. Each distinct text is
+    encoded once (pools repeat prompts verbatim; the encoder is the whole cost of the method)."""
+    unique = list(dict.fromkeys(texts))
+    where = {t: k for k, t in enumerate(unique)}
+    out = model.encode(unique, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                       show_progress_bar=False).astype(np.float32)
+    return out[[where[t] for t in texts]]
+
+
+def add_head(model):
+    """Append a trainable linear head (identity-initialised ``Dense``, then ``Normalize``) to a unit-length
+    sentence embedder and freeze everything before it; returns the head. Training only the head keeps the
+    transformer's output fixed, so the tuned embedding of a text is :func:`apply_head` of its base embedding
+    and the pool is encoded once (the transformer is all the cost)."""
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = Dense(dim, dim, bias=True, activation_function=torch.nn.Identity(), init_weight=torch.eye(dim),
+                 init_bias=torch.zeros(dim))
+    model.append(head)
+    model.append(Normalize())
+    return head
+
+
+def apply_head(head, base: np.ndarray) -> np.ndarray:
+    """The tuned embeddings from base ones: ``normalize(W x + b)``, what the saved model's last two modules
+    compute on its base output (tested against a re-encode)."""
+    import torch
+
+    with torch.no_grad():
+        w, b = head.linear.weight.detach().float(), head.linear.bias.detach().float()
+        out = torch.from_numpy(np.ascontiguousarray(base, dtype=np.float32)) @ w.T + b
+        return torch.nn.functional.normalize(out, dim=1).numpy().astype(np.float32)
 
 
 def finetune(model, rows: Sequence[tuple[str, str, str]], out_dir: str | Path, *, epochs: int = 1,
-             batch_size: int = 32, lr: float = 3e-5, margin: float = 0.3, seed: int = 0):
+             batch_size: int = 32, lr: float = 3e-5, margin: float = 0.3, seed: int = 0, max_steps: int = -1):
     """Triplet-loss fine-tune (cosine distance, margin ``margin``; Schroff et al. 2015) through
-    ``SentenceTransformerTrainer``; saves the model to ``out_dir`` as a sentence-transformers folder."""
+    ``SentenceTransformerTrainer`` of the model's trainable parameters (all, or only a head of
+    :func:`add_head`); ``max_steps`` > 0 caps the optimizer steps (over ``epochs``). Saves the model to
+    ``out_dir`` as a sentence-transformers folder."""
     if not rows:
         raise ValueError("finetune: no triplets (the mining found no record with both a hard positive and a "
                          "hard negative; loosen the rules or give more prompts)")
@@ -209,10 +249,14 @@ def finetune(model, rows: Sequence[tuple[str, str, str]], out_dir: str | Path, *
                               "negative": [r[2] for r in rows]})
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(out_dir) / "trainer"), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-        learning_rate=lr, warmup_steps=0, seed=seed, data_seed=seed, save_strategy="no", report_to="none",
-        logging_strategy="no", disable_tqdm=True, use_cpu=True)
+        learning_rate=lr, warmup_steps=0, max_steps=max_steps, seed=seed, data_seed=seed, save_strategy="no",
+        report_to="none", logging_strategy="no", disable_tqdm=True, use_cpu=True)
     loss = TripletLoss(model, distance_metric=TripletDistanceMetric.COSINE, triplet_margin=margin)
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it prints the run's metrics to stdout (a bench's JSON)
+    trainer.train()
     model.save(str(out_dir))
     return model
 

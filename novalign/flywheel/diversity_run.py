@@ -28,6 +28,7 @@ class DiversityResult:
     tuned: np.ndarray | None = None  # tuned embeddings (unit length)
     base: np.ndarray | None = None  # base embeddings
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     def stats(self) -> dict[str, Any]:
         kinds = Counter(p[2] for p in self.pairs)
@@ -35,7 +36,8 @@ class DiversityResult:
         return {"records": len(self.paths), "selected": len(self.selected), "hard_positives": kinds["positive"],
                 "hard_negatives": kinds["negative"], "triplets": self.n_triplets,
                 "clusters_per_level": [len(set(level)) for level in levels],
-                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}}
+                "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+                "cpu_seconds": {k: round(v, 2) for k, v in self.cpu_seconds.items()}}
 
 
 def split_oversized(emb: np.ndarray, labels: np.ndarray, max_block: int, seed: int) -> np.ndarray:
@@ -56,25 +58,27 @@ def split_oversized(emb: np.ndarray, labels: np.ndarray, max_block: int, seed: i
 
 
 def select_diverse(texts: Sequence[str], cfg, model_dir: str | Path, *, log: Callable[[str], None] = print,
-                   max_block: int = 4000) -> DiversityResult:
+                   max_block: int = 4000, base: np.ndarray | None = None) -> DiversityResult:
     """Steps 1-5 of :mod:`novalign.flywheel.diversity` with the options of a
-    :class:`~novalign.config.selection.SelectDiverseConfig`; the tuned embedder is saved to ``model_dir``."""
+    :class:`~novalign.config.selection.SelectDiverseConfig`; the tuned embedder is saved to ``model_dir``.
+    ``base``: the base embedder's embeddings of ``texts`` when already computed (they depend on no seed)."""
     from sklearn.cluster import KMeans
 
     if not texts:
         raise ValueError("select-diverse: no records")
     t: dict[str, float] = {}
-    clock = time.perf_counter()
+    cpu: dict[str, float] = {}  # process CPU seconds (all threads): the measure that a loaded machine inflates least
+    clock, cpu_clock = time.perf_counter(), time.process_time()
 
     def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        t[name], clock = now - clock, now
+        nonlocal clock, cpu_clock
+        now, cpu_now = time.perf_counter(), time.process_time()
+        t[name], cpu[name], clock, cpu_clock = now - clock, cpu_now - cpu_clock, now, cpu_now
 
     model = dv.load_embedder(cfg.model, cfg.seed)
-    base = dv.embed(model, texts)
+    base = dv.embed(model, texts) if base is None else base
     lap("embed_base")
-    coarse, fine = dv.two_level_kmeans(base, cfg.n_coarse, cfg.fine_size, cfg.seed)
+    coarse, fine = dv.two_level_kmeans(base, cfg.n_coarse, cfg.fine_size, cfg.seed, cfg.n_init)
     rules = dv.MiningRules(cfg.positive_min, cfg.context_max, cfg.negative_max)
     pairs = dv.mine_pairs(texts, base, coarse, fine, neighbors=cfg.neighbors, rules=rules)
     trip = dv.triplets(pairs, per_anchor=cfg.per_anchor)
@@ -83,18 +87,21 @@ def select_diverse(texts: Sequence[str], cfg, model_dir: str | Path, *, log: Cal
     lap("mine")
     log(f"select-diverse: {len(texts)} records, {sum(p[2] == 'positive' for p in pairs)} hard positives, "
         f"{sum(p[2] == 'negative' for p in pairs)} hard negatives, {len(trip)} triplets")
+    head = dv.add_head(model) if cfg.train == "head" else None
+    lr = cfg.lr or (1e-3 if head is not None else 3e-5)
     dv.finetune(model, [(texts[a], texts[p], texts[n]) for a, p, n in trip], model_dir, epochs=cfg.epochs,
-                batch_size=cfg.batch_size, lr=cfg.lr, margin=cfg.margin, seed=cfg.seed)
+                batch_size=cfg.batch_size, lr=lr, margin=cfg.margin, seed=cfg.seed, max_steps=cfg.max_steps or -1)
     lap("finetune")
-    tuned = dv.embed(model, texts)
+    tuned = dv.apply_head(head, base) if head is not None else dv.embed(model, texts)
     lap("embed_tuned")
     k = max(1, min(cfg.n_coarse, len(texts)))
-    coarse2 = KMeans(k, n_init=1, random_state=cfg.seed).fit_predict(tuned) if k > 1 else np.zeros(len(texts), int)
+    coarse2 = (KMeans(k, n_init=cfg.n_init, random_state=cfg.seed).fit_predict(tuned) if k > 1
+               else np.zeros(len(texts), int))
     coarse2 = split_oversized(tuned, coarse2, max_block, cfg.seed)
     paths = dv.cluster_paths(tuned, coarse2, cfg.thresholds, cfg.linkage)
     selected = dv.select_budget(paths, tuned, dv.budget_count(cfg.budget, len(texts)))
     lap("cluster_select")
-    return DiversityResult(selected, paths, pairs, len(trip), tuned, base, t)
+    return DiversityResult(selected, paths, pairs, len(trip), tuned, base, t, cpu)
 
 
 def cluster_size_chart(paths: Sequence[Sequence[str]], selected: Sequence[int], thresholds: Sequence[float],
