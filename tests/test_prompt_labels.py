@@ -183,3 +183,17 @@ def test_parse_vote_never_guesses_and_scores_by_hand():
     assert parse_vote(["Math"], t, ["ability"]) == ({"ability": None}, ["expected a JSON object, got list"])
     s = scores(["a", "a", "b"], ["a", "b", "b"])
     assert s["accuracy"] == round(2 / 3, 4) and s["macro_f1"] == round(2 / 3, 4)
+
+
+def test_label_messages_show_only_the_dimensions_asked():
+    """Asked for ability and language, the labeling prompt shows those two sections of the bundled taxonomy
+    (in taxonomy order) and none of the other four; asked for all, all six."""
+    from novalign.flywheel.steps.prompt_labels import label_messages
+
+    t = load_taxonomy()
+    two = label_messages("What is 2+3?", t, ["language", "ability"], 0)[0]["content"]
+    heads = [line.split(" --")[0] for line in two.splitlines() if line.startswith("## ")]
+    assert heads == ["## ability", "## language"]
+    every = label_messages("What is 2+3?", t, list(t.dimensions), 0)[0]["content"]
+    assert [line.split(" --")[0] for line in every.splitlines() if line.startswith("## ")] == [
+        f"## {d}" for d in t.dimensions]

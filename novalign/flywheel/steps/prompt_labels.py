@@ -58,10 +58,11 @@ class LLMLabelConfig(Strict):
 
 
 def label_messages(prompt: str, taxonomy, dims: Sequence[str], examples_per_leaf: int = 1) -> list[dict]:
-    """The labeling conversation: the taxonomy's definitions and examples, the prompt, the JSON wanted."""
+    """The labeling conversation: the definitions and examples of the dimensions asked (only those), the
+    prompt, the JSON wanted. Pure: tests render with it the exact prompts a served model must answer."""
     keys = ", ".join(f'"{d}"' for d in dims)
     system = ("You label user prompts with a taxonomy. For each dimension choose exactly one leaf label from the "
-              "list below (use the label name as written).\n\n" + taxonomy.prompt_section(examples_per_leaf))
+              "list below (use the label name as written).\n\n" + taxonomy.prompt_section(examples_per_leaf, dims))
     user = (f"Prompt to label:\n<<<\n{prompt}\n>>>\n\nAnswer with one JSON object with the keys {keys}, each "
             "set to one leaf label name, and nothing else.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
