@@ -102,10 +102,10 @@ def memorized_model(tmp_path_factory) -> Callable[[Sequence[Pair]], Path]:
     """``make(pairs) -> model directory`` (see :func:`memorize`); cached per pairs within the session."""
     made: dict[str, Path] = {}
 
-    def make(pairs: Sequence[Pair]) -> Path:
-        key = _key(pairs)
+    def make(pairs: Sequence[Pair], steps: int = STEPS) -> Path:
+        key = _key(pairs) + f"-{steps}"
         if key not in made:
-            made[key] = memorize(pairs, tmp_path_factory.mktemp(f"memorized-{key}"))
+            made[key] = memorize(pairs, tmp_path_factory.mktemp(f"memorized-{key}"), steps=steps)
         return made[key]
 
     return make
