@@ -99,7 +99,8 @@ def memorize(pairs: Sequence[Pair], out_dir: Path, *, steps: int = STEPS, lr: fl
 
 @pytest.fixture(scope="session")
 def memorized_model(tmp_path_factory) -> Callable[[Sequence[Pair]], Path]:
-    """``make(pairs) -> model directory`` (see :func:`memorize`); cached per pairs within the session."""
+    """``make(pairs, steps=STEPS) -> model directory`` (see :func:`memorize`; more steps for pairs that differ
+    only in a short span of a long prompt); cached per pairs and steps within the session."""
     made: dict[str, Path] = {}
 
     def make(pairs: Sequence[Pair], steps: int = STEPS) -> Path:
