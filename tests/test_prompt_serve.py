@@ -38,7 +38,7 @@ def test_label_vote_train_classify_against_novalign_serve(memorized_model, tmp_p
         return [(label_messages(p, tax, DIMS, 0), json.dumps({"ability": wrong.get(i, a), "language": lang}))
                 for i, (p, a, lang) in enumerate(PROMPTS[:n])]
 
-    alpha, beta = memorized_model(pairs({}, 6), steps=160), memorized_model(pairs({0: "Code"}, 2), steps=160)
+    alpha, beta = memorized_model(pairs({}, 6)), memorized_model(pairs({0: "Code"}, 2))
     write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": p} for i, (p, _, _) in enumerate(PROMPTS)])
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     with served(alpha, name="alpha", env=env) as ua, served(beta, name="beta", env=env) as ub:
