@@ -1,9 +1,12 @@
-"""label -> vote -> train -> classify end to end over real HTTP against two `novalign serve` processes whose
-tiny models were trained (our SFT, tests/memorized_model.py) to answer the exact prompts llm_label renders."""
+"""llm_label over real HTTP: label -> vote -> train -> classify end to end against two `novalign serve`
+processes whose tiny models were trained (our SFT, tests/memorized_model.py) to answer the exact prompts
+llm_label renders; and its labelers asked concurrently (scripted stand-ins for external LLMs)."""
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 from novalign.data.io import write_jsonl
 from novalign.flywheel.pipeline import Pipeline
@@ -38,10 +41,13 @@ def test_label_vote_train_classify_against_novalign_serve(memorized_model, tmp_p
         return [(label_messages(p, tax, DIMS, 0), json.dumps({"ability": wrong.get(i, a), "language": lang}))
                 for i, (p, a, lang) in enumerate(PROMPTS[:n])]
 
-    alpha, beta = memorized_model(pairs({}, 6)), memorized_model(pairs({0: "Code"}, 2))
     write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": p} for i, (p, _, _) in enumerate(PROMPTS)])
     env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    with served(alpha, name="alpha", env=env) as ua, served(beta, name="beta", env=env) as ub:
+    with ExitStack() as servers, ThreadPoolExecutor(1) as pool:
+        # alpha's server starts (imports, loads) in a thread while beta's model trains here: the two overlap
+        ua = pool.submit(servers.enter_context, served(memorized_model(pairs({}, 6)), name="alpha", env=env))
+        ub = servers.enter_context(served(memorized_model(pairs({0: "Code"}, 2)), name="beta", env=env))
+        ua = ua.result()
         llm = LLMConfig(api_key="k", structured_attempts=1, max_attempts=2, progress=False)
         p = Pipeline(tmp_path / "run", llm=llm, progress=False).source("p", tmp_path / "p.jsonl", id_field="id")
         p.step("votes", "llm_label", {"taxonomy": str(tmp_path / "t.yaml"), "examples_per_leaf": 0, "n": 2,
@@ -64,3 +70,40 @@ def test_label_vote_train_classify_against_novalign_serve(memorized_model, tmp_p
     q.step("cls", "classify", {"model": str(tmp_path / "clf")})
     assert [r["labels"] for r in q.run().records("cls")] == [{"ability": "Math", "language": "en"},
                                                            {"ability": "Code", "language": "zh-Hans"}]
+
+
+def test_llm_label_asks_its_labelers_concurrently(tmp_path):
+    """Two labelers, scripted OpenAI-compatible routes standing in for external LLMs, one prompt. Each route's
+    handler marks its request in flight, then waits (up to 5 s) until the other route's request is in flight
+    too, and records whether it came. Asked concurrently (a thread per labeler, as llm_generate asks), both
+    requests meet at once: both True. Asked one after another, labeler a's request waits its 5 s alone: False.
+    The votes come out in the labelers' configured order whatever order the replies arrive in."""
+    import threading
+
+    from scripted_llm import ScriptedLLM
+
+    from novalign.config.llm import LLMConfig
+
+    in_flight = {"a": threading.Event(), "b": threading.Event()}
+    met: dict[str, bool] = {}
+
+    def reply(route, messages):
+        in_flight[route].set()
+        met[route] = in_flight["b" if route == "a" else "a"].wait(5)
+        return json.dumps({"ability": "Math", "language": "en"})
+
+    (tmp_path / "t.yaml").write_text(TAXONOMY)
+    write_jsonl(tmp_path / "p.jsonl", [{"id": "p0", "prompt": PROMPTS[0][0]}])
+    ext = ScriptedLLM(reply)
+    try:
+        llm = LLMConfig(api_key="k", structured_attempts=1, max_attempts=1, progress=False)
+        p = Pipeline(tmp_path / "run", llm=llm, progress=False).source("p", tmp_path / "p.jsonl", id_field="id")
+        p.step("votes", "llm_label", {"taxonomy": str(tmp_path / "t.yaml"), "examples_per_leaf": 0, "models": [
+            {"name": "a", "llm": {"base_url": ext.base_url("a"), "model": "a"}},
+            {"name": "b", "llm": {"base_url": ext.base_url("b"), "model": "b"}}]})
+        [rec] = p.run().records("votes")
+    finally:
+        ext.close()
+    assert met == {"a": True, "b": True}
+    assert [(v["labeler"], v["labels"], v["error"]) for v in rec["label_votes"]] == [
+        ("a/0", {"ability": "Math", "language": "en"}, None), ("b/0", {"ability": "Math", "language": "en"}, None)]
