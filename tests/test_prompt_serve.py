@@ -70,6 +70,36 @@ def test_label_vote_train_classify_against_novalign_serve(memorized_model, tmp_p
     q.step("cls", "classify", {"model": str(tmp_path / "clf")})
     assert [r["labels"] for r in q.run().records("cls")] == [{"ability": "Math", "language": "en"},
                                                            {"ability": "Code", "language": "zh-Hans"}]
+    # 2 examples a class < 3 folds: no cross-validation, each head on the embedding + char n-grams at C 10
+    assert clf.meta["selection"]["ability"] == {"blocks": ["embedding", "char"], "C": 10.0, "cv_macro_f1": {},
+                                                "not_selected": "class(es) ['Code', 'KQA', 'Math'] have fewer "
+                                                                "than 3 examples"}
+    _check_format_1_reads_the_same(tmp_path / "clf", clf)
+
+
+def _check_format_1_reads_the_same(folder, clf):
+    """A folder saved before heads chose their blocks (format 1: no `format` or `head_blocks`, one char
+    n-gram `vectorizer`) loads as heads on the embedding + char n-grams and predicts what this one predicts;
+    a folder of an unknown later format is refused naming the file."""
+    import joblib
+    import pytest
+
+    from novalign.flywheel.classify import load_classifier
+
+    old = folder.parent / "clf-format1"
+    old.mkdir()
+    info = json.loads((folder / "classifier.json").read_text())
+    info = {k: v for k, v in info.items() if k not in ("format", "head_blocks")}
+    (old / "classifier.json").write_text(json.dumps(info))
+    joblib.dump({"heads": clf.heads, "vectorizer": clf.vectorizers["char"]}, old / "heads.joblib")
+    texts = [p for p, _, _ in PROMPTS]
+    loaded = load_classifier(old)
+    loaded.embedder = clf.embedder
+    assert loaded.head_blocks == {"ability": ["embedding", "char"], "language": ["embedding", "char"]}
+    assert loaded.predict(texts) == clf.predict(texts)
+    (old / "classifier.json").write_text(json.dumps({**info, "format": 9}))
+    with pytest.raises(ValueError, match=r"clf-format1/classifier.json: format 9: this novalign reads"):
+        load_classifier(old)
 
 
 def test_llm_label_asks_its_labelers_concurrently(tmp_path):
