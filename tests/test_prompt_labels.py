@@ -183,3 +183,42 @@ def test_parse_vote_never_guesses_and_scores_by_hand():
     assert parse_vote(["Math"], t, ["ability"]) == ({"ability": None}, ["expected a JSON object, got list"])
     s = scores(["a", "a", "b"], ["a", "b", "b"])
     assert s["accuracy"] == round(2 / 3, 4) and s["macro_f1"] == round(2 / 3, 4)
+
+
+def test_label_messages_show_only_the_dimensions_asked():
+    """Asked for ability and language, the labeling prompt shows those two sections of the bundled taxonomy
+    (in taxonomy order) and none of the other four; asked for all, all six."""
+    from novalign.flywheel.steps.prompt_labels import label_messages
+
+    t = load_taxonomy()
+    two = label_messages("What is 2+3?", t, ["language", "ability"], 0)[0]["content"]
+    heads = [line.split(" --")[0] for line in two.splitlines() if line.startswith("## ")]
+    assert heads == ["## ability", "## language"]
+    every = label_messages("What is 2+3?", t, list(t.dimensions), 0)[0]["content"]
+    assert [line.split(" --")[0] for line in every.splitlines() if line.startswith("## ")] == [
+        f"## {d}" for d in t.dimensions]
+
+
+def test_cv_select_picks_the_informative_block_by_hand():
+    """Six rows, y = x x x y y y; fold k validates rows k and k+3 and trains on the other four (2 x, 2 y).
+    Block 'a' is +1 on x rows and -1 on y rows: every fold's head separates them, so the out-of-fold
+    predictions are all right: macro-F1 1.0. Block 'b' is all zeros: coefficient 0 and, the training rows
+    balanced, intercept 0 -- probability 0.5, and a tie goes to the first class, so every row is called x:
+    F1(x) = 2 * 0.5 * 1 / (0.5 + 1) = 2/3 (precision 3/6, recall 1), F1(y) = 0, macro 1/3. 'a+b' scores as 'a'
+    (1.0) and loses the tie to the earlier 'a'; between C 1 and 10 (equal scores) the smaller C wins."""
+    import numpy as np
+    from scipy import sparse
+
+    from novalign.flywheel.classify import cv_select
+
+    y = ["x", "x", "x", "y", "y", "y"]
+    a = sparse.csr_matrix(np.array([[1.0], [1], [1], [-1], [-1], [-1]]))
+    b = sparse.csr_matrix(np.zeros((6, 1)))
+    folds = []
+    for k in range(3):
+        va = [k, k + 3]
+        tr = [i for i in range(6) if i not in va]
+        folds.append((tr, va, {"a": a[tr], "b": b[tr]}, {"a": a[va], "b": b[va]}))
+    names, C, scored = cv_select(folds, y, [("b",), ("a",), ("a", "b")], [10.0, 1.0])
+    assert (names, C) == (("a",), 1.0)
+    assert scored == {"b@1": 0.3333, "b@10": 0.3333, "a@1": 1.0, "a@10": 1.0, "a+b@1": 1.0, "a+b@10": 1.0}

@@ -1,5 +1,6 @@
-"""Prompt-system steps in pipelines: label filters and balance, coverage reports, and label -> train ->
-classify end to end over real HTTP (`novalign serve` plus scripted labelers standing in for external LLMs)."""
+"""Prompt-system steps in pipelines: label filters and balance, coverage reports, the `data label` CLI with
+scripted labelers standing in for external LLMs. label -> train -> classify against `novalign serve` is in
+test_prompt_serve.py."""
 
 from __future__ import annotations
 
@@ -73,69 +74,6 @@ def test_coverage_counts_thin_empty_and_chinese_charts(tmp_path):
     assert not [w for w in caught if "missing from" in str(w.message)], [str(w.message) for w in caught]
     assert all((tmp_path / "cov" / n).stat().st_size > 1000 for n in ("coverage_bars.png", "heatmap_ability_x_language.png"))
     assert "| 数学 |" in (tmp_path / "cov" / "coverage.md").read_text() and out["records"] == 2
-
-
-def test_label_train_classify_end_to_end_over_http(tiny_model_dir, tmp_path):
-    """Three labelers over real HTTP: `novalign serve` with the tiny (untrained) model, whose replies are
-    never valid label JSON (each such vote is kept as failed and counted, never guessed), and four scripted
-    OpenAI-compatible routes standing in for external LLMs, answering from the pool's true labels: one
-    exactly, one with a known confusion (every difficulty read as 'easy', fenced JSON), one that reads every
-    5th prompt's difficulty a level up, one every 7th (from the 4th) two levels up. Majority loses 5 of the
-    40 difficulties to the biased labeler's ties (computed offline); Dawid-Skene gets all 40. The votes are
-    aggregated with Dawid-Skene, the classifier is trained on them, and the `classify` step labels the
-    prompts again without an LLM: it must reproduce the voted ability on >= 90 % of them."""
-    from cli_server import served
-    from scripted_llm import ScriptedLLM
-
-    from novalign.config.llm import LLMConfig
-    from novalign.flywheel.classify import train_classifier
-    from novalign.world.prompt_pool import generate_pool
-
-    pool = generate_pool(40, seed=3)
-    truth = {r["prompt"]: r["true_labels"] for r in pool}
-    order = {r["prompt"]: i for i, r in enumerate(pool)}
-
-    def reply(route, messages):
-        prompt = re.search(r"<<<\n(.*)\n>>>", messages[-1]["content"], re.S).group(1)
-        labels = dict(truth[prompt])
-        if route == "biased":
-            labels["difficulty"] = "easy"
-            return "Here you go:\n```json\n" + json.dumps(labels) + "\n```"
-        i, levels = order[prompt], ["easy", "intermediate", "difficult"]
-        shift = {"up": 1 if i % 5 == 0 else 0, "down": 2 if i % 7 == 3 else 0}.get(route, 0)
-        labels["difficulty"] = levels[(levels.index(labels["difficulty"]) + shift) % 3]
-        return json.dumps(labels)
-
-    write_jsonl(tmp_path / "pool.jsonl", pool)
-    ext = ScriptedLLM(reply)
-    try:
-        with served(tiny_model_dir, "--set", "engine.max_batch_size=8") as url:
-            llm = LLMConfig(api_key="k", structured_attempts=1, max_attempts=2, progress=False)
-            p = Pipeline(tmp_path / "run", llm=llm, progress=False).source("pool", tmp_path / "pool.jsonl", id_field="id")
-            p.step("votes", "llm_label", {"max_tokens": 8, "temperature": 0.0, "models": [
-                {"name": "tiny", "llm": {"base_url": url, "model": "tiny"}, "max_prompts": 3},
-                {"name": "good", "llm": {"base_url": ext.base_url("good"), "model": "g"}},
-                {"name": "biased", "llm": {"base_url": ext.base_url("biased"), "model": "b"}},
-                {"name": "up", "llm": {"base_url": ext.base_url("up"), "model": "u"}},
-                {"name": "down", "llm": {"base_url": ext.base_url("down"), "model": "d"}}]})
-            p.step("vote", "label_vote", {"method": "dawid_skene"})
-            voted = p.run().records("vote")
-    finally:
-        ext.close()
-    assert [r["label_votes_failed"] for r in voted[:4]] == [1, 1, 1, 0]
-    assert all(v["error"] for r in voted[:3] for v in r["label_votes"] if v["labeler"] == "tiny/0")
-    assert all(r["labels"]["ability"] == r["true_labels"]["ability"] for r in voted)
-    assert all(r["labels"]["difficulty"] == r["true_labels"]["difficulty"] for r in voted)
-    dims = ["ability", "language"]
-    clf = train_classifier([r["prompt"] for r in voted], {d: [r["labels"][d] for r in voted] for d in dims})
-    clf.save(tmp_path / "clf")
-    unlabeled = [{"id": r["_id"], "prompt": r["prompt"]} for r in voted]
-    write_jsonl(tmp_path / "new.jsonl", unlabeled)
-    q = Pipeline(tmp_path / "run2", progress=False).source("new", tmp_path / "new.jsonl", id_field="id")
-    q.step("cls", "classify", {"model": str(tmp_path / "clf")})
-    out = q.run().records("cls")
-    agree = sum(o["labels"]["ability"] == r["labels"]["ability"] for o, r in zip(out, voted))
-    assert agree >= 0.9 * len(voted) and out[0]["label_source"] == {"ability": "classifier", "language": "classifier"}
 
 
 def test_cli_label_review_import_and_coverage(tmp_path):

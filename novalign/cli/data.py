@@ -47,8 +47,17 @@ def data_run_command(pipeline: Optional[Path] = typer.Argument(None, help="Pipel
     from novalign.config.pipeline import PipelineConfig
 
     if help_config:  # the pipeline's keys, then each step type's `config` keys
-        from novalign.flywheel.steps import STEP_TYPES  # importing the package registers the built-in steps
+        from rich.console import Console
+        from rich.table import Table
 
+        from novalign.flywheel.steps import STEP_TYPES, describe_step_types  # importing it registers the steps
+
+        types = Table(title="Step types (a step's `type`; its `config` keys: the table of its config class below)")
+        for column in ("type", "config class", "what it does"):
+            types.add_column(column)
+        for row in describe_step_types():
+            types.add_row(*row)
+        Console().print(types)
         for schema in [PipelineConfig, *(STEP_TYPES[t].Config for t in sorted(STEP_TYPES))]:
             _print_config_help(schema)
         return

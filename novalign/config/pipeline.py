@@ -1,8 +1,14 @@
 """``novalign data run pipeline.yaml``: the data flywheel's record pipelines (report section 3, Figure 4).
 
-A pipeline is sources (record files) and a chain of steps; each step names its ``type`` (a registered step,
-``novalign.flywheel.steps``), its ``config`` (one of the step configs below, validated with did-you-mean
-errors), and its ``input`` (a source or an earlier step; by default the step before it).
+A pipeline is sources (record files) and a chain of steps; each step names its ``type`` (a step registered in
+``novalign.flywheel.step.STEP_TYPES``; importing ``novalign.flywheel.steps`` registers the built-in ones), its
+``config`` (validated against that type's config class, with did-you-mean errors), and its ``input`` (a source
+or an earlier step; by default the step before it). The config classes of the first steps (dedup, filters,
+llm_generate / llm_judge, sampling, preference groups) are below; those of the later ones live beside their
+steps (``novalign/flywheel/steps/*.py``: instruction-following data, preference data, prompt labels,
+selection, ...). The list of step types is not kept here by hand: ``novalign data run --help-config`` prints
+every registered type with its config class, a one-line summary and its options, from the registry
+(:func:`novalign.flywheel.steps.describe_step_types`).
 """
 
 from __future__ import annotations
@@ -27,9 +33,8 @@ class StepSpec(Strict):
     """One step of the pipeline."""
 
     name: str = Field(..., description="The step's name: its output folder, its row in the report.")
-    type: str = Field(..., description="A registered step type (exact_dedup, minhash_dedup, filter, language, "
-                      "llm_generate, llm_judge, sample, balance, pref_groups; IF data: constraint_expand, response_reverse, "
-                      "sysmsg_decompose, sysmsg_assemble, textbook).")
+    type: str = Field(..., description="A registered step type (`novalign data run --help-config` lists them "
+                      "all, from the step registry).")
     input: str | None = Field(None, description="A source or an earlier step (default: the step before, or the "
                               "only source).")
     config: dict[str, Any] = Field(default_factory=dict, description="The step type's options (see the README).")

@@ -14,7 +14,7 @@ from novalign.flywheel.steps import control, craft, prefdata  # noqa: F401 - the
 from novalign.flywheel.steps import prompt_labels  # noqa: F401 - registers them (issue 16)
 from novalign.flywheel.steps import selection  # noqa: F401 - select_diverse, score_quality (issue 17)
 
-__all__ = ["make_step"]
+__all__ = ["make_step", "describe_step_types"]
 
 
 def make_step(type_name: str, config: dict[str, Any] | BaseModel, **kwargs: Any) -> Step:
@@ -26,3 +26,15 @@ def make_step(type_name: str, config: dict[str, Any] | BaseModel, **kwargs: Any)
     cls = STEP_TYPES[type_name]
     cfg = config if isinstance(config, cls.Config) else cls.Config.model_validate(config)
     return cls(cfg, **kwargs)
+
+
+def describe_step_types() -> list[tuple[str, str, str]]:
+    """``(type, module.ConfigClass, summary)`` of every registered step type, sorted by type: the list that
+    ``novalign data run --help-config`` prints, read from the registry so it cannot go stale. The summary is
+    the first line of the config class's docstring (its step class's when the config has none)."""
+    rows = []
+    for name in sorted(STEP_TYPES):
+        cls = STEP_TYPES[name]
+        doc = (cls.Config.__doc__ or "").strip() or (cls.__doc__ or "").strip() or "(no description)"
+        rows.append((name, f"{cls.Config.__module__}.{cls.Config.__name__}", " ".join(doc.split("\n\n")[0].split())))
+    return rows

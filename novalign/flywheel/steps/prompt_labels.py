@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from novalign.config.base import Strict
 from novalign.config.pipeline import ModelQuotaConfig
 from novalign.flywheel.labels import aggregate_records, apply_corrections, get_path
 from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register, text_of
-from novalign.flywheel.steps.llm import _LLMStep, _add_usage, _usage, llm_identity, merged_llm
+from novalign.flywheel.steps.llm import _LLMStep, _add_usage, _streamed, _usage, llm_identity, merged_llm
 from novalign.flywheel.steps.sampling import stratum_counts
 from novalign.flywheel.taxonomy import load_taxonomy
 
@@ -58,10 +59,11 @@ class LLMLabelConfig(Strict):
 
 
 def label_messages(prompt: str, taxonomy, dims: Sequence[str], examples_per_leaf: int = 1) -> list[dict]:
-    """The labeling conversation: the taxonomy's definitions and examples, the prompt, the JSON wanted."""
+    """The labeling conversation: the definitions and examples of the dimensions asked (only those), the
+    prompt, the JSON wanted. Pure: tests render with it the exact prompts a served model must answer."""
     keys = ", ".join(f'"{d}"' for d in dims)
     system = ("You label user prompts with a taxonomy. For each dimension choose exactly one leaf label from the "
-              "list below (use the label name as written).\n\n" + taxonomy.prompt_section(examples_per_leaf))
+              "list below (use the label name as written).\n\n" + taxonomy.prompt_section(examples_per_leaf, dims))
     user = (f"Prompt to label:\n<<<\n{prompt}\n>>>\n\nAnswer with one JSON object with the keys {keys}, each "
             "set to one leaf label name, and nothing else.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -82,6 +84,31 @@ def parse_vote(value: Any, taxonomy, dims: Sequence[str]) -> tuple[dict[str, str
             labels[d] = None
             problems.append(f"{d}: {'missing' if v is None else repr(v) + ' is no leaf'}")
     return labels, problems
+
+
+def ask_models_concurrently(clients: dict[str, Any], plans: dict[str, list]) -> Iterator[tuple[str, Any]]:
+    """``(model name, result)`` for every request of ``plans`` (model name -> requests), as the results come:
+    each model's ``LLMClient.batch`` runs on its own thread, so k labelers take about as long as the slowest,
+    not as long as all of them together (what ``llm_generate`` does; each client keeps its own limits)."""
+    def run(deliver):
+        errors: list[BaseException] = []
+
+        def ask(name: str, requests: list) -> None:
+            try:
+                for res in clients[name].batch(requests, progress=False):
+                    deliver((name, res))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below: a labeler's crash fails the step
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=item, daemon=True) for item in plans.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    return _streamed(run)
 
 
 @register
@@ -113,8 +140,8 @@ class LLMLabel(_LLMStep):
         from novalign.llm.types import ChatRequest
 
         c = self.config
-        records = [r for _, r in items]
         plans: dict[str, list] = {}
+        expected: dict[str, int] = {r["_id"]: 0 for _, r in items}
         for pos, r in items:
             messages = label_messages(text_of(r[c.prompt_field]), self.taxonomy, self.dims, c.examples_per_leaf)
             for m in c.models:
@@ -124,17 +151,27 @@ class LLMLabel(_LLMStep):
                     plans.setdefault(m.name, []).append(ChatRequest(
                         messages=messages, temperature=c.temperature, max_tokens=c.max_tokens, json_mode=True,
                         sample_index=k, tag=(r["_id"], m.name, k)))
-        votes: dict[str, list] = {r["_id"]: [] for r in records}
-        usage: dict[str, dict] = {r["_id"]: {} for r in records}
-        for name, requests in plans.items():
-            client = self._client(name, self.model_llm[name])
-            for result in client.batch(requests, progress=False):
-                rid, model, k = result.request.tag
-                usage[rid] = _add_usage(usage[rid], _usage(client, result))
-                votes[rid].append(self._vote(model, k, result))
-        for r in records:
-            yield {"_id": r["_id"], "out": [{**r, c.output_field: votes[r["_id"]]}], "drop": None, "detail": None,
-                   "usage": usage[r["_id"]]}
+                    expected[r["_id"]] += 1
+        records = {r["_id"]: r for _, r in items}
+        for rid in [rid for rid, n in expected.items() if n == 0]:  # past every labeler's quota: no votes
+            yield self._outcome(records[rid], [], {})
+        clients = {name: self._client(name, self.model_llm[name]) for name in plans}
+        got: dict[str, list] = {}
+        for name, result in ask_models_concurrently(clients, plans):
+            rid = result.request.tag[0]
+            got.setdefault(rid, []).append(result)
+            if len(got[rid]) == expected[rid]:  # a record's votes are all in: out it goes
+                yield self._outcome(records[rid], got.pop(rid), clients)
+
+    def _outcome(self, record: dict, results: list, clients: dict) -> Outcome:
+        order = {m.name: i for i, m in enumerate(self.config.models)}
+        results = sorted(results, key=lambda res: (order[res.request.tag[1]], res.request.tag[2]))  # labeler order
+        usage: dict = {}
+        for res in results:
+            usage = _add_usage(usage, _usage(clients[res.request.tag[1]], res))
+        votes = [self._vote(res.request.tag[1], res.request.tag[2], res) for res in results]
+        return {"_id": record["_id"], "out": [{**record, self.config.output_field: votes}], "drop": None,
+                "detail": None, "usage": usage}
 
     def _vote(self, model: str, k: int, result) -> dict:
         labeler = f"{model}/{k}"
