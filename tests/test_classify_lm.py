@@ -195,3 +195,22 @@ def test_cli_train_classifier_kind_lm_and_classify(tmp_path):
     typo = runner.invoke(app, ["data", "train-classifier", str(tmp_path / "l.jsonl"), "--out", str(tmp_path / "c3"),
                                "--kind", "lm", "--lm-config", str(tmp_path / "typo.yaml")])
     assert typo.exit_code != 0 and f"{tmp_path / 'typo.yaml'}: stepz: Extra inputs are not permitted" in typo.output
+
+
+def test_the_classify_step_runs_an_lm_classifier(trained, tmp_path):
+    """The pipeline's `classify` step takes an LM classifier folder as it takes an embedding one: every record
+    gets the classifier's ability (the same as predict), with its confidence and source; labels already on a
+    record stay (overwrite false)."""
+    from novalign.flywheel.pipeline import Pipeline
+
+    clf, folder, test = trained
+    texts = [t for t, _ in test]
+    src = tmp_path / "p.jsonl"
+    write_jsonl(src, [{"prompt": t} for t in texts] + [{"prompt": texts[0], "labels": {"ability": "Role"}}])
+    run = Pipeline(tmp_path / "run", progress=False).source("p", src).step(
+        "clf", "classify", {"model": str(folder)}).run()
+    out = run.records("clf")
+    want = [p["ability"][0] for p in clf.predict(texts)]
+    assert [r["labels"]["ability"] for r in out[:-1]] == want
+    assert all(r["label_source"]["ability"] == "classifier" and 0 < r["label_confidence"]["ability"] <= 1 for r in out[:-1])
+    assert out[-1]["labels"]["ability"] == "Role"

@@ -247,7 +247,7 @@ def data_train_classifier_command(
         true_field: Optional[str] = typer.Option(None, help="Also score against these labels (e.g. true_labels)."),
         test_share: float = typer.Option(0.2, help="Held-out share for the scores (0: none)."),
         taxonomy: Optional[Path] = typer.Option(None),
-        char_ngrams: bool = typer.Option(True, help="Add hashed character n-grams to the MiniLM embedding."),
+        char_ngrams: bool = typer.Option(True, help="Offer character 1-3-gram TF-IDF features beside the MiniLM embedding (each head picks its blocks by CV)."),
         kind: str = typer.Option("embedding", help="embedding (MiniLM + logistic-regression heads) or lm (a tiny "
                                  "causal LM fine-tuned on prompt -> label JSON)."),
         lm_config: Optional[Path] = typer.Option(None, help="--kind lm: a YAML/JSON of LMClassifierConfig fields "

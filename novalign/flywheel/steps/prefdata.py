@@ -293,6 +293,9 @@ class DropRules(Step):
 
 
 class RMGroupsConfig(_GroupConfig):
+    """Scored groups into reward-model groups ``{prompt, responses: [{content, score, model}]}`` (what `novalign
+    rm` reads); groups without a score difference are dropped and counted."""
+
     extra: list[str] = Field(["labels"], description="Record fields copied onto each group.")
 
 

@@ -282,7 +282,9 @@ class Classify(Step):
         self.clf = None
 
     def identity(self):
-        return super().identity() | {"model_sha": _file_digest(str(Path(self.config.model) / "heads.joblib"))}
+        folder = Path(self.config.model)  # an embedding classifier's heads, or an LM classifier's weights
+        weights = folder / "heads.joblib" if (folder / "heads.joblib").exists() else folder / "model.safetensors"
+        return super().identity() | {"model_sha": _file_digest(str(weights))}
 
     def input_fields(self):
         return {self.config.prompt_field: TEXT}
@@ -291,10 +293,10 @@ class Classify(Step):
         return [self.config.output_field, "label_confidence", "label_source"]
 
     def open(self) -> None:
-        from novalign.flywheel.classify import load_classifier
+        from novalign.flywheel.classify_lm import load_any_classifier
 
-        if self.clf is None:
-            self.clf = load_classifier(self.config.model)
+        if self.clf is None:  # either kind: `novalign data train-classifier` or `--kind lm`
+            self.clf = load_any_classifier(self.config.model)
 
     def process(self, items: Sequence[tuple[int, dict]]) -> Iterator[Outcome]:
         c = self.config
