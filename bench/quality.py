@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,24 +64,6 @@ def spearman(x, y) -> float:
     return None if np.isnan(rho) else round(rho, 4)  # undefined (null) when one side is constant
 
 
-def serve(model_dir: Path) -> tuple[subprocess.Popen, str]:
-    """``novalign serve`` of ``model_dir`` on a free loopback port (CPU); returns the process and its /v1 URL."""
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "novalign.cli", "serve", "--model", str(model_dir), "--port", "0",
-           "--served-model-name", "tiny-judge", "--set", "engine.device=cpu", "--set", "engine.max_batch_size=32"]
-    env = {**os.environ, "PYTHONPATH": str(root), "NO_PROXY": "127.0.0.1,localhost"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("novalign serve:"):
-            return proc, "http://" + line.split("http://", 1)[1].split()[0]
-    proc.kill()
-    raise SystemExit("novalign serve did not start")
-
-
 def scorer_result(pred, judged, truth, seed) -> dict:
     found = qr.heldout_accuracy(pred, judged, n_pairs=200, seed=seed, truth=truth)
     return {"pairwise_accuracy": round(found["pairwise_accuracy"], 4),
@@ -92,6 +73,8 @@ def scorer_result(pred, judged, truth, seed) -> dict:
 def served_judge(work: Path, texts, scores, buckets, anchors, train, test, planted, args) -> dict:
     """Train the tiny pairwise judge on (training prompt, its bucket's anchor) pairs, serve it, score the
     held-out prompts against ``--served-anchors`` anchors per bucket through it."""
+    from serve import running_server  # bench/serve.py: `novalign serve` in a subprocess (this folder is on sys.path)
+
     from novalign.config.llm import LLMConfig
 
     rng = __import__("random").Random(args.seed)
@@ -104,9 +87,8 @@ def served_judge(work: Path, texts, scores, buckets, anchors, train, test, plant
     log(f"served judge: trained on {2 * len(pairs)} rows in {wall_train:.0f} s")
     few = {b: v[: args.served_anchors] for b, v in anchors.items()}
     held = [i for i in test if i not in anchor_of]
-    proc, url = serve(model_dir)
-    try:
-        client = LLMClient.from_config(LLMConfig(backend="openai", base_url=url, model="tiny-judge", api_key="none",
+    with running_server(model_dir, "engine.device=cpu", "engine.max_batch_size=32") as url:
+        client = LLMClient.from_config(LLMConfig(backend="openai", base_url=url, model="tiny", api_key="none",
                                                  max_concurrency=32, cache_path=str(work / "llm-cache.sqlite")),
                                        progress=False, print_usage=False)
         started = time.perf_counter()
@@ -117,9 +99,6 @@ def served_judge(work: Path, texts, scores, buckets, anchors, train, test, plant
         finally:
             client.close()
         wall_judge = time.perf_counter() - started
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     sp = {d: spearman([s[d] for s in got["scores"]], [planted[d][i] for i in held]) for d in q.DIMENSIONS}
     sp["overall"] = spearman(got["overall"], [np.mean([planted[d][i] for d in q.DIMENSIONS]) for i in held])
     return {"spearman": sp, "prompts": len(held), "anchors_per_bucket": args.served_anchors,
