@@ -10,7 +10,7 @@ on "prompt -> labels" chats: the user turn is the prompt under a short fixed ins
 the compact JSON of the labels (``{"ability":"Math","attributes":"algebra",...}``, dimensions in taxonomy
 order). Prediction is batched greedy generation (:func:`novalign.models.generate.generate_batch`); the reply is
 parsed exactly as ``llm_label`` parses a vote (:func:`novalign.llm.structured.extract_json`, then
-:func:`novalign.flywheel.steps.prompt_labels.parse_vote`): no JSON, a missing dimension or a value that is no
+:func:`novalign.flywheel.labels.parse_vote`): no JSON, a missing dimension or a value that is no
 leaf of the taxonomy leaves that dimension unlabeled and is counted, never mapped to a near label.
 
 A label's confidence is the model's own probability of the label's tokens in its reply (one teacher-forced
@@ -97,7 +97,7 @@ def label_json(labels: dict[str, str], dims: Sequence[str]) -> str:
 
 def parse_reply(text: str, taxonomy, dims: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
     """A generated reply -> ``({dim: leaf or None}, problems)``, the parse ``llm_label`` applies to a vote."""
-    from novalign.flywheel.steps.prompt_labels import parse_vote
+    from novalign.flywheel.labels import parse_vote
     from novalign.llm.structured import extract_json
 
     try:

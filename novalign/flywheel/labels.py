@@ -36,7 +36,8 @@ from novalign.flywheel.taxonomy import Taxonomy
 from novalign.data.fields import get_path  # noqa: F401 - re-exported: steps import it from here
 
 __all__ = ["vote_matrix", "majority_vote", "dawid_skene", "DawidSkeneResult", "aggregate_records",
-           "review_queue", "review_tasks", "apply_corrections", "get_path", "record_confidence"]
+           "review_queue", "review_tasks", "apply_corrections", "get_path", "record_confidence",
+           "parse_vote"]
 
 def vote_matrix(votes: Sequence[Sequence[str | None]], classes: Sequence[str]) -> np.ndarray:
     """Class indices of ``votes`` (one row per item, one column per labeler; ``None`` or a value not in
@@ -260,3 +261,20 @@ def apply_corrections(records: Sequence[dict], results: Sequence[AnnotationResul
         if remaining:
             r["label_problems"] = remaining
     return out, len(chosen)
+
+
+def parse_vote(value: Any, taxonomy, dims: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
+    """A parsed JSON reply -> ``({dim: leaf or None}, problems)``: a missing dimension, or a value that is no
+    leaf, is ``None`` there (and named in ``problems``); nothing is mapped to a near label."""
+    if not isinstance(value, dict):
+        return {d: None for d in dims}, [f"expected a JSON object, got {type(value).__name__}"]
+    labels: dict[str, str | None] = {}
+    problems = []
+    for d in dims:
+        v = value.get(d)
+        if isinstance(v, str) and v in taxonomy.leaves(d):
+            labels[d] = v
+        else:
+            labels[d] = None
+            problems.append(f"{d}: {'missing' if v is None else repr(v) + ' is no leaf'}")
+    return labels, problems

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from novalign.config.base import Strict
 from novalign.config.pipeline import ModelQuotaConfig
-from novalign.flywheel.labels import aggregate_records, apply_corrections, get_path
+from novalign.flywheel.labels import aggregate_records, apply_corrections, get_path, parse_vote  # parse_vote re-exported
 from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register, text_of
 from novalign.flywheel.steps.llm import _LLMStep, _add_usage, _streamed, _usage, llm_identity, merged_llm
 from novalign.flywheel.steps.sampling import stratum_counts
@@ -67,23 +67,6 @@ def label_messages(prompt: str, taxonomy, dims: Sequence[str], examples_per_leaf
     user = (f"Prompt to label:\n<<<\n{prompt}\n>>>\n\nAnswer with one JSON object with the keys {keys}, each "
             "set to one leaf label name, and nothing else.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def parse_vote(value: Any, taxonomy, dims: Sequence[str]) -> tuple[dict[str, str | None], list[str]]:
-    """A parsed JSON reply -> ``({dim: leaf or None}, problems)``: a missing dimension, or a value that is no
-    leaf, is ``None`` there (and named in ``problems``); nothing is mapped to a near label."""
-    if not isinstance(value, dict):
-        return {d: None for d in dims}, [f"expected a JSON object, got {type(value).__name__}"]
-    labels: dict[str, str | None] = {}
-    problems = []
-    for d in dims:
-        v = value.get(d)
-        if isinstance(v, str) and v in taxonomy.leaves(d):
-            labels[d] = v
-        else:
-            labels[d] = None
-            problems.append(f"{d}: {'missing' if v is None else repr(v) + ' is no leaf'}")
-    return labels, problems
 
 
 def ask_models_concurrently(clients: dict[str, Any], plans: dict[str, list]) -> Iterator[tuple[str, Any]]:
