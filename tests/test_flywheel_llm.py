@@ -306,3 +306,20 @@ def test_generate_sends_each_records_tools_and_checks_them(tmp_path):
         assert (info.value.path, info.value.line, info.value.field) == (str(bad), 3, "tools[0].function")
     finally:
         server.close()
+
+
+def test_one_models_crash_fails_the_step_instead_of_losing_its_results():
+    """``ask_models_concurrently`` (llm_generate's and llm_label's per-model threads): model "b"'s batch
+    raises (its request is not a request: ``messages`` must be a list), so iterating the results must raise
+    that error; swallowing it on the thread would leave b's prompts silently missing from the step's output.
+    No request reaches a server (the port is closed): the conversion fails first."""
+    import pytest
+
+    from novalign.flywheel.steps.llm import ask_models_concurrently
+    from novalign.llm import LLMClient
+    from novalign.llm.openai_compat import OpenAIBackend
+
+    client = LLMClient(OpenAIBackend("http://127.0.0.1:9/v1", "m", api_key="k"), progress=False,
+                       print_usage=False)
+    with client, pytest.raises(ValueError, match="request 0"):
+        list(ask_models_concurrently({"a": client, "b": client}, {"a": [], "b": [{"messages": "not a list"}]}))

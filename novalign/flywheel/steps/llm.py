@@ -122,6 +122,32 @@ def _streamed(run: Callable[[Callable[[Any], None]], None]) -> Iterator[Any]:
         raise error[0]
 
 
+def ask_models_concurrently(clients: dict[str, Any], plans: dict[str, list]) -> Iterator[tuple[str, Any]]:
+    """``(model name, result)`` for every request of ``plans`` (model name -> requests), as the results come:
+    each model's ``LLMClient.batch`` runs on its own thread, so k models take about as long as the slowest,
+    not as long as all of them together (each client keeps its own limits). One model's crash is re-raised
+    (the step fails) instead of its results going silently missing."""
+    def run(deliver):
+        errors: list[BaseException] = []
+
+        def ask(name: str, requests: list) -> None:
+            try:
+                for res in clients[name].batch(requests, progress=False):
+                    deliver((name, res))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below: a crash fails the step
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=item, daemon=True) for item in plans.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    return _streamed(run)
+
+
 class _LLMStep(Step):
     resources = "llm"
 
@@ -203,17 +229,8 @@ class LLMGenerate(_LLMStep):
         for name, requests in plan.items():
             reuse_fitting(clients[name], requests, c.reuse_max_tokens)
 
-        def run(deliver):
-            threads = [threading.Thread(target=lambda n=name: [deliver((n, res)) for res in
-                                                                clients[n].batch(plan[n], progress=False)], daemon=True)
-                       for name in plan]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-
         got: dict[str, list] = {}
-        for name, result in _streamed(run):
+        for name, result in ask_models_concurrently(clients, plan):
             rid = result.request.tag[0]
             got.setdefault(rid, []).append((name, result))
             if len(got[rid]) == expected[rid]:

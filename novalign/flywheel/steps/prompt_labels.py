@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -27,7 +26,7 @@ from novalign.config.base import Strict
 from novalign.config.pipeline import ModelQuotaConfig
 from novalign.flywheel.labels import aggregate_records, apply_corrections, get_path, parse_vote  # parse_vote re-exported
 from novalign.flywheel.step import TEXT, Outcome, Step, drop, keep, register, text_of
-from novalign.flywheel.steps.llm import _LLMStep, _add_usage, _streamed, _usage, llm_identity, merged_llm
+from novalign.flywheel.steps.llm import _LLMStep, _add_usage, _usage, ask_models_concurrently, llm_identity, merged_llm
 from novalign.flywheel.steps.sampling import stratum_counts
 from novalign.flywheel.taxonomy import load_taxonomy
 
@@ -67,31 +66,6 @@ def label_messages(prompt: str, taxonomy, dims: Sequence[str], examples_per_leaf
     user = (f"Prompt to label:\n<<<\n{prompt}\n>>>\n\nAnswer with one JSON object with the keys {keys}, each "
             "set to one leaf label name, and nothing else.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
-
-
-def ask_models_concurrently(clients: dict[str, Any], plans: dict[str, list]) -> Iterator[tuple[str, Any]]:
-    """``(model name, result)`` for every request of ``plans`` (model name -> requests), as the results come:
-    each model's ``LLMClient.batch`` runs on its own thread, so k labelers take about as long as the slowest,
-    not as long as all of them together (what ``llm_generate`` does; each client keeps its own limits)."""
-    def run(deliver):
-        errors: list[BaseException] = []
-
-        def ask(name: str, requests: list) -> None:
-            try:
-                for res in clients[name].batch(requests, progress=False):
-                    deliver((name, res))
-            except BaseException as exc:  # noqa: BLE001 - re-raised below: a labeler's crash fails the step
-                errors.append(exc)
-
-        threads = [threading.Thread(target=ask, args=item, daemon=True) for item in plans.items()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-
-    return _streamed(run)
 
 
 @register
