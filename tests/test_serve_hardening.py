@@ -137,14 +137,53 @@ def test_tokenizing_runs_off_the_event_loop(server):
             return fn(*args, **kwargs)
         return wrapped
 
-    chat_enc, text_enc = engine.encode_chat, engine.encode_text
-    engine.encode_chat, engine.encode_text = spy(chat_enc), spy(text_enc)
+    encoders = {name: getattr(engine, name) for name in ("encode_chat", "encode_text", "encode_prompt")}
+    for name, fn in encoders.items():
+        setattr(engine, name, spy(fn))
     try:
         assert call(server, "POST", "/v1/chat/completions", chat("hello"))[0] == 200
         assert call(server, "POST", "/v1/completions", {"prompt": ["a", "b"], "max_tokens": 2})[0] == 200
+        assert call(server, "POST", "/v1/completions", {"prompt": "a", "max_tokens": 2,
+                                                          "add_special_tokens": True})[0] == 200
     finally:
-        engine.encode_chat, engine.encode_text = chat_enc, text_enc
-    assert threads and all(name.startswith("novalign-tokenize") for name in threads), threads
+        for name, fn in encoders.items():
+            setattr(engine, name, fn)
+    assert len(threads) == 4 and all(name.startswith("novalign-tokenize") for name in threads), threads
+
+
+def test_completions_add_special_tokens_only_when_asked(tiny_model_dir, tmp_path):
+    """A tokenizer that puts a BOS token before every text (a TemplateProcessing post-processor, as Llama's
+    does): ``/v1/completions`` continues the prompt as it is by default -- the same ids the local backend
+    feeds for ``ChatRequest(prompt=...)``, so a model served and a model loaded locally see the same tokens --
+    and prepends the BOS only with ``add_special_tokens: true`` (vLLM's parameter). "a b" is k ids plain, so
+    ``usage.prompt_tokens`` must be k, then k + 1."""
+    import shutil
+
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    from novalign.llm import ChatRequest, LLMClient
+    from novalign.llm.local import LocalBackend, LocalEngine
+    from novalign.llm.server import create_app
+
+    model = tmp_path / "bos-model"
+    shutil.copytree(tiny_model_dir, model)
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    bos = "<|im_start|>"
+    tok.post_processor = TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
+    tok.save(str(model / "tokenizer.json"))
+    engine = LocalEngine(model, device="cpu", max_batch_size=4, batch_wait_ms=5, default_max_tokens=2)
+    plain = len(engine.encode_prompt("a b"))
+    assert len(engine.encode_text("a b")) == plain + 1  # the post-processor really adds one
+    server = {"host": "127.0.0.1"}
+    with app_in_thread(create_app(engine, model_name="tiny", api_key=KEY, max_body_bytes=2**20)) as port:
+        server["port"] = port
+        counts = [call(server, "POST", "/v1/completions", {"prompt": "a b", "max_tokens": 1, **extra})[1]
+                  ["usage"]["prompt_tokens"] for extra in ({}, {"add_special_tokens": True})]
+    engine.close()
+    with LLMClient(LocalBackend(model, device="cpu"), progress=False, print_usage=False) as client:
+        local = client.chat(ChatRequest(prompt="a b", max_tokens=1, temperature=0.0)).prompt_tokens
+    assert counts == [plain, plain + 1] and local == plain, (counts, local)
 
 
 def test_a_request_larger_than_max_batch_size_is_split(server):

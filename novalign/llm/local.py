@@ -121,6 +121,8 @@ class LocalEngine:
         return encode_chat(self.tokenizer, messages, tools)
 
     def encode_text(self, text: str) -> list[int]:
+        """``text`` with the tokenizer's special tokens (a BOS where it adds one): ``/v1/completions`` with
+        ``add_special_tokens: true``."""
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def encode_prompt(self, text: str) -> list[int]:

@@ -122,6 +122,10 @@ class ChatBody(_Sampling):
 
 class CompletionBody(_Sampling):
     prompt: str | list[str]
+    # vLLM's extension of the same name. Default off: the prompt is continued as it is, the same tokens the
+    # local backend and novalign's pretraining use (vLLM's own default is on: a tokenizer that adds a BOS
+    # token then gets one)
+    add_special_tokens: bool = False
 
 
 class DeltaText:
@@ -301,7 +305,8 @@ class _Service:
         if body.max_tokens is None and body.max_completion_tokens is None:
             body.max_tokens = 16  # OpenAI's default for the completions endpoint
         self.check_length(max(len(t) for t in texts), "prompt")
-        prompts = await self.tokenize(lambda: [self.engine.encode_text(t) for t in texts])
+        encode = self.engine.encode_text if body.add_special_tokens else self.engine.encode_prompt
+        prompts = await self.tokenize(lambda: [encode(t) for t in texts])
         rid = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             return self.stream(request, body, prompts, rid, "text_completion")
