@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from novalign.annotate import accounts, exports, qc
 from novalign.annotate.accounts import AccountError, LoggedIn
-from novalign.annotate.db import make_engine, migrate, read_only, session_factory
+from novalign.annotate.db import end_read, make_engine, migrate, read_only, session_factory
 from novalign.annotate.models import Assignment, Project, Response as ResponseRow, Submission, Task, User
 from novalign.annotate.projects import create_project, import_file
 from novalign.annotate.routing import (RoutingError, next_assignment, own_assignment, project_settings, review,
@@ -93,7 +93,7 @@ class _Deps:
                 raise NeedLogin()
             expected = user.csrf_token
             if not s.info["read_only"]:
-                s.commit()  # end the lookup's read: the handler's next transaction is a writer
+                end_read(s)  # the handler's next statements write
             given = request.headers.get("x-csrf-token") or form_csrf
             if request.method == "POST" and not accounts.csrf_ok(expected, given):
                 raise HTTPException(403, "CSRF token missing or wrong")

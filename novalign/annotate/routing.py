@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
-from novalign.annotate.db import is_postgres, read_only
+from novalign.annotate.db import end_read, is_postgres, read_only
 from novalign.annotate.models import Assignment, Project, Response, Score, SpanRow, Submission, Task, User, utcnow
 from novalign.data.annotation import AnnotationResult, AnnotationTask, check_result
 
@@ -220,8 +220,8 @@ class TaskView:
 def submit(db: DBSession, assignment_id: int, user, payload: dict[str, Any]) -> int:
     """Check and store one result; exactly once per assignment (a repeat is a 409).
 
-    The checks read in their own read-only transaction, so on SQLite the write lock is held only for the
-    writes; the conditional UPDATE of the assignment repeats the ownership and status test, which is what makes
+    The checks read in their own read-only transaction on SQLite, so the write lock is held only for the
+    writes (PostgreSQL: one transaction, see ``db.end_read``); the conditional UPDATE of the assignment repeats the ownership and status test, which is what makes
     the submit exactly-once when another request changed the row in between."""
     if not db.in_transaction():
         read_only(db)
@@ -233,7 +233,7 @@ def submit(db: DBSession, assignment_id: int, user, payload: dict[str, Any]) -> 
     task = TaskView(row.task_id, row.external_id, row.kind, row.prompt, row.labels, row.gold, row.meta,
                     db.execute(_RESPONSES, {"task": row.task_id}).all())
     result = _checked_result(row, task, user, payload)
-    db.commit()
+    end_read(db)
     if is_postgres(db):  # lock order task -> assignment, the same as next_assignment's: no deadlock between them
         db.execute(_LOCK_TASK, {"task": task.id})
     done = db.execute(_MARK_SUBMITTED, {"assignment": row.id, "user": user.id})
