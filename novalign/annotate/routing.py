@@ -221,8 +221,9 @@ def submit(db: DBSession, assignment_id: int, user, payload: dict[str, Any]) -> 
     """Check and store one result; exactly once per assignment (a repeat is a 409).
 
     The checks read in their own read-only transaction on SQLite, so the write lock is held only for the
-    writes (PostgreSQL: one transaction, see ``db.end_read``); the conditional UPDATE of the assignment repeats the ownership and status test, which is what makes
-    the submit exactly-once when another request changed the row in between."""
+    writes (PostgreSQL: one transaction, see ``db.end_read``); the conditional UPDATE of the assignment repeats
+    the ownership and status test, which is what makes the submit exactly-once when another request changed
+    the row in between."""
     if not db.in_transaction():
         read_only(db)
     row = db.execute(_SUBMITTING, {"assignment": assignment_id}).first()
