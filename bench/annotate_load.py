@@ -19,7 +19,8 @@ read back:
   submission (one next-task and one submit request) -- unlike the latencies it hardly depends on what else
   runs on the machine; ``client_cpu_ms_per_submission``: the same for the load generator, which shares the
   machine's cores with the server; ``db_cpu_ms_per_submission`` (PostgreSQL): the database server's processes;
-  ``load_avg``: the 1-minute load average before and after.
+  ``load_avg``: the 1-minute load average before and after; ``meets_target``: the issue's target (no lost
+  or duplicated submission, no error, ``next_p95_ms`` under 200).
 
 Baseline, measured in the same run: one client alone for ``--baseline-seconds`` on the same server (its
 latencies are the app's floor on this machine; the load numbers are read against them). Before it, all
@@ -118,6 +119,9 @@ def measure(db_url: str, tmp: Path, args, db_pid: int | None = None) -> dict:
                 run["db_cpu_ms_per_submission"] = round(used * 1000 / max(1, run["submissions"]), 2)
     finally:
         stop(proc)
+    # the target: zero lost or duplicated submissions, p95 time to the next task under 200 ms
+    load["meets_target"] = (load["lost"] == 0 and load["duplicated"] == 0 and load["errors"] == 0
+                            and load["next_p95_ms"] is not None and load["next_p95_ms"] < 200)
     load["baseline_1_client"] = {k: baseline[k] for k in (
         "submissions", "next_p50_ms", "next_p95_ms", "next_server_p95_ms", "submit_p95_ms",
         "server_cpu_ms_per_submission", "client_cpu_ms_per_submission", "db_cpu_ms_per_submission") if k in baseline}

@@ -73,6 +73,14 @@ def test_annotators_are_fenced_in(env):
     assert other.form("/admin/projects", {"name": "evil"}).status_code == 403
     assert rev.http.post("/api/projects/4/next", headers={"X-CSRF-Token": rev.csrf}).status_code == 403
     assert rev.http.get("/admin").status_code == 403 and rev.http.get("/projects/4/qc").status_code == 200
+    # a submit needs the session's own CSRF token in its header and a JSON object as its body; none of these
+    # submits anything (the owner's proper submit below is the first to succeed)
+    url, result = f"/api/assignments/{aid}/submit", full_result(held["task"], [0, 1])
+    for headers in ({}, {"X-CSRF-Token": "wrong"}, {"X-CSRF-Token": other.csrf}):
+        assert owner.http.post(url, json=result, headers=headers).status_code == 403, headers
+    for body in (b"[1, 2]", b"not json"):
+        assert owner.http.post(url, content=body, headers={"X-CSRF-Token": owner.csrf,
+                                                           "Content-Type": "application/json"}).status_code == 422
     # submitting twice, or a task that is not (or no longer) leased, is refused
     assert owner.submit(aid, full_result(held["task"], [0, 1])).status_code == 200
     assert owner.submit(aid, full_result(held["task"], [0, 1])).status_code == 409

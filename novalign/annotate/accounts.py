@@ -7,6 +7,7 @@ echo (form field ``csrf_token`` or header ``X-CSRF-Token``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -16,8 +17,8 @@ import secrets
 
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session as DBSession, joinedload
+from sqlalchemy import bindparam, delete, select
+from sqlalchemy.orm import Session as DBSession
 
 from novalign.annotate.models import ROLES, Session, User, utcnow
 
@@ -97,13 +98,31 @@ def open_session(db: DBSession, user: User) -> tuple[str, Session]:
     return token, row
 
 
-def session_of(db: DBSession, token: str | None) -> Session | None:
+@dataclasses.dataclass(frozen=True)
+class LoggedIn:
+    """The user of a live session, as the plain values every request needs (routes, templates and routing read
+    ``id``, ``username``, ``role`` and ``skills`` of it as of an ORM ``User``), and the session's CSRF token."""
+
+    id: int
+    username: str
+    role: str
+    skills: list[str]
+    csrf_token: str
+
+
+_U, _S = User.__table__.c, Session.__table__.c
+# built once (every request runs it): see routing's note on reused statements
+_SESSION = (select(_U.id, _U.username, _U.role, _U.skills, _S.csrf_token).join(User.__table__, _U.id == _S.user_id)
+            .where(_S.token_hash == bindparam("digest"), _S.expires_at >= bindparam("now"), _U.active.is_(True)))
+
+
+def session_of(db: DBSession, token: str | None) -> LoggedIn | None:
+    """The user of the session whose cookie value is ``token``; None when there is no such session, it has
+    expired, or its user is deactivated. One indexed read."""
     if not token:
         return None
-    row = db.scalar(select(Session).options(joinedload(Session.user)).where(Session.token_hash == _digest(token)))
-    if row is None or row.expires_at < utcnow() or not row.user.active:
-        return None
-    return row
+    row = db.execute(_SESSION, {"digest": _digest(token), "now": utcnow()}).first()
+    return None if row is None else LoggedIn(row.id, row.username, row.role, list(row.skills or []), row.csrf_token)
 
 
 def close_session(db: DBSession, token: str | None) -> None:
