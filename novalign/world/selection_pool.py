@@ -17,7 +17,7 @@ Each record: ``{"_id", "prompt", "template", "wording", "topic"}``; ``template``
 
 The defaults (20,000 prompts, 2,000 templates, Zipf s = 1.3) keep the ratio of the 2,000-prompt, 200-template
 pool that earlier runs measured: ten prompts per template on average, most templates rare (at 20,000: 736 with
-a single prompt, 1,785 with at most five; the top one a quarter of the pool). The reason is the benchmark: a
+a single prompt, 1,785 with at most five; the most frequent one 29 % of the prompts). The reason is the benchmark: a
 selection budget says something only when it is not far above the number of templates. With 240 templates, 10 %
 of 20,000 prompts (2,000 picks) let every reasonable method cover them all (task-aware and MinHash both 1.0),
 so no method could beat another; with 2,000 templates the 10 % budget equals the template count.
