@@ -2,12 +2,15 @@
 (report 3.1.2: "superior results ... using only 50 % of the original data volume").
 
 One run: the generated pool (novalign.world.selection_pool.diversity_pool: templates x contexts, Zipf-skewed,
-paraphrased and look-alike templates), then template coverage (share of templates with at least one selected
+paraphrased and look-alike templates; by default one template per ten prompts, so that the 10 % budget equals
+the template count: with far fewer templates every good method covers all of them and the comparison says
+nothing, see the pool's docstring), then template coverage (share of templates with at least one selected
 prompt) at each budget for
 
 * task_aware: novalign.flywheel.diversity_run.select_diverse (one run; each budget is a selection from the
-  same cluster paths);
-* minilm_kmeans: k-means on the base all-MiniLM-L6-v2 embeddings with k = budget, the record nearest each
+  same cluster paths; its encoding passes at ``--precision``, int8 by default as in the command);
+* minilm_kmeans: k-means on the base all-MiniLM-L6-v2 embeddings (fp32, one pass before the method's timed
+  run; semdedup and the base recall@10 use them too) with k = budget, the record nearest each
   centroid (also at twice each budget, for the "same coverage from half the data" target);
 * semdedup: SemDeDup (Abbas et al. 2023): k-means clusters (n / 50), inside each a record is dropped when its
   cosine similarity to a kept one exceeds 1 - eps; eps bisected so the kept count reaches the budget, then a
@@ -119,20 +122,29 @@ def recall_at_10(emb: np.ndarray, templates, queries) -> float:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prompts", type=int, default=20000)
-    ap.add_argument("--templates", type=int, default=240)
+    ap.add_argument("--templates", type=int, default=None, help="task templates (default: prompts / 10, at least "
+                    "200: the 10 %% budget then equals the template count; see the module docstring)")
     ap.add_argument("--budgets", default="0.1,0.5")
     ap.add_argument("--max-triplets", type=int, default=2000)
     ap.add_argument("--ari-seeds", type=int, default=2, help="2: rerun the whole method under seed + 1 (from the "
                     "same base embeddings, which depend on no seed); 1: rerun only the clustering on the same "
                     "tuned embeddings")
     ap.add_argument("--train", choices=["full", "head"], default="full")
+    ap.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="the method's encoding passes")
     ap.add_argument("--work", default="/tmp/novalign-bench-diversity")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    pool = diversity_pool(args.prompts, args.templates, seed=args.seed)
+    n_templates = args.templates or max(200, args.prompts // 10)
+    pool = diversity_pool(args.prompts, n_templates, seed=args.seed)
     texts, templates = [r["prompt"] for r in pool], [r["template"] for r in pool]
     n = len(texts)
-    cfg = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed, train=args.train)
+    load_fp32 = os.getloadavg()[0]
+    started = time.perf_counter()
+    base = dv.embed(dv.load_embedder(seed=args.seed), texts)  # fp32 MiniLM: the baselines' embeddings
+    wall_fp32 = time.perf_counter() - started
+    log(f"fp32 base embedding for the baselines: {wall_fp32:.1f} s")
+    cfg = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed, train=args.train,
+                              precision=args.precision)
     load = os.getloadavg()[0]
     started = time.perf_counter()
     res = select_diverse(texts, cfg, Path(args.work) / "embedder", log=log)
@@ -146,9 +158,9 @@ def main(argv=None) -> None:
     for b in budgets:
         k = dv.budget_count(b, n)
         row = {"task_aware": coverage(dv.select_budget(res.paths, res.tuned, k), templates),
-               "minilm_kmeans": coverage(kmeans_nearest(res.base, k, args.seed), templates),
-               "minilm_kmeans_2x": coverage(kmeans_nearest(res.base, min(n, 2 * k), args.seed), templates),
-               "semdedup": coverage(semdedup(res.base, k, args.seed), templates),
+               "minilm_kmeans": coverage(kmeans_nearest(base, k, args.seed), templates),
+               "minilm_kmeans_2x": coverage(kmeans_nearest(base, min(n, 2 * k), args.seed), templates),
+               "semdedup": coverage(semdedup(base, k, args.seed), templates),
                "minhash": coverage(minhash_select(texts, k, args.seed, sigs), templates),
                "random": coverage(random.Random(args.seed).sample(range(n), k), templates)}
         cov[f"{b:g}"] = {m: round(v, 4) for m, v in row.items()}
@@ -163,12 +175,17 @@ def main(argv=None) -> None:
            "hard_positive_precision": round(float(np.mean(kinds["positive"])), 4) if kinds["positive"] else None,
            "hard_negative_precision": round(float(np.mean(kinds["negative"])), 4) if kinds["negative"] else None,
            "hard_pairs": {k: len(v) for k, v in kinds.items()}, "triplets": res.n_triplets,
-           "recall_at_10": {"base": round(recall_at_10(res.base, templates, queries), 4),
+           "recall_at_10": {"base": round(recall_at_10(base, templates, queries), 4),
+                            "base_as_encoded": round(recall_at_10(res.base, templates, queries), 4),
                             "tuned": round(recall_at_10(res.tuned, templates, queries), 4)},
+           "cosine_to_fp32_base": {"mean": round(float(np.mean(np.sum(base * res.base, 1))), 4),
+                                   "min": round(float(np.min(np.sum(base * res.base, 1))), 4)},
            "clusters_per_level": res.stats()["clusters_per_level"],
            "wall_s_task_aware": round(wall, 1), "stage_s": res.stats()["seconds"],
            "stage_cpu_s": res.stats()["cpu_seconds"], "cpu_s_task_aware": round(sum(res.cpu_seconds.values()), 1),
-           "train": args.train, "loadavg_1min": {"start": round(load, 2), "end_task_aware": round(os.getloadavg()[0], 2)}}
+           "train": args.train, "precision": args.precision, "wall_s_fp32_base_pass": round(wall_fp32, 1),
+           "loadavg_1min": {"start_fp32_pass": round(load_fp32, 2), "start": round(load, 2),
+                            "end_task_aware": round(os.getloadavg()[0], 2)}}
     log("before the seed rerun", json.dumps(out))  # a long run cut off later still leaves these numbers
     from sklearn.metrics import adjusted_rand_score
 
@@ -177,7 +194,8 @@ def main(argv=None) -> None:
                 for k in range(len(a[0]))}
 
     if args.ari_seeds >= 2:  # the whole method again under another seed (k-means, training order)
-        cfg2 = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed + 1, train=args.train)
+        cfg2 = SelectDiverseConfig(max_triplets=args.max_triplets, seed=args.seed + 1, train=args.train,
+                                   precision=args.precision)
         res2 = select_diverse(texts, cfg2, Path(args.work) / "embedder-seed2", log=log, base=res.base)
         out["ari_across_seeds"] = ari(res.paths, res2.paths)
     else:  # only the clustering under another seed, on the same tuned embeddings (cheaper; says so)

