@@ -125,7 +125,7 @@ def main(argv=None) -> None:
     ap.add_argument("--templates", type=int, default=None, help="task templates (default: prompts / 10, at least "
                     "200: the 10 %% budget then equals the template count; see the module docstring)")
     ap.add_argument("--budgets", default="0.1,0.5")
-    ap.add_argument("--max-triplets", type=int, default=2000)
+    ap.add_argument("--max-triplets", type=int, default=SelectDiverseConfig().max_triplets)
     ap.add_argument("--ari-seeds", type=int, default=2, help="2: rerun the whole method under seed + 1 (from the "
                     "same base embeddings, which depend on no seed); 1: rerun only the clustering on the same "
                     "tuned embeddings")
