@@ -130,7 +130,8 @@ def main(argv=None) -> None:
                     "same base embeddings, which depend on no seed); 1: rerun only the clustering on the same "
                     "tuned embeddings")
     ap.add_argument("--train", choices=["full", "head"], default="full")
-    ap.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="the method's encoding passes")
+    ap.add_argument("--precision", choices=["int8", "fp32"], default=SelectDiverseConfig().precision,
+                    help="the method's encoding passes")
     ap.add_argument("--work", default="/tmp/novalign-bench-diversity")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

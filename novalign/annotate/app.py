@@ -103,8 +103,8 @@ class _Deps:
         if request.method == "POST" and not accounts.csrf_ok(expected, given):
             raise HTTPException(403, "CSRF token missing or wrong")
         request.state.csrf = expected
-        if roles is not None and user.role not in roles:
-            raise HTTPException(403, "not allowed for your role")
+        if roles is not None:
+            _require_role(user, roles)
         return user
 
     def _make_current(self):
@@ -122,9 +122,7 @@ class _Deps:
 
     def role(self, *roles: str):
         async def check(user: LoggedIn = Depends(self.current)) -> LoggedIn:  # async: no thread hop for a comparison
-            if user.role not in roles:
-                raise HTTPException(403, "not allowed for your role")
-            return user
+            return _require_role(user, roles)
         return check
 
     def page(self, request: Request, name: str, user: LoggedIn | None, **ctx: Any) -> HTMLResponse:
@@ -392,6 +390,12 @@ def _task_json(row: Assignment) -> dict[str, Any]:
     return {"task_id": task.external_id, "prompt": task.prompt, "labels": task.labels,
             "responses": [{"id": r.id, "response_id": r.response_id, "content": r.content, "model": r.model,
                            "critique": r.critique} for r in task.responses if r.parent_id is None]}
+
+
+def _require_role(user: LoggedIn, roles: tuple[str, ...]) -> LoggedIn:
+    if user.role not in roles:
+        raise HTTPException(403, "not allowed for your role")
+    return user
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
